@@ -1,0 +1,117 @@
+"""Base classes that state the block contract (see DESIGN.md, "The block contract").
+
+Every registered block subclasses one of these and declares, as class attributes:
+
+* ``kind`` -- ``sequence``, ``fusion``, ``readout``, ``item-encoder`` or ``head``;
+* ``causal`` -- output at position t depends on inputs at positions <= t only (with default
+  arguments; an instance whose arguments change that sets ``self.causal`` in ``__init__``);
+* ``streaming`` -- offers ``init_state`` / ``step`` (again overridable per instance).
+
+Shapes: ``x`` is ``(B, L, D)``; ``mask`` is ``(B, L)`` bool, True at real items. Padding is on the
+left, so position ``-1`` holds the newest item. Values at padded positions of an input are
+arbitrary: a block must not let them reach real positions, and its own output at padded
+positions is ignored by whatever follows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import Tensor, nn
+
+State = Any
+
+
+class Block(nn.Module):
+    """Common metadata of every registered block."""
+
+    kind: ClassVar[str]
+    causal: ClassVar[bool]
+    streaming: ClassVar[bool] = False
+    block_name: ClassVar[str]
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
+
+
+class SequenceBlock(Block):
+    """Maps ``x (B, L, D)`` and ``mask (B, L)`` to ``(B, L, D)``.
+
+    Streaming blocks also implement ``step(x_t (B, D), state) -> (y_t (B, D), state)``, equal to
+    ``forward`` on the sequence seen so far, position by position.
+    """
+
+    kind = "sequence"
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
+
+
+class FusionBlock(Block):
+    """Combines ``k`` streams ``(B, L, D)`` into one, given the mask and the streams' common input ``x``."""
+
+    kind = "fusion"
+    causal = True
+    min_inputs: ClassVar[int] = 2
+    max_inputs: ClassVar[int | None] = None
+
+    def forward(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, streams_t: Sequence[Tensor], state: State, x_t: Tensor) -> tuple[Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
+
+
+class ReadoutBlock(Block):
+    """Turns ``(B, L, D)`` into the user vector ``(B, D)``.
+
+    ``positionwise`` readouts (the last position) read every prefix at once: applied to each
+    position they give that prefix's user vector, which all-position training and streaming use.
+    """
+
+    kind = "readout"
+    causal = True
+    positionwise: ClassVar[bool] = False
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class ItemEncoderBlock(Block):
+    """Turns item ids ``(B, L)`` (+ optional timestamps ``(B, L)``) into ``(B, L, D)``.
+
+    ``item_table()`` returns the ``(num_items + 1, D)`` item representations a tied head scores
+    against (row 0 is padding). Streaming encoders implement
+    ``step(item_ids_t (B,), state, timestamps_t=None) -> (x_t (B, D), state)``.
+    """
+
+    kind = "item-encoder"
+    causal = True
+
+    def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def item_table(self) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
+
+
+class HeadBlock(Block):
+    """Scores user vectors ``(B, D)`` against item representations.
+
+    ``items`` is ``(N, D)`` (the same candidates for every user, e.g. the whole table) or
+    ``(B, C, D)`` (per-user candidates); ``item_ids`` has shape ``(N,)`` or ``(B, C)``. Returns
+    logits ``(B, N)`` or ``(B, C)``.
+    """
+
+    kind = "head"
+    causal = True
+
+    def forward(self, user: Tensor, items: Tensor, item_ids: Tensor) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""Padding helpers shared by blocks (left padding, ``mask`` True at real items)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def zero_pads(x: Tensor, mask: Tensor) -> Tensor:
+    """``x (B, L, ...)`` with every padded position set to zero."""
+    return x * mask.reshape(*mask.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x (B, L, D)`` over the real positions of each sequence -> ``(B, D)``."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def positions_from_mask(mask: Tensor) -> Tensor:
+    """0-based position of each real item counted from the oldest real item; 0 at pads.
+
+    Counting from the mask (not from the tensor index) means left padding never shifts
+    positions: a sequence gets the same positions however wide the batch it sits in.
+    """
+    return (mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def lengths_from_mask(mask: Tensor) -> Tensor:
+    """Number of real items per sequence ``(B,)``."""
+    return mask.long().sum(1)
+
+
+def causal_prefix_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the real items at positions <= t, for every t -> ``(B, L, D)`` (0 where none yet)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    total = (x * weights).cumsum(1)
+    count = weights.cumsum(1).clamp_min(1.0)
+    return total / count
+
+
+
