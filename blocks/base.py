@@ -51,6 +51,28 @@ class SequenceBlock(Block):
         raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
 
 
+class PositionwiseBlock(SequenceBlock):
+    """A sequence block that transforms each position on its own (no mixing over time).
+
+    Subclasses implement ``transform(x)`` for ``(..., D)``; forward and streaming follow.
+    """
+
+    causal = True
+    streaming = True
+
+    def transform(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.transform(x)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        return None
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        return self.transform(x_t), state
+
+
 class FusionBlock(Block):
     """Combines ``k`` streams ``(B, L, D)`` into one, given the mask and the streams' common input ``x``."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -39,3 +40,25 @@ def causal_prefix_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 
+
+
+def right_align(x: Tensor, mask: Tensor) -> Tensor:
+    """Move each row's real items from the end (left padding) to the start (right padding).
+
+    Works for any trailing shape: ``x (B, L, ...)``. Padded slots receive the former pad values.
+    Inverse: :func:`left_align` with the same mask.
+    """
+    return x.gather(1, _shift_index(x, mask, right=True))
+
+
+def left_align(x: Tensor, mask: Tensor) -> Tensor:
+    """Inverse of :func:`right_align`: real items back to the end of each row."""
+    return x.gather(1, _shift_index(x, mask, right=False))
+
+
+def _shift_index(x: Tensor, mask: Tensor, right: bool) -> Tensor:
+    length = mask.shape[1]
+    pads = (length - mask.long().sum(1)).unsqueeze(1)
+    steps = torch.arange(length, device=mask.device).unsqueeze(0)
+    index = (steps + pads) % length if right else (steps - pads) % length
+    return index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
