@@ -1,0 +1,234 @@
+"""SSD scan (Mamba2's state-space duality): ``ssd_scan`` with ``mamba_chunk_scan_combined``'s API.
+
+The recurrence, per batch row, head ``h`` (group ``g = h // (nheads / ngroups)``) and time ``t``::
+
+    dt_t  = clamp(softplus(dt_t + dt_bias) if dt_softplus else dt_t + dt_bias, *dt_limit)
+    S_t   = exp(dt_t A_h) S_{t-1} + dt_t x_t B_t^T          S: (headdim, d_state), S_0 = initial state
+    y_t   = S_t C_t + D x_t,      y_t *= silu(z_t)  when z is given
+
+(Mamba2 paper, Dao & Gu 2024, §6 "SSD algorithm"; NOTES.md §1.3.) ``dt`` is always clamped to
+``dt_limit``, so with the default ``(0, inf)`` a negative ``dt`` counts as 0 -- as in mamba-ssm's
+Triton kernel.
+
+The pure-PyTorch path is the chunked matmul form (paper §6, Listing 1): the sequence is cut into
+chunks of ``Q`` steps; inside a chunk the output is a masked attention-like product
+``Y = (L ∘ C B^T) (dt x)`` with the decay matrix ``L[i, j] = exp(cumA_i - cumA_j)`` for ``j <= i``
+(exponents <= 0 for A <= 0, computed from differences, never as a ratio of exponentials); each
+chunk's contribution to the state is one matmul, and states pass from chunk to chunk by a
+sequential loop over chunks. Chunks are processed in blocks sized to a fixed working-set budget,
+so memory grows with the chunk size and the block, not with ``l × d_state``; under autograd each
+block is recomputed in the backward (activation checkpointing) when there is more than one.
+
+On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from blocks.ssm._dispatch import use_cuda_kernels
+
+# Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
+# a CPU the intra-chunk work (``O(Q)`` per step) dominates beyond this size.
+PURE_MAX_CHUNK = 64
+# Elements of the largest per-block intermediate (the ``(b, k, h, Q, Q)`` decay matrix): a few MB,
+# small enough to stay in the allocator's reusable heap and near the caches.
+BLOCK_BUDGET_ELEMENTS = 1 << 21
+
+
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    initial_states: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    return_final_states: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mamba2's SSD scan; the signature and semantics of mamba-ssm's ``mamba_chunk_scan_combined``.
+
+    Shapes: ``x``, ``z`` ``(b, l, h, p)``; ``dt`` ``(b, l, h)``; ``A`` ``(h,)``; ``B``, ``C``
+    ``(b, l, g, n)`` with ``h`` divisible by ``g``; ``D`` ``(h,)`` or ``(h, p)``; ``dt_bias``
+    ``(h,)``; ``initial_states`` ``(b, h, p, n)``. Returns ``y (b, l, h, p)`` and, with
+    ``return_final_states``, the state after the last step ``(b, h, p, n)``.
+
+    ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 64, l)`` (the
+    result is the same up to rounding). Half-precision inputs are computed in float32 on the pure
+    path and returned in their dtype.
+    """
+    _check_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
+    if use_cuda_kernels(x, dt, A, B, C):
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        return mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
+            dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states,
+        )
+    y, final = _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    return (y, final) if return_final_states else y
+
+
+def discretize_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: tuple[float, float]) -> Tensor:
+    """The step size the scan uses: ``clamp(softplus?(dt + dt_bias), *dt_limit)``.
+
+    ``F.softplus``'s default threshold (identity above 20) is the one mamba-ssm's kernels use.
+    """
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    return dt.clamp(min=dt_limit[0], max=dt_limit[1])
+
+
+def _check_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"ssd_scan: x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
+    b, l, h, p = x.shape
+    if B.dim() != 4 or B.shape[:2] != (b, l):
+        raise ValueError(f"ssd_scan: B must be (batch={b}, seqlen={l}, ngroups, dstate), got shape {tuple(B.shape)}")
+    g, n = B.shape[2:]
+    expected = {
+        "dt": (dt, (b, l, h)),
+        "A": (A, (h,)),
+        "C": (C, (b, l, g, n)),
+        "z": (z, (b, l, h, p)),
+        "dt_bias": (dt_bias, (h,)),
+        "initial_states": (initial_states, (b, h, p, n)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise ValueError(f"ssd_scan: {name} must have shape {shape}, got {tuple(tensor.shape)}")
+    if g == 0 or h % g != 0:
+        raise ValueError(f"ssd_scan: nheads ({h}) must be divisible by ngroups ({g})")
+    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
+        raise ValueError(f"ssd_scan: D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"ssd_scan: chunk_size must be a positive int, got {chunk_size!r}")
+    if len(dt_limit) != 2 or not dt_limit[0] <= dt_limit[1]:
+        raise ValueError(f"ssd_scan: dt_limit must be (min, max) with min <= max, got {dt_limit!r}")
+
+
+def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit):
+    """The chunked SSD algorithm in PyTorch; returns ``(y, final_state)``."""
+    out_dtype = x.dtype
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    dt = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)
+    dA = dt * A.to(dtype)
+    state = (
+        initial_states.to(dtype)
+        if initial_states is not None
+        else torch.zeros(b, h, p, n, dtype=dtype, device=x.device)
+    )
+    if l == 0:
+        return x.new_zeros(x.shape), state
+    chunk = min(chunk_size, PURE_MAX_CHUNK, l)
+    chunks_per_block = max(1, BLOCK_BUDGET_ELEMENTS // (b * h * chunk * chunk))
+    block_len = chunk * chunks_per_block
+    grad_mode = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, initial_states)
+    )
+    recompute = grad_mode and l > block_len
+    D = D.to(dtype) if D is not None else None
+    outputs = []
+    out = None if grad_mode else torch.empty(b, l, h, p, dtype=out_dtype, device=x.device)
+    for start in range(0, l, block_len):
+        end = min(start + block_len, l)
+        pieces = [t[:, start:end] if t is not None else None for t in (x, dt, dA, B, C, z)]
+        args = (chunk, *pieces, D, state)
+        if recompute:
+            y, state = checkpoint(_ssd_block, *args, use_reentrant=False)
+        else:
+            y, state = _ssd_block(*args)
+        if out is None:
+            outputs.append(y.to(out_dtype))
+        else:
+            out[:, start:end] = y
+    y = torch.cat(outputs, dim=1) if out is None else out
+    return y, state.to(out_dtype)
+
+
+def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor]:
+    """SSD over one block of consecutive steps, starting from ``state``; returns ``(y, state)``.
+
+    The block is zero-padded at its end to a whole number of chunks: padded steps have
+    ``dt = 0`` so they neither decay nor feed the state.
+    """
+    dtype = state.dtype
+    b, T, h, p = x.shape
+    g, n = B.shape[2:]
+    hg = h // g
+    pad = (-T) % chunk
+    x, B, C = (_pad_time(t.to(dtype), pad) for t in (x, B, C))
+    dt, dA = _pad_time(dt, pad), _pad_time(dA, pad)
+    k = (T + pad) // chunk
+
+    xc = x.view(b, k, chunk, h, p)
+    Bc = B.view(b, k, chunk, g, n)
+    Cc = C.view(b, k, chunk, g, n)
+    a_cum = dA.view(b, k, chunk, h).transpose(2, 3).cumsum(-1)  # (b, k, h, Q), within-chunk cumulative log-decay
+    x_dt = xc * dt.view(b, k, chunk, h, 1)
+
+    # Intra-chunk: y_i = sum_{j <= i} (C_i . B_j) exp(a_i - a_j) dt_j x_j.
+    segment = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, k, h, Q, Q): a_i - a_j
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
+    decay = torch.exp(segment.masked_fill(~causal, float("-inf")))
+    scores = torch.einsum("bkign,bkjgn->bkgij", Cc, Bc)
+    weights = decay.view(b, k, g, hg, chunk, chunk) * scores.unsqueeze(3)
+    y = torch.einsum("bkghij,bkjghp->bkighp", weights, x_dt.view(b, k, chunk, g, hg, p))
+
+    # Each chunk's own contribution to the state at its end: sum_j exp(a_Q - a_j) dt_j x_j B_j^T.
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, k, h, Q)
+    x_to_end = x_dt * to_end.transpose(2, 3).unsqueeze(-1)
+    chunk_states = torch.einsum("bkjghp,bkjgn->bkghpn", x_to_end.view(b, k, chunk, g, hg, p), Bc)
+    chunk_states = chunk_states.reshape(b, k, h, p, n)
+
+    # Pass states across chunks: S_in(c + 1) = exp(a_Q(c)) S_in(c) + chunk_states(c).
+    chunk_decay = torch.exp(a_cum[..., -1])  # (b, k, h)
+    states_in = []
+    for c in range(k):
+        states_in.append(state)
+        state = state * chunk_decay[:, c, :, None, None] + chunk_states[:, c]
+    states_in = torch.stack(states_in, dim=1).view(b, k, g, hg, p, n)
+
+    # Inter-chunk: y_i += exp(a_i) C_i . S_in.
+    y_prev = torch.einsum("bkign,bkghpn->bkighp", Cc, states_in)
+    y = y + y_prev * torch.exp(a_cum).transpose(2, 3).reshape(b, k, chunk, g, hg, 1)
+    y = y.reshape(b, k * chunk, h, p)[:, :T]
+    if D is not None:
+        y = y + x[:, :T] * (D.unsqueeze(-1) if D.dim() == 1 else D)
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y, state
+
+
+def _pad_time(t: Tensor, pad: int) -> Tensor:
+    """Zero-pad ``t (b, T, ...)`` with ``pad`` steps at the end of the time axis."""
+    if pad == 0:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
+
+
+def ssd_flops(batch: int, seqlen: int, nheads: int, headdim: int, ngroups: int, dstate: int, chunk_size: int) -> float:
+    """Matmul FLOPs of the pure path's chunked algorithm (multiply-adds counted as 2)."""
+    chunk = min(chunk_size, PURE_MAX_CHUNK, seqlen)
+    padded = math.ceil(seqlen / chunk) * chunk
+    per_step = (
+        2 * chunk * dstate * ngroups  # C B^T scores
+        + 2 * chunk * headdim * nheads  # (L ∘ C B^T) (dt x)
+        + 2 * headdim * dstate * nheads  # chunk states
+        + 2 * headdim * dstate * nheads  # C S_in
+    )
+    return float(batch * padded * per_step)
