@@ -1,6 +1,18 @@
-"""seqrec-zoo: a model zoo for sequential recommendation."""
+"""seqrec-zoo: a model zoo for sequential recommendation.
 
-from zoo.registry import create_block, list_blocks, register_block
+``zoo.create(name_or_path, pretrained=False, num_items=None, **overrides)`` builds a model from a
+bundled recipe, a YAML file or a trained folder; ``zoo.list_models()`` and ``zoo.list_blocks()``
+say what is there.
+"""
 
-__all__ = ["register_block", "list_blocks", "create_block"]
+from zoo.builder import list_models
+from zoo.factory import create
+from zoo.model import Recommendations, SeqRecModel
+from zoo.recipe import Recipe, load_recipe
+from zoo.registry import create_block, get_block, list_blocks, register_block
+
+__all__ = [
+    "create", "list_models", "list_blocks", "create_block", "get_block", "register_block",
+    "SeqRecModel", "Recommendations", "Recipe", "load_recipe",
+]
 __version__ = "0.1.0"

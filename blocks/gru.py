@@ -1,0 +1,51 @@
+"""Gated recurrent unit over the item sequence (GRU4Rec)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from blocks.base import SequenceBlock, State
+from blocks.masking import left_align, lengths_from_mask, right_align
+from zoo.registry import register_block
+
+
+def masked_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
+    """Run a batch-first ``gru`` over the real items of left-padded ``x``; pads never enter it.
+
+    The rows are right-aligned and packed, so the hidden state starts at zero at each sequence's
+    first real item exactly as for an unpadded sequence.
+    """
+    lengths = lengths_from_mask(mask).clamp_min(1).cpu()
+    packed = pack_padded_sequence(right_align(x, mask), lengths, batch_first=True, enforce_sorted=False)
+    y, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])
+    return left_align(y, mask)
+
+
+@register_block("gru")
+class GRU(SequenceBlock):
+    """``h_t = GRU(x_t, h_{t-1})`` (Cho et al. 2014), ``y_t = h_t`` -- GRU4Rec's recurrence (Hidasi et al. 2016).
+
+    Hidden width equals ``d_model``; ``num_layers`` stacked with ``dropout`` between them.
+    """
+
+    causal = True
+    streaming = True
+
+    def __init__(self, d_model: int, num_layers: int = 1, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"gru: num_layers must be >= 1, got {num_layers}")
+        self.gru = nn.GRU(d_model, d_model, num_layers=num_layers, bias=bias, batch_first=True,
+                          dropout=dropout if num_layers > 1 else 0.0)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return masked_gru(self.gru, x, mask)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        return torch.zeros(self.gru.num_layers, batch_size, self.gru.hidden_size, device=device, dtype=dtype)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        y, state = self.gru(x_t.unsqueeze(1), state)
+        return y.squeeze(1), state

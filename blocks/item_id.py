@@ -1,0 +1,82 @@
+"""Item-ID embedding encoder: the item encoder of SASRec, GRU4Rec, Mamba4Rec, SIGMA and CNN-Mamba."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from blocks.base import ItemEncoderBlock, State
+from blocks.masking import positions_from_mask
+from zoo.registry import register_block
+
+
+@register_block("item_id")
+class ItemIdEncoder(ItemEncoderBlock):
+    """``e_t = Norm(Dropout(E[i_t] (+ P[pos_t])))`` -- a learned item table, optional learned positions.
+
+    * ``E`` is ``(num_items + 1, D)`` with row 0 the padding item, initialised N(0, ``init_std``)
+      (RecBole's init, NOTES.md §1.1); the tied head scores against the same table.
+    * ``positions="learned"`` adds ``P[pos_t]`` where ``pos_t`` counts real items from the oldest
+      (SASRec, Kang & McAuley 2018 §III-B; CNN-Mamba §3.1), so left padding never shifts them.
+      ``max_len`` rows cover the recipe's maximum length.
+    * ``order`` sets dropout-then-norm (Mamba4Rec, SIGMA: NOTES.md §2.1) or norm-then-dropout
+      (RecBole SASRec). ``scale=True`` multiplies ``E[i]`` by sqrt(D) (the original SASRec).
+    """
+
+    causal = True
+    streaming = True
+
+    def __init__(
+        self,
+        d_model: int,
+        num_items: int,
+        max_len: int = 50,
+        positions: Literal["none", "learned"] = "none",
+        dropout: float = 0.0,
+        norm: Literal["layernorm", "none"] = "none",
+        norm_eps: float = 1e-12,
+        order: Literal["dropout_norm", "norm_dropout"] = "dropout_norm",
+        scale: bool = False,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"item_id: num_items must be >= 1, got {num_items}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"item_id: dropout must be in [0, 1), got {dropout}")
+        self.num_items = num_items
+        self.embedding = nn.Embedding(num_items + 1, d_model, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+        self.position = nn.Embedding(max_len, d_model) if positions == "learned" else None
+        if self.position is not None:
+            nn.init.normal_(self.position.weight, std=init_std)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps) if norm == "layernorm" else nn.Identity()
+        self.order = order
+        self.scale = d_model**0.5 if scale else 1.0
+
+    def item_table(self) -> Tensor:
+        return self.embedding.weight
+
+    def _finish(self, e: Tensor) -> Tensor:
+        if self.order == "dropout_norm":
+            return self.norm(self.dropout(e))
+        return self.dropout(self.norm(e))
+
+    def _add_position(self, e: Tensor, positions: Tensor) -> Tensor:
+        if self.position is None:
+            return e
+        return e + self.position(positions.clamp_max(self.position.num_embeddings - 1))
+
+    def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        e = self.embedding(item_ids) * self.scale
+        return self._finish(self._add_position(e, positions_from_mask(mask)))
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
+        e = self.embedding(item_ids_t) * self.scale
+        return self._finish(self._add_position(e, state)), state + 1

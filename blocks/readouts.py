@@ -1,0 +1,38 @@
+"""Readouts: from per-position states ``(B, L, D)`` to one user vector ``(B, D)``."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from blocks.base import ReadoutBlock
+from blocks.masking import masked_mean
+from zoo.registry import register_block
+
+
+@register_block("last")
+class LastPosition(ReadoutBlock):
+    """``u = h_n``: the state at the newest item (position -1 under left padding).
+
+    RecBole's ``gather_indexes(output, item_seq_len - 1)`` under right padding (NOTES.md §1.1).
+    """
+
+    positionwise = True
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return x[:, -1]
+
+
+@register_block("mean")
+class MaskedMean(ReadoutBlock):
+    """``u = (1/n) Σ_{t real} h_t``: the mean over the real positions."""
+
+    causal = False
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return masked_mean(x, mask)

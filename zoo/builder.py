@@ -1,0 +1,84 @@
+"""From a recipe to modules: resolve a recipe by name or path, build its blocks and combinators."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from zoo import combinators
+from zoo.recipe import BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, load_recipe
+from zoo.registry import context_kwargs, get_block
+
+
+def recipes_dir() -> Path:
+    """The bundled recipes: ``recipes/`` of a source checkout, else the installed ``zoo.recipes`` package."""
+    checkout = Path(__file__).resolve().parent.parent / "recipes"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("zoo.recipes")))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the bundled recipes (file stems) matching a shell-style ``pattern``."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml") if fnmatch.fnmatchcase(p.stem, pattern))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """The recipe file for a bundled name (``"sigma"``) or a path (``"my/hybrid.yaml"``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+        return path
+    bundled = recipes_dir() / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    close = difflib.get_close_matches(str(name_or_path), list_models(), n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown model {str(name_or_path)!r}{hint} (zoo.list_models() lists the bundled recipes; a path must end in .yaml)")
+
+
+def resolve_recipe(name_or_path: str | Path | Recipe, overrides: dict[str, Any] | None = None) -> Recipe:
+    """A validated recipe from a bundled name, a YAML path or a :class:`Recipe` (overrides applied)."""
+    if isinstance(name_or_path, Recipe):
+        if not overrides:
+            return name_or_path
+        from zoo.recipe import apply_overrides, validate_recipe
+
+        return validate_recipe(apply_overrides(name_or_path.model_dump(mode="json"), overrides), source=name_or_path.name)
+    return load_recipe(recipe_path(name_or_path), overrides)
+
+
+class BuildContext:
+    """The model-level facts every block may ask for by name."""
+
+    def __init__(self, d_model: int, num_items: int, max_len: int) -> None:
+        self.d_model, self.num_items, self.max_len = d_model, num_items, max_len
+
+    def block(self, spec: BlockSpec) -> nn.Module:
+        cls = get_block(spec.block)
+        facts = context_kwargs(cls, d_model=self.d_model, num_items=self.num_items, max_len=self.max_len)
+        return cls(**facts, **spec.args)
+
+    def layer(self, spec: Layer) -> nn.Module:
+        if isinstance(spec, BlockSpec):
+            return self.block(spec)
+        if isinstance(spec, Sequential):
+            return self.layers(spec.sequential)
+        if isinstance(spec, Repeat):
+            return combinators.Sequential([self.layers(spec.layers) for _ in range(spec.repeat)])
+        if isinstance(spec, Parallel):
+            return combinators.Parallel([self.layer(b) for b in spec.parallel], self.block(spec.fuse))
+        if isinstance(spec, Residual):
+            inner = self.layers(spec.residual if isinstance(spec.residual, list) else [spec.residual])
+            return combinators.Residual(inner, self.d_model, spec.dropout, spec.norm, spec.norm_eps, spec.norm_first)
+        raise TypeError(f"not a recipe layer: {spec!r}")
+
+    def layers(self, specs: list[Layer]) -> nn.Module:
+        built = [self.layer(s) for s in specs]
+        return built[0] if len(built) == 1 else combinators.Sequential(built)

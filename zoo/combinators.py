@@ -1,0 +1,115 @@
+"""The structural layers a recipe's encoder is made of: sequential, parallel + fuse, residual.
+
+Each follows the sequence-block contract (``forward(x, mask)``; ``init_state`` / ``step`` when all
+its parts stream) and derives ``causal`` / ``streaming`` from its parts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from blocks.base import State
+
+
+class Sequential(nn.Module):
+    """``f_n(... f_1(x))``."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.causal = all(layer.causal for layer in self.layers)
+        self.streaming = all(layer.streaming for layer in self.layers)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        return [layer.init_state(batch_size, device, dtype) for layer in self.layers]
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x_t, layer_state = layer.step(x_t, layer_state)
+            new_state.append(layer_state)
+        return x_t, new_state
+
+
+class Parallel(nn.Module):
+    """``fuse([f_1(x), ..., f_k(x)], mask, x)``: branches see the same input."""
+
+    def __init__(self, branches: Sequence[nn.Module], fuse: nn.Module) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.fuse = fuse
+        self.causal = fuse.causal and all(b.causal for b in self.branches)
+        self.streaming = fuse.streaming and all(b.streaming for b in self.branches)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.fuse([branch(x, mask) for branch in self.branches], mask, x)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        branch_states = [b.init_state(batch_size, device, dtype) for b in self.branches]
+        return branch_states, self.fuse.init_state(batch_size, device, dtype)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        branch_states, fuse_state = state
+        outputs, new_states = [], []
+        for branch, branch_state in zip(self.branches, branch_states):
+            y_t, branch_state = branch.step(x_t, branch_state)
+            outputs.append(y_t)
+            new_states.append(branch_state)
+        y_t, fuse_state = self.fuse.step(outputs, fuse_state, x_t)
+        return y_t, (new_states, fuse_state)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * g`` (Zhang & Sennrich 2019)."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(kind: Literal["layernorm", "rmsnorm", "none"], d_model: int, eps: float) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(d_model, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(d_model, eps)
+    return nn.Identity()
+
+
+class Residual(nn.Module):
+    """Post-norm ``Norm(x + Dropout(f(x)))`` or, with ``norm_first``, pre-norm ``x + Dropout(f(Norm(x)))``."""
+
+    def __init__(self, inner: nn.Module, d_model: int, dropout: float, norm: Literal["layernorm", "rmsnorm", "none"],
+                 norm_eps: float, norm_first: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dropout = nn.Dropout(dropout)
+        self.norm = make_norm(norm, d_model, norm_eps)
+        self.norm_first = norm_first
+        self.causal = inner.causal
+        self.streaming = inner.streaming
+
+    def _combine(self, x: Tensor, y: Tensor) -> Tensor:
+        return x + self.dropout(y) if self.norm_first else self.norm(x + self.dropout(y))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = self.inner(self.norm(x) if self.norm_first else x, mask)
+        return self._combine(x, y)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        return self.inner.init_state(batch_size, device, dtype)
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        y_t, state = self.inner.step(self.norm(x_t) if self.norm_first else x_t, state)
+        return self._combine(x_t, y_t), state

@@ -1,0 +1,223 @@
+"""``SeqRecModel``: item encoder -> encoder -> readout -> head, with the API everything else uses."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.base import State
+from zoo.builder import BuildContext
+from zoo.recipe import Recipe
+
+
+class Recommendations(NamedTuple):
+    """Top-k item indices ``(B, k)`` and their scores ``(B, k)``, best first."""
+
+    items: Tensor
+    scores: Tensor
+
+
+class SeqRecModel(nn.Module):
+    """A next-item recommender assembled from a :class:`~zoo.recipe.Recipe`.
+
+    Inputs are item indices ``(B, L)`` left-padded with 0 (index 0 is padding; real items are
+    ``1..num_items``). Sequences longer than ``max_len`` keep their most recent items.
+    """
+
+    def __init__(self, recipe: Recipe, num_items: int) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items}")
+        self.recipe = recipe
+        self.num_items = num_items
+        self.max_len = recipe.max_len
+        context = BuildContext(recipe.d_model, num_items, recipe.max_len)
+        self.item_encoder = context.block(recipe.item_encoder)
+        self.encoder = context.layers(recipe.encoder)
+        self.readout = context.block(recipe.readout)
+        self.head = context.block(recipe.head)
+        self.register_buffer("_all_items", torch.arange(num_items + 1), persistent=False)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def causal(self) -> bool:
+        """True when the state at every position depends only on the items up to it."""
+        return bool(self.item_encoder.causal and self.encoder.causal)
+
+    @property
+    def supports_streaming(self) -> bool:
+        """True when ``init_state`` / ``step`` give O(1)-per-interaction updates equal to ``score``."""
+        return bool(self.item_encoder.streaming and self.encoder.streaming and self.readout.positionwise)
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_ids(self, item_ids: Any, timestamps: Any) -> tuple[Tensor, Tensor | None]:
+        if not isinstance(item_ids, Tensor):
+            raise ValueError(f"item_ids must be a torch.LongTensor of shape (B, L), got {type(item_ids).__name__}")
+        if item_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"item_ids must hold integer item indices (torch.long), got dtype {item_ids.dtype}")
+        if item_ids.dim() != 2:
+            raise ValueError(f"item_ids must have shape (B, L), got {tuple(item_ids.shape)}")
+        if item_ids.numel() == 0:
+            raise ValueError(f"item_ids is empty: shape {tuple(item_ids.shape)}")
+        low, high = int(item_ids.min()), int(item_ids.max())
+        if low < 0 or high > self.num_items:
+            bad = low if low < 0 else high
+            raise ValueError(f"item index {bad} is out of range: expected 0 (padding) or 1..{self.num_items}")
+        item_ids = item_ids.long()
+        if timestamps is not None:
+            if not isinstance(timestamps, Tensor) or timestamps.shape != item_ids.shape:
+                shape = tuple(timestamps.shape) if isinstance(timestamps, Tensor) else type(timestamps).__name__
+                raise ValueError(f"timestamps must be a tensor shaped like item_ids {tuple(item_ids.shape)}, got {shape}")
+        if item_ids.shape[1] > self.max_len:
+            item_ids = item_ids[:, -self.max_len:]
+            timestamps = None if timestamps is None else timestamps[:, -self.max_len:]
+        mask = item_ids > 0
+        empty = (~mask.any(1)).nonzero().flatten()
+        if len(empty):
+            raise ValueError(f"rows {empty.tolist()[:10]} have no items (an empty history cannot be scored)")
+        misplaced = (mask[:, :-1] & ~mask[:, 1:]).any(1).nonzero().flatten()
+        if len(misplaced):
+            raise ValueError(f"rows {misplaced.tolist()[:10]} have padding (0) after a real item; pad on the left only")
+        return item_ids, timestamps
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def encode(self, item_ids: Tensor, timestamps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-position states ``(B, L, D)`` and the mask, for checked, truncated inputs."""
+        mask = item_ids > 0
+        x = self.item_encoder(item_ids, mask, timestamps)
+        return self.encoder(x, mask), mask
+
+    def item_logits(self, user: Tensor) -> Tensor:
+        """Scores of every item for user vectors ``(N, D)``; column 0 (padding) is ``-inf``."""
+        logits = self.head(user, self.item_encoder.item_table(), self._all_items)
+        return logits.index_fill(-1, self._all_items[:1], float("-inf"))
+
+    def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        """Scores ``(B, num_items + 1)`` of every item as the next one after each history."""
+        item_ids, timestamps = self._check_ids(item_ids, timestamps)
+        hidden, mask = self.encode(item_ids, timestamps)
+        return self.item_logits(self.readout(hidden, mask))
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        timestamps: Sequence[Sequence[float]] | None = None,
+        exclude_seen: bool = False,
+    ) -> Recommendations:
+        """Top-``k`` items for each history (Python lists of item indices, oldest first)."""
+        if not 1 <= k <= self.num_items:
+            raise ValueError(f"k must be in 1..{self.num_items}, got {k}")
+        if not len(histories):
+            raise ValueError("histories is empty: pass at least one history")
+        for i, history in enumerate(histories):
+            if not len(history):
+                raise ValueError(f"history {i} is empty: a recommendation needs at least one item")
+        device = self._all_items.device
+        item_ids = left_pad([list(h)[-self.max_len:] for h in histories], device=device, dtype=torch.long)
+        ts = None
+        if timestamps is not None:
+            ts = left_pad([list(t)[-self.max_len:] for t in timestamps], device=device, dtype=torch.float64)
+        was_training = self.training
+        self.eval()
+        try:
+            scores = self.score(item_ids, ts)
+        finally:
+            self.train(was_training)
+        if exclude_seen:
+            scores = scores.masked_fill(seen_mask(item_ids, self.num_items), float("-inf"))
+        top = scores.topk(k, dim=-1)
+        return Recommendations(top.indices, top.values)
+
+    # ------------------------------------------------------------------ streaming
+
+    def _require_streaming(self) -> None:
+        if not self.supports_streaming:
+            raise RuntimeError(
+                f"model {self.recipe.name!r} does not support streaming: every block must be recurrent "
+                "(causal with init_state/step) and the readout position-wise ('last')"
+            )
+
+    def init_state(self, batch_size: int) -> State:
+        """Empty streaming state for ``batch_size`` users."""
+        self._require_streaming()
+        device = self._all_items.device
+        dtype = self.item_encoder.item_table().dtype
+        return (
+            self.item_encoder.init_state(batch_size, device, dtype),
+            self.encoder.init_state(batch_size, device, dtype),
+        )
+
+    def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
+        """Add one interaction per user ``(B,)``; returns the new scores ``(B, num_items + 1)`` and state."""
+        self._require_streaming()
+        if item_ids_t.dim() != 1 or item_ids_t.dtype != torch.long:
+            raise ValueError(f"item_ids_t must be a LongTensor of shape (B,), got {item_ids_t.dtype} {tuple(item_ids_t.shape)}")
+        if int(item_ids_t.min()) < 1 or int(item_ids_t.max()) > self.num_items:
+            raise ValueError(f"streamed item indices must be in 1..{self.num_items}")
+        encoder_state, layers_state = state
+        x_t, encoder_state = self.item_encoder.step(item_ids_t, encoder_state, timestamps_t)
+        h_t, layers_state = self.encoder.step(x_t, layers_state)
+        return self.item_logits(h_t), (encoder_state, layers_state)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Full-softmax cross-entropy of the next item.
+
+        ``batch["item_ids"]`` (B, L) with ``batch["target"]`` (B,) scores the user vector of each
+        history (objective ``last``); with ``batch["targets"]`` (B, L) (0 where there is no target)
+        every position predicts its own next item (objective ``all``; causal models with a
+        position-wise readout only).
+        """
+        item_ids = batch["item_ids"]
+        mask = item_ids > 0
+        hidden, mask = self.encode(item_ids, batch.get("timestamps"))
+        if "targets" in batch:
+            if not (self.causal and self.readout.positionwise):
+                raise ValueError(f"objective 'all' needs a causal model with a position-wise readout; {self.recipe.name!r} is not")
+            targets = batch["targets"]
+            keep = targets > 0
+            return F.cross_entropy(self.item_logits(hidden[keep]), targets[keep])
+        return F.cross_entropy(self.item_logits(self.readout(hidden, mask)), batch["target"])
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay: SSM ``A_log`` / ``D`` / ``dt_bias``, norms, biases, 1-D tensors."""
+        exempt = {"A_log", "D", "dt_bias"}
+        names = set()
+        for name, param in self.named_parameters():
+            if param.dim() <= 1 or name.rsplit(".", 1)[-1] in exempt or getattr(param, "_no_weight_decay", False):
+                names.add(name)
+        return names
+
+    def set_item_features(self, **features: Tensor) -> None:
+        """Load item side information (``attributes=``, ``text=``, ...) into an item encoder that uses it."""
+        setter = getattr(self.item_encoder, "set_item_features", None)
+        if setter is None:
+            raise ValueError(f"item encoder {self.recipe.item_encoder.block!r} uses no item features (got {sorted(features)})")
+        setter(**features)
+
+
+def left_pad(rows: Sequence[Sequence[float]], device: torch.device | None = None, dtype: torch.dtype = torch.long) -> Tensor:
+    """Stack variable-length rows into ``(B, max length)``, padding with 0 on the left."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.zeros(len(rows), width, dtype=dtype, device=device)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, width - len(row):] = torch.as_tensor(row, dtype=dtype, device=device)
+    return out
+
+
+def seen_mask(item_ids: Tensor, num_items: int) -> Tensor:
+    """``(B, num_items + 1)`` bool: True at items in each history (padding column excluded)."""
+    seen = torch.zeros(item_ids.shape[0], num_items + 1, dtype=torch.bool, device=item_ids.device)
+    seen.scatter_(1, item_ids, True)
+    seen[:, 0] = False
+    return seen
