@@ -1,0 +1,190 @@
+"""ConvRec's convolution down-scaling stack (CDS): a readout that collapses ``(B, L, D)`` to ``(B, D)``."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.base import ReadoutBlock
+from blocks.masking import masked_mean, zero_pads
+from zoo.registry import register_block
+
+
+def pyramid_lengths(length: int, schedule: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(left pad, output length)`` of each (kernel, stride) layer for an input of ``length``.
+
+    ConvRec's pad rule (NOTES.md §4.4): when the current length ``n >= k`` pad ``(s - (n - k) % s) % s``
+    so the windows tile it exactly; when ``n < k`` pad ``k - n`` so one window fits. The output length
+    is ``(n + pad - k) // s + 1``.
+    """
+    plan = []
+    for kernel, stride in schedule:
+        pad = (stride - (length - kernel) % stride) % stride if length >= kernel else kernel - length
+        length = (length + pad - kernel) // stride + 1
+        plan.append((pad, length))
+    return plan
+
+
+def fit_to_length(x: Tensor, mask: Tensor, length: int, who: str) -> tuple[Tensor, Tensor]:
+    """Left-pad (with zeros / False) or crop ``x (B, L, ...)`` and ``mask`` to exactly ``length`` positions.
+
+    Cropping keeps the newest ``length`` positions; it is an error when it would drop real items.
+    """
+    current = mask.shape[1]
+    if current < length:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (length - current, 0))
+        mask = F.pad(mask, (length - current, 0), value=False)
+    elif current > length:
+        if mask[:, : current - length].any():
+            longest = int(mask.sum(1).max())
+            raise ValueError(f"{who}: a sequence has {longest} real items but the block was built for max_len={length}")
+        x, mask = x[:, current - length:], mask[:, current - length:]
+    return x, mask
+
+
+class LayerNormC(nn.Module):
+    """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (NOTES.md §4.3)."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        return self.weight * centred / (x.std(-1, keepdim=True) + self.eps) + self.bias
+
+
+def make_norm(kind: Literal["layernorm_c", "layernorm"], width: int) -> nn.Module:
+    """ConvRec's :class:`LayerNormC` or torch's ``LayerNorm`` (eps 1e-5)."""
+    return LayerNormC(width) if kind == "layernorm_c" else nn.LayerNorm(width)
+
+
+class ConvDownscaleLayer(nn.Module):
+    """One ConvBlock (ConvRec §4.2, Eqs. 9-11):
+
+    ``x' = LN(Dropout(GELU(W_o · Conv_{k,s}(x) + b_o)) + w1 · AvgPool_{k,s}(x) + w2 · AvgPool_{k,s}(x_res))``
+
+    ``Conv_{k,s}`` is a grouped Conv1d (``num_heads`` groups, no padding, bias) and ``W_o`` the Linear
+    after it; ``w1`` weighs the pooled layer input (the paper's progressive residual), ``w2`` the pooled
+    original input ``x_res``; both scalars start at 0.5. A residual turned off is left out entirely.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel: int,
+        stride: int,
+        num_heads: int,
+        dropout: float,
+        progressive_residual: bool,
+        original_residual: bool,
+        norm: Literal["layernorm_c", "layernorm"],
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(d_model, d_model, kernel, stride=stride, groups=num_heads)
+        self.out_linear = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.w1 = nn.Parameter(torch.tensor(0.5)) if progressive_residual else None
+        self.w2 = nn.Parameter(torch.tensor(0.5)) if original_residual else None
+        self.norm = make_norm(norm, d_model)
+
+    def _pool(self, x: Tensor) -> Tensor:
+        return F.avg_pool1d(x.transpose(1, 2), self.kernel, self.stride).transpose(1, 2)
+
+    def forward(self, x: Tensor, x_res: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+        if pad:
+            x, x_res = F.pad(x, (0, 0, pad, 0)), F.pad(x_res, (0, 0, pad, 0))
+        out = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        out = self.dropout(F.gelu(self.out_linear(out)))
+        x_res = self._pool(x_res)
+        if self.w1 is not None:
+            out = out + self.w1 * self._pool(x)
+        if self.w2 is not None:
+            out = out + self.w2 * x_res
+        return self.norm(out), x_res
+
+
+@register_block("conv_pyramid", aliases=("cds",))
+class ConvPyramid(ReadoutBlock):
+    """ConvRec's convolution down-scaling stack (CDS; ConvRec §4.2, Eqs. 8-13; code: NOTES.md §4.4).
+
+    Each (kernel, stride) of ``schedule`` is a :class:`ConvDownscaleLayer`; before it the sequence is
+    left zero-padded so the windows tile it (rule in :func:`pyramid_lengths`). After the last layer an
+    adaptive average pool reduces whatever length remains to 1 (Eq. 13): ``u = mean_t x^{(N)}_t``.
+
+    **Fixed length.** Where an item falls in the windows depends on the padded length, so a pyramid run
+    on the batch's own width would give a sequence a different vector in a wider batch. Here every batch
+    is first brought to ``max_len`` positions (pads zeroed, then left zero-padded, or cropped when only
+    padding is dropped), as ConvRec's code does with its fixed ``input_length``; the vector of a sequence
+    therefore never depends on how it was batched. A sequence longer than ``max_len`` is an error.
+
+    Ablations of ConvRec Table 4:
+
+    * ``mode="one_conv"`` -- "w/ one Conv": one layer with kernel = stride = ``max_len`` (replaces ``schedule``).
+    * ``mode="avgpool"`` -- "w/ AvgPool": "the average pooling of item embeddings without any additional
+      layers", read as the mean of the real items (``u = (1/n) Σ_t x_t``; no parameters).
+    * ``progressive_residual=False, original_residual=False`` -- "w/o Residuals".
+    * "w/o Intervals" is an option of the item encoder (``attribute_context``), not of this block.
+
+    ``num_heads > 1`` is the code's grouped multi-head convolution (NOTES.md §4.9 (7)); ``norm`` picks
+    ConvRec's ``LayerNormC`` (the code's) or torch's LayerNorm.
+    """
+
+    causal = False
+    contract_variants = (
+        {"mode": "one_conv"},
+        {"mode": "avgpool"},
+        {"schedule": [(2, 1), (5, 5)], "num_heads": 2, "norm": "layernorm", "original_residual": False},
+    )
+
+    def __init__(
+        self,
+        d_model: int,
+        max_len: int = 50,
+        schedule: tuple[tuple[int, int], ...] = ((2, 2), (5, 5), (7, 7)),
+        mode: Literal["pyramid", "one_conv", "avgpool"] = "pyramid",
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        progressive_residual: bool = True,
+        original_residual: bool = True,
+        norm: Literal["layernorm_c", "layernorm"] = "layernorm_c",
+    ) -> None:
+        super().__init__()
+        if max_len < 1:
+            raise ValueError(f"conv_pyramid: max_len must be >= 1, got {max_len}")
+        if mode == "pyramid" and not schedule:
+            raise ValueError("conv_pyramid: schedule must list at least one (kernel, stride) pair, e.g. [[2, 2], [5, 5]]")
+        for pair in schedule:
+            if len(pair) != 2 or not 1 <= pair[1] <= pair[0]:
+                raise ValueError(
+                    f"conv_pyramid: each schedule entry must be (kernel, stride) with 1 <= stride <= kernel, got {pair}"
+                )
+        if num_heads < 1 or d_model % num_heads:
+            raise ValueError(f"conv_pyramid: num_heads={num_heads} must be >= 1 and divide d_model={d_model}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"conv_pyramid: dropout must be in [0, 1), got {dropout}")
+        self.max_len = max_len
+        self.mode = mode
+        self.schedule = [(max_len, max_len)] if mode == "one_conv" else [tuple(p) for p in schedule]
+        self.plan = [] if mode == "avgpool" else pyramid_lengths(max_len, self.schedule)
+        self.layers = nn.ModuleList(
+            ConvDownscaleLayer(d_model, k, s, num_heads, dropout, progressive_residual, original_residual, norm)
+            for k, s in ([] if mode == "avgpool" else self.schedule)
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if x.dim() != 3 or mask.shape != x.shape[:2]:
+            raise ValueError(f"conv_pyramid: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        if self.mode == "avgpool":
+            return masked_mean(x, mask)
+        x, mask = fit_to_length(zero_pads(x, mask), mask, self.max_len, "conv_pyramid")
+        x_res = x
+        for layer, (pad, _) in zip(self.layers, self.plan):
+            x, x_res = layer(x, x_res, pad)
+        return x.mean(1)
