@@ -63,7 +63,9 @@ class BuildContext:
     def block(self, spec: BlockSpec) -> nn.Module:
         cls = get_block(spec.block)
         facts = context_kwargs(cls, d_model=self.d_model, num_items=self.num_items, max_len=self.max_len)
-        return cls(**facts, **spec.args)
+        block = cls(**facts, **spec.args)
+        block.recipe_args = dict(spec.args)
+        return block
 
     def layer(self, spec: Layer) -> nn.Module:
         if isinstance(spec, BlockSpec):

@@ -230,22 +230,27 @@ def _check_block(spec: BlockSpec, kinds: tuple[str, ...], where: str, errors: li
             errors.append((f"{where}.{field}", msg, err.get("input")))
 
 
+def _check_layer(layer: Layer, here: str, errors: list) -> None:
+    if isinstance(layer, BlockSpec):
+        _check_block(layer, ("sequence",), here, errors)
+    elif isinstance(layer, Sequential):
+        _check_layers(layer.sequential, f"{here}.sequential", errors)
+    elif isinstance(layer, Repeat):
+        _check_layers(layer.layers, f"{here}.layers", errors)
+    elif isinstance(layer, Residual):
+        if isinstance(layer.residual, list):
+            _check_layers(layer.residual, f"{here}.residual", errors)
+        else:
+            _check_layer(layer.residual, f"{here}.residual", errors)
+    elif isinstance(layer, Parallel):
+        _check_layers(layer.parallel, f"{here}.parallel", errors)
+        _check_block(layer.fuse, ("fusion",), f"{here}.fuse", errors)
+        _check_fusion_inputs(layer, f"{here}.fuse", errors)
+
+
 def _check_layers(layers: list, where: str, errors: list) -> None:
     for i, layer in enumerate(layers):
-        here = f"{where}[{i}]"
-        if isinstance(layer, BlockSpec):
-            _check_block(layer, ("sequence",), here, errors)
-        elif isinstance(layer, Sequential):
-            _check_layers(layer.sequential, f"{here}.sequential", errors)
-        elif isinstance(layer, Repeat):
-            _check_layers(layer.layers, f"{here}.layers", errors)
-        elif isinstance(layer, Residual):
-            inner = layer.residual if isinstance(layer.residual, list) else [layer.residual]
-            _check_layers(inner, f"{here}.residual", errors)
-        elif isinstance(layer, Parallel):
-            _check_layers(layer.parallel, f"{here}.parallel", errors)
-            _check_block(layer.fuse, ("fusion",), f"{here}.fuse", errors)
-            _check_fusion_inputs(layer, f"{here}.fuse", errors)
+        _check_layer(layer, f"{where}[{i}]", errors)
 
 
 def _check_fusion_inputs(layer: Parallel, where: str, errors: list) -> None:
