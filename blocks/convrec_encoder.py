@@ -1,0 +1,224 @@
+"""ConvRec's item encoder: item ID + attributes + calendar time context, with time intervals."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.base import ItemEncoderBlock, State
+from blocks.conv_pyramid import make_norm
+from blocks.llm_projector import item_feature_table, reject_unused_features
+from zoo.registry import register_block
+
+SECONDS_PER_DAY = 86400
+NUM_CONTEXT = 6  # year, month, day, day of week, day of year, week of month
+NUM_INTERVALS = 3  # differences of the normalised (year, month, day)
+_DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def calendar_fields(timestamps: Tensor) -> Tensor:
+    """Unix seconds (UTC) ``(...)`` -> integer ``(..., 6)``: year, month 1-12, day 1-31, day of week
+    (Monday = 0, as pandas' ``dayofweek``), day of year 1-366, week of month ``(day - 1) // 7 + 1``.
+
+    Proleptic Gregorian calendar; the civil date is computed from the day count with the era-based
+    algorithm (400-year eras of 146 097 days, years starting on 1 March).
+    """
+    days = torch.div(timestamps, SECONDS_PER_DAY, rounding_mode="floor").long()
+    shifted = days + 719468  # days since 0000-03-01
+    era = torch.div(shifted, 146097, rounding_mode="floor")
+    day_of_era = shifted - era * 146097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36524 - day_of_era // 146096) // 365
+    day_of_march_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_march_year + 2) // 153  # 0 = March
+    day = day_of_march_year - (153 * month_index + 2) // 5 + 1
+    month = torch.where(month_index < 10, month_index + 3, month_index - 9)
+    year = year_of_era + era * 400 + (month <= 2).long()
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    before = torch.tensor(_DAYS_BEFORE_MONTH, device=days.device)[month - 1]
+    day_of_year = before + day + (leap & (month > 2)).long()
+    day_of_week = (days + 3) % 7  # 1970-01-01 was a Thursday
+    week = (day - 1) // 7 + 1
+    return torch.stack([year, month, day, day_of_week, day_of_year, week], -1)
+
+
+def calendar_context(timestamps: Tensor, year_range: tuple[int, int]) -> Tensor:
+    """ConvRec's 6 normalised calendar features (NOTES.md §4.1): ``[(year - y0) / (y1 - y0), month / 12,
+    day / 31, dayofweek / 7, dayofyear / 365, week / 4]`` as float32 ``(..., 6)``.
+
+    The code min-max normalises the year over the dataset; here the range ``(y0, y1)`` is fixed by the
+    recipe so no dataset statistics are needed.
+    """
+    fields = calendar_fields(timestamps).to(torch.float32)
+    start, end = year_range
+    scale = torch.tensor([end - start, 12, 31, 7, 365, 4], dtype=torch.float32, device=fields.device)
+    offset = torch.tensor([start, 0, 0, 0, 0, 0], dtype=torch.float32, device=fields.device)
+    return (fields - offset) / scale
+
+
+@register_block("attribute_context", aliases=("convrec_encoder",))
+class AttributeContextEncoder(ItemEncoderBlock):
+    """ConvRec's item encoder (ConvRec §4.1 Eqs. 1-7; code ``ConvItemEncoder``, NOTES.md §4.2-4.3).
+
+    For item ``i`` at time ``τ`` with attributes ``f_i`` (multi-hot or dense) and calendar context
+    ``c_τ`` (:func:`calendar_context`)::
+
+        a   = Dropout(W_ac [W_f f_i + b_f ; W_c c_τ + b_c] + b_ac)     W_f: F -> 4D, W_c: 6 -> D, W_ac: 5D -> 4D
+        v   = W_v [E[id(i)] ; a] + b_v                                 W_v: 5D -> D
+        out = GELU(W_in Norm(Dropout(GELU([v ; Δ_τ]))) + b_in)        W_in: D+3 -> D   (Eqs. 5-7)
+
+    * ``Δ_τ`` (``intervals=True``) = difference of the normalised (year, month, day) to the previous
+      real item. For the first real item the paper sets 0 (``first_interval="zero"``, default); the code
+      uses 1 (``"one"``) for a full window, but for a padded sequence takes the difference to the zero
+      context of the pad -- that quirk depends on the padding and is not reproduced. ``intervals=False``
+      is the "w/o Intervals" ablation (ConvRec Table 4): ``[v]`` alone (width D) goes through the same
+      GELU/Dropout/Norm/Linear/GELU.
+    * Frequent-item ID trick (ProxyRCA; ConvRec §4.1): with ``num_known_items = K`` only the K most
+      frequent items keep their own ID embedding; all others share row K+1. The frequency order comes
+      from ``set_item_features(item_counts=...)``; until it is given, item ids are assumed to be numbered
+      by decreasing frequency already (id 1 the most frequent), so ids > K share the row.
+    * Attributes are a frozen buffer ``(num_items + 1, num_attributes)`` set with
+      ``set_item_features(attributes=...)`` (row 0 zero; zeros until set; part of the checkpoint).
+    * ``timestamps=None`` gives a zero context (and zero intervals). :meth:`item_table` encodes every item
+      with a zero context and ``Δ = 0`` (the code's candidate path uses ``Δ`` = target time minus the last
+      history time, which a context-free table cannot know) and without the history dropout.
+    * ``norm``: the code's ``LayerNormC`` or torch's LayerNorm. Padded positions output zero. No custom
+      init (PyTorch defaults, as the code: the ID embedding is N(0, 1)).
+    """
+
+    causal = True
+    streaming = True
+    item_features: ClassVar[tuple[str, ...]] = ("attributes", "item_counts")
+    contract_variants = (
+        {"intervals": False, "num_known_items": 5, "norm": "layernorm"},
+        {"first_interval": "one", "num_attributes": 3, "dropout": 0.1},
+    )
+
+    def __init__(
+        self,
+        d_model: int,
+        num_items: int,
+        num_attributes: int = 19,
+        intervals: bool = True,
+        first_interval: Literal["zero", "one"] = "zero",
+        num_known_items: int | None = None,
+        dropout: float = 0.0,
+        year_range: tuple[int, int] = (1990, 2030),
+        norm: Literal["layernorm_c", "layernorm"] = "layernorm_c",
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"attribute_context: num_items must be >= 1, got {num_items}")
+        if num_attributes < 1:
+            raise ValueError(f"attribute_context: num_attributes must be >= 1, got {num_attributes}")
+        if num_known_items is not None and not 1 <= num_known_items <= num_items:
+            raise ValueError(f"attribute_context: num_known_items must be in [1, num_items={num_items}], got {num_known_items}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"attribute_context: dropout must be in [0, 1), got {dropout}")
+        if len(year_range) != 2 or year_range[1] <= year_range[0]:
+            raise ValueError(f"attribute_context: year_range must be (first, last) with last > first, got {year_range}")
+        self.num_items, self.num_attributes = num_items, num_attributes
+        self.num_known_items = num_known_items
+        self.intervals, self.first_interval = intervals, first_interval
+        self.year_range = (int(year_range[0]), int(year_range[1]))
+        self.register_buffer("attributes", torch.zeros(num_items + 1, num_attributes))
+        self.register_buffer("id_rows", self._rows_by_rank(torch.arange(num_items + 1)))
+        width = 4 * d_model
+        self.features_encoder = nn.Linear(num_attributes, width)
+        self.context_encoder = nn.Linear(NUM_CONTEXT, d_model)
+        self.combine_encoder = nn.Linear(width + d_model, width)
+        rows = num_items + 1 if num_known_items is None else num_known_items + 2
+        self.id_embedding = nn.Embedding(rows, d_model, padding_idx=0)
+        self.item_encoder = nn.Linear(d_model + width, d_model)
+        extra = NUM_INTERVALS if intervals else 0
+        self.norm = make_norm(norm, d_model + extra)
+        self.in_linear = nn.Linear(d_model + extra, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def _rows_by_rank(self, rank: Tensor) -> Tensor:
+        """Embedding row of each item from its frequency rank (1 = most frequent; 0 = padding)."""
+        if self.num_known_items is None:
+            return rank
+        return torch.where(rank > self.num_known_items, torch.full_like(rank, self.num_known_items + 1), rank)
+
+    def set_item_features(
+        self, *, text: Tensor | None = None, attributes: Tensor | None = None, item_counts: Tensor | None = None
+    ) -> None:
+        """Load ``attributes (num_items + 1, num_attributes)`` and/or ``item_counts (num_items + 1,)``.
+
+        ``item_counts`` (interactions per item; entry 0 ignored) ranks items by decreasing count, ties by
+        smaller id, for the frequent-item ID trick; it needs ``num_known_items``.
+        """
+        who = "attribute_context"
+        reject_unused_features(who, self.item_features, text=text, attributes=attributes, item_counts=item_counts)
+        if attributes is None and item_counts is None:
+            raise ValueError(f"{who}: pass attributes=(num_items + 1, {self.num_attributes}) and/or item_counts=(num_items + 1,)")
+        if attributes is not None:
+            self.attributes.copy_(item_feature_table(who, "attributes", attributes, self.num_items, self.num_attributes))
+        if item_counts is not None:
+            if self.num_known_items is None:
+                raise ValueError(f"{who}: item_counts only matter with num_known_items set (the frequent-item ID trick)")
+            counts = item_feature_table(who, "item_counts", item_counts, self.num_items, None)
+            order = torch.sort(-counts[1:], stable=True).indices + 1
+            rank = torch.zeros(self.num_items + 1, dtype=torch.long)
+            rank[order] = torch.arange(1, self.num_items + 1)
+            self.id_rows.copy_(self._rows_by_rank(rank))
+
+    def _context(self, timestamps: Tensor | None, shape: torch.Size, device: torch.device) -> Tensor:
+        if timestamps is None:
+            return torch.zeros(*shape, NUM_CONTEXT, device=device)
+        if timestamps.shape != shape:
+            raise ValueError(f"attribute_context: timestamps {tuple(timestamps.shape)} must match item_ids {tuple(shape)}")
+        return calendar_context(timestamps, self.year_range)
+
+    def _first_interval(self, like: Tensor) -> Tensor:
+        return torch.full_like(like, 1.0 if self.first_interval == "one" else 0.0)
+
+    def _embed(self, item_ids: Tensor, context: Tensor) -> Tensor:
+        """Eqs. 1-4: ``v = W_v [E[id] ; Dropout(W_ac [W_f f ; W_c c])]``."""
+        features = self.features_encoder(self.attributes[item_ids])
+        side = self.dropout(self.combine_encoder(torch.cat([features, self.context_encoder(context)], -1)))
+        return self.item_encoder(torch.cat([self.id_embedding(self.id_rows[item_ids]), side], -1))
+
+    def _finish(self, v: Tensor, intervals: Tensor, dropout: bool) -> Tensor:
+        """Eqs. 5-7: ``GELU(W_in Norm(Dropout(GELU([v ; Δ]))))``."""
+        if self.intervals:
+            v = torch.cat([v, intervals], -1)
+        v = F.gelu(v)
+        if dropout:
+            v = self.dropout(v)
+        return F.gelu(self.in_linear(self.norm(v)))
+
+    def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        if item_ids.dim() != 2 or item_ids.shape != mask.shape:
+            raise ValueError(f"attribute_context: expected item_ids and mask (B, L), got {tuple(item_ids.shape)} and {tuple(mask.shape)}")
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        if timestamps is not None and timestamps.shape == mask.shape:
+            timestamps = torch.where(mask, timestamps, torch.zeros_like(timestamps))
+        context = self._context(timestamps, item_ids.shape, item_ids.device) * weights
+        v = self._embed(item_ids * mask, context)
+        dates = context[..., :NUM_INTERVALS]
+        previous = F.pad(dates, (0, 0, 1, 0))[:, :-1]
+        has_previous = (mask & F.pad(mask, (1, 0), value=False)[:, :-1]).unsqueeze(-1)
+        intervals = torch.where(has_previous, dates - previous, self._first_interval(dates))
+        return self._finish(v, intervals, dropout=True) * weights.to(v.dtype)
+
+    def item_table(self) -> Tensor:
+        ids = torch.arange(self.num_items + 1, device=self.attributes.device)
+        v = self._embed(ids, torch.zeros(len(ids), NUM_CONTEXT, device=ids.device))
+        table = self._finish(v, torch.zeros(len(ids), NUM_INTERVALS, device=ids.device), dropout=False)
+        return torch.cat([torch.zeros_like(table[:1]), table[1:]], 0)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        """The previous item's normalised (year, month, day) and whether there was one."""
+        return torch.zeros(batch_size, NUM_INTERVALS, device=device), torch.zeros(batch_size, dtype=torch.bool, device=device)
+
+    def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
+        previous, has_previous = state
+        context = self._context(timestamps_t, item_ids_t.shape, item_ids_t.device)
+        dates = context[..., :NUM_INTERVALS]
+        intervals = torch.where(has_previous.unsqueeze(-1), dates - previous, self._first_interval(dates))
+        y = self._finish(self._embed(item_ids_t, context), intervals, dropout=True)
+        return y, (dates, torch.ones_like(has_previous))
