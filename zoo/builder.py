@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from importlib import resources
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,10 @@ def recipes_dir() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "recipes"
     if checkout.is_dir():
         return checkout
-    return Path(str(resources.files("zoo.recipes")))
+    spec = importlib.util.find_spec("zoo.recipes")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bundled recipes are missing: neither recipes/ in a checkout nor zoo.recipes installed")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def list_models(pattern: str = "*") -> list[str]:
