@@ -1,0 +1,342 @@
+"""Mamba's selective scan: mamba-ssm's ``selective_scan_fn`` in pure PyTorch, dispatching to it on CUDA.
+
+The recurrence (Gu & Dao 2023, "Mamba", Alg. 2 / eq. 2a-2b, zero-order-hold discretisation of A and
+Euler discretisation of B, as in mamba-ssm's ``selective_scan_ref``), per batch b, channel d, state n::
+
+    delta_t = softplus(delta_t + delta_bias)            (each optional)
+    h_t[n]  = exp(delta_t * A[d, n]) * h_{t-1}[n] + delta_t * B_t[n] * u_t      h_{-1} = 0
+    y_t     = sum_n C_t[n] * h_t[n] + D[d] * u_t
+    out_t   = y_t * silu(z_t)                                                   (optional)
+
+B and C are time-invariant ``(d, n)`` or input-dependent ``(b, n, l)`` / ``(b, g, n, l)``; with ``g``
+groups channel ``d`` reads group ``d // (d_inner / g)``.
+
+The pure algorithm (:class:`_BlockedScan`) is a blocked scan without an autograd tape. Time is cut
+into *groups* of ``lanes * steps`` positions processed one after another; inside a group the
+``lanes`` consecutive runs of ``steps`` positions are scanned side by side (one vectorised update
+per step for all lanes), then linked: lane ``c`` starts from lane ``c - 1``'s end, and its states are
+corrected by ``exp(A * cumsum(delta)) * start`` (exponents <= 0 whenever delta >= 0, so nothing
+overflows). The backward pass is the reverse-time adjoint scan, built the same way, that recomputes
+a group's states from the state saved at the group's start. Memory is bounded by the group size,
+not by ``l * d * n``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from blocks.ssm._dispatch import optional_function, use_cuda_kernels
+
+# Per-buffer working-set size (elements) a group aims for, and the lane tensor size beyond which
+# running lanes side by side stops paying (per-op overhead is amortised by then).
+_GROUP_ELEMENTS = 1 << 22
+_LANE_ELEMENTS = 1 << 17
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """mamba-ssm's ``selective_scan_fn``: same signature, shapes and semantics (see the module docstring).
+
+    ``u, delta, z``: ``(b, d, l)``; ``A``: ``(d, n)`` real; ``B, C``: ``(d, n)``, ``(b, n, l)`` or
+    ``(b, g, n, l)``; ``D, delta_bias``: ``(d,)``. Returns ``out (b, d, l)`` in ``u``'s dtype and, with
+    ``return_last_state``, also the final state ``(b, d, n)`` (float32, or float64 for float64 inputs).
+    On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path).
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):
+        kernel = optional_function("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_blocked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    lanes: int | None = None,
+    steps: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The pure-PyTorch selective scan (any device). ``lanes`` / ``steps`` override the automatic blocking."""
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    dtype = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    batch, dim, length = u.shape
+    if delta_bias is not None:
+        delta = delta.to(dtype) + delta_bias.to(dtype)[:, None]
+    delta = F.softplus(delta.to(dtype)) if delta_softplus else delta.to(dtype)
+    u_c = u.to(dtype)
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (u, delta, A, B, C)
+    )
+    lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad)
+    y, last_state = _BlockedScan.apply(u_c, delta, A.to(dtype), B.to(dtype), C.to(dtype), lanes, steps)
+    if D is not None:
+        y = y + u_c * D.to(dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    out = y.to(u.dtype)
+    return (out, last_state) if return_last_state else out
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.is_complex():
+        raise ValueError("selective_scan: complex A is not supported by the pure-PyTorch scan; pass a real A (dim, d_state)")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, d_state), got {tuple(A.shape)}")
+    d_state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 2:
+            ok = t.shape == (dim, d_state)
+        elif t.dim() == 3:
+            ok = t.shape == (batch, d_state, length)
+        elif t.dim() == 4:
+            ok = t.shape[0] == batch and t.shape[2:] == (d_state, length) and t.shape[1] > 0 and dim % t.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"selective_scan: {name} must be ({dim}, {d_state}), ({batch}, {d_state}, {length}) or "
+                f"({batch}, groups, {d_state}, {length}) with {dim} divisible by groups; got {tuple(t.shape)}"
+            )
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"selective_scan: B and C must have the same number of groups, got {B.shape[1]} and {C.shape[1]}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"selective_scan: {name} must be ({dim},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _blocking(state_elements: int, length: int, lanes: int | None, steps: int | None, needs_grad: bool) -> tuple[int, int]:
+    """Choose (lanes, steps): lanes run side by side, ``lanes * steps`` positions make one group."""
+    if lanes is None:
+        lanes = max(1, min(_LANE_ELEMENTS // state_elements, math.isqrt(length)))
+    if steps is None:
+        group = max(1, _GROUP_ELEMENTS // state_elements)
+        if needs_grad:
+            # Saved group-start states cost state_elements * length / group; keep them near the input size.
+            group = max(group, min(64, length))
+        steps = max(1, min(group // lanes, math.ceil(length / lanes)))
+    return lanes, steps
+
+
+class _Layout:
+    """Views of the scan's inputs in the blocked, time-major layout ``(groups, steps, b, g, lanes, h, ...)``.
+
+    ``u``/``delta`` are ``(b, d, l)`` with ``d = g * h``; ``l`` is zero-padded to ``groups * lanes * steps``
+    (padded steps have ``delta = 0``: no decay, no input, so they change nothing).
+    """
+
+    def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int) -> None:
+        self.batch, self.dim, self.length = u.shape
+        self.d_state = A.shape[1]
+        self.groups = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
+        self.heads = self.dim // self.groups
+        self.lanes, self.steps = lanes, steps
+        self.n_groups = max(1, math.ceil(self.length / (lanes * steps)))
+        self.padded = self.n_groups * lanes * steps
+        self.A = A.reshape(self.groups, 1, self.heads, self.d_state)
+
+    def channels(self, x: Tensor) -> Tensor:
+        """``(b, d, l)`` -> ``(groups, steps, b, g, lanes, h)`` contiguous."""
+        x = F.pad(x, (0, self.padded - self.length))
+        x = x.reshape(self.batch, self.groups, self.heads, self.n_groups, self.lanes, self.steps)
+        return x.permute(3, 5, 0, 1, 4, 2).contiguous()
+
+    def channels_back(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`channels`."""
+        x = x.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, self.dim, self.padded)
+        return x[..., : self.length]
+
+    def projection(self, t: Tensor) -> Tensor:
+        """B or C -> broadcastable to ``(groups, steps, b, g, lanes, h, n)``."""
+        if t.dim() == 2:
+            return t.reshape(1, 1, 1, self.groups, 1, self.heads, self.d_state)
+        if t.dim() == 3:
+            t = t.unsqueeze(1)
+        t = F.pad(t, (0, self.padded - self.length))
+        t = t.reshape(self.batch, t.shape[1], self.d_state, self.n_groups, self.lanes, self.steps)
+        return t.permute(3, 5, 0, 1, 4, 2).unsqueeze(-2).contiguous()
+
+    def projection_back(self, grad: Tensor, like: Tensor) -> Tensor:
+        """B or C gradient -> the layout of ``like``; a time-invariant one arrives as ``(g, h, n)``."""
+        if like.dim() == 2:
+            return grad.reshape(self.dim, self.d_state)
+        grad = grad.squeeze(-2)
+        groups = grad.shape[3]
+        grad = grad.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, groups, self.d_state, self.padded)
+        grad = grad[..., : self.length]
+        return grad.squeeze(1) if like.dim() == 3 else grad
+
+
+def _contract(x: Tensor, p: Tensor) -> Tensor:
+    """``sum_n x[..., h, n] * p[..., h|1, n]`` -> ``(..., h)``."""
+    if p.shape[-2] == 1 and x.dim() == p.dim():
+        return (x @ p.transpose(-1, -2)).squeeze(-1)
+    return (x * p).sum(-1)
+
+
+def _outer_sum(w: Tensor, x: Tensor) -> Tensor:
+    """``sum_h w[..., h] * x[..., h, n]`` -> ``(..., 1, n)``."""
+    return w.unsqueeze(-2) @ x
+
+
+def _pick(t: Tensor, k: int) -> Tensor:
+    """Group ``k`` of a blocked tensor whose leading dim is the group (or 1 when time-invariant)."""
+    return t[min(k, t.shape[0] - 1)]
+
+
+class _Group:
+    """One group's states: the forward recurrence, recomputable in the backward pass.
+
+    ``delta, u``: ``(steps, b, g, lanes, h)``; ``B``: broadcastable to ``(steps, b, g, lanes, h, n)``;
+    ``A``: ``(g, 1, h, n)``; ``start``: the state before the group ``(b, g, h, n)``.
+    After construction ``states`` holds ``h_t`` for every step and lane, ``lane_starts`` the state before
+    each lane ``(b, g, lanes, h, n)`` and ``decay`` = ``exp(delta * A)`` per step.
+    """
+
+    def __init__(self, delta: Tensor, u: Tensor, A: Tensor, B: Tensor, start: Tensor) -> None:
+        self.delta, self.A = delta, A
+        self.decay = torch.exp(delta.unsqueeze(-1) * A)
+        states = (delta * u).unsqueeze(-1) * B
+        if states.shape != self.decay.shape:
+            states = states.expand_as(self.decay).contiguous()
+        states[0, :, :, 0].addcmul_(self.decay[0, :, :, 0], start)
+        for j in range(1, states.shape[0]):
+            states[j].addcmul_(self.decay[j], states[j - 1])
+        self.states = states
+        lanes = states.shape[3]
+        if lanes == 1:
+            self.lane_starts = start.unsqueeze(2)
+            return
+        self.cum_delta = delta.cumsum(0)
+        self.lane_decay = torch.exp(self.cum_delta[-1].unsqueeze(-1) * A)
+        lane_starts = [start, states[-1, :, :, 0]]
+        for c in range(2, lanes):
+            lane_starts.append(torch.addcmul(states[-1, :, :, c - 1], self.lane_decay[:, :, c - 1], lane_starts[-1]))
+        self.lane_starts = torch.stack(lane_starts, dim=2)
+        states[:, :, :, 1:].addcmul_(torch.exp(self.cum_delta[:, :, :, 1:].unsqueeze(-1) * A), self.lane_starts[:, :, 1:])
+
+    @property
+    def end(self) -> Tensor:
+        return self.states[-1, :, :, -1]
+
+    def adjoint(self, grad_y: Tensor, C: Tensor, carry: Tensor) -> Tensor:
+        """``lambda_t = dL/dh_t`` for every step: ``lambda_t = C_t * grad_y_t + decay_{t+1} * lambda_{t+1}``.
+
+        ``carry`` is ``decay * lambda`` flowing in from the next group (or the last state's gradient).
+        """
+        adj = grad_y.unsqueeze(-1) * C
+        if adj.shape != self.decay.shape:
+            adj = adj.expand_as(self.decay).contiguous()
+        adj[-1, :, :, -1].add_(carry)
+        steps, lanes = adj.shape[0], adj.shape[3]
+        for j in range(steps - 2, -1, -1):
+            adj[j].addcmul_(self.decay[j + 1], adj[j + 1])
+        if lanes == 1:
+            return adj
+        lane_out = self.decay[0] * adj[0]
+        carries = [lane_out[:, :, -1]]
+        for c in range(lanes - 2, 0, -1):
+            carries.append(torch.addcmul(lane_out[:, :, c], self.lane_decay[:, :, c], carries[-1]))
+        carries = torch.stack(carries[::-1], dim=2)
+        after = (self.cum_delta[-1] - self.cum_delta)[:, :, :, :-1]
+        adj[:, :, :, :-1].addcmul_(torch.exp(after.unsqueeze(-1) * self.A), carries)
+        return adj
+
+    def previous_states(self) -> Tensor:
+        """``h_{t-1}`` for every step and lane."""
+        return torch.cat([self.lane_starts.unsqueeze(0), self.states[:-1]])
+
+
+class _BlockedScan(torch.autograd.Function):
+    """``y_t = sum_n C_t h_t`` with ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``; returns ``(y, h_last)``."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int):
+        layout = _Layout(u, A, B, C, lanes, steps)
+        u_b, delta_b = layout.channels(u), layout.channels(delta)
+        B_b, C_b = layout.projection(B), layout.projection(C)
+        y_b = u_b.new_empty(u_b.shape)
+        state = u.new_zeros(layout.batch, layout.groups, layout.heads, layout.d_state)
+        group_starts = []
+        for k in range(layout.n_groups):
+            group_starts.append(state)
+            group = _Group(delta_b[k], u_b[k], layout.A, _pick(B_b, k), state)
+            y_b[k] = _contract(group.states, _pick(C_b, k))
+            state = group.end.clone()
+        ctx.layout = layout
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(group_starts))
+        return layout.channels_back(y_b), state.reshape(layout.batch, layout.dim, layout.d_state)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, grad_last: Tensor):
+        u, delta, A, B, C, group_starts = ctx.saved_tensors
+        layout: _Layout = ctx.layout
+        u_b, delta_b, gy_b = layout.channels(u), layout.channels(delta), layout.channels(grad_y)
+        B_b, C_b = layout.projection(B), layout.projection(C)
+        du_b, ddelta_b = torch.empty_like(u_b), torch.empty_like(delta_b)
+        dA = A.new_zeros(layout.groups, layout.heads, layout.d_state)
+        dB_b = torch.zeros_like(B_b) if B.dim() > 2 else torch.zeros_like(dA)
+        dC_b = torch.zeros_like(C_b) if C.dim() > 2 else torch.zeros_like(dA)
+        carry = grad_last.reshape(layout.batch, layout.groups, layout.heads, layout.d_state)
+        for k in range(layout.n_groups - 1, -1, -1):
+            delta_k, u_k, B_k, C_k, gy_k = delta_b[k], u_b[k], _pick(B_b, k), _pick(C_b, k), gy_b[k]
+            group = _Group(delta_k, u_k, layout.A, B_k, group_starts[k])
+            adj = group.adjoint(gy_k, C_k, carry)
+            carry = group.decay[0, :, :, 0] * adj[0, :, :, 0]
+            # w = dL/d(decay) * decay = lambda_t * decay_t * h_{t-1}
+            w = adj * group.decay
+            w.mul_(group.previous_states())
+            adj_B = _contract(adj, B_k)
+            ddelta_b[k] = _contract(w, layout.A) + u_k * adj_B
+            du_b[k] = delta_k * adj_B
+            dA += (w * delta_k.unsqueeze(-1)).sum(dim=(0, 1, 3))
+            _accumulate(dB_b, k, delta_k * u_k, adj)
+            _accumulate(dC_b, k, gy_k, group.states)
+        return (
+            layout.channels_back(du_b),
+            layout.channels_back(ddelta_b),
+            dA.reshape(layout.dim, layout.d_state),
+            layout.projection_back(dB_b, B),
+            layout.projection_back(dC_b, C),
+            None,
+            None,
+        )
+
+
+def _accumulate(grad: Tensor, k: int, weight: Tensor, x: Tensor) -> None:
+    """Add ``sum_h weight[..., h] * x[..., h, n]`` (a B or C gradient) into ``grad`` for group ``k``."""
+    if grad.dim() == 3:  # time-invariant (g, h, n): also sum over steps, batch and lanes
+        grad += (x * weight.unsqueeze(-1)).sum(dim=(0, 1, 3))
+        return
+    contribution = _outer_sum(weight, x)
+    if grad.shape[3] == 1 and contribution.shape[2] != 1:
+        contribution = contribution.sum(dim=2, keepdim=True)
+    grad[k] = contribution
