@@ -1,0 +1,149 @@
+"""The Mamba (v1) layer with mamba-ssm's parameters, initialisation and forward math.
+
+Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", §3 and Fig. 3;
+parameter names, shapes and initialisation follow mamba-ssm's ``mamba_ssm/modules/mamba_simple.py``
+(NOTES.md §1.2), so state dicts load in both directions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from blocks.base import SequenceBlock
+from blocks.ssm._dispatch import causal_depthwise_conv1d
+from blocks.ssm.selective_scan import selective_scan
+from zoo.registry import register_block
+
+
+class MambaState(NamedTuple):
+    """Streaming state: the last ``d_conv`` conv inputs ``(B, d_inner, d_conv)`` and the SSM state ``(B, d_inner, d_state)``."""
+
+    conv: Tensor
+    ssm: Tensor
+
+
+@register_block("mamba")
+class Mamba(SequenceBlock):
+    """Mamba block (Gu & Dao 2023, Fig. 3; mamba-ssm ``Mamba``, non-fused path).
+
+    ``x, z = in_proj(u)``; ``x = SiLU(causal_depthwise_conv(x))``; ``dt, B, C = x_proj(x)``;
+    ``delta = softplus(dt_proj(dt))``; ``y = selective_scan(x, delta, A = -exp(A_log), B, C, D)``
+    (``h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t``, ``y_t = C_t h_t + D x_t``);
+    ``out = out_proj(y * SiLU(z))``.
+
+    With a padding mask (left padding) the conv input is zeroed at pads and ``delta`` is 0 there, so
+    the state stays exactly zero through the padding and real positions do not depend on it.
+    """
+
+    causal = True
+    streaming = True
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | Literal["auto"] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: Literal["random", "constant"] = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if value < 1:
+                raise ValueError(f"mamba: {name} must be a positive integer, got {value}")
+        if dt_rank != "auto" and (not isinstance(dt_rank, int) or dt_rank < 1):
+            raise ValueError(f"mamba: dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self._init_dt_proj(dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+
+    def _init_dt_proj(self, dt_init: str, dt_scale: float, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+        """Weights ~ U(-s, s) (or constant s), s = dt_rank^-0.5 * dt_scale; bias = softplus^-1(dt),
+        dt log-uniform in [dt_min, dt_max] floored at dt_init_floor (mamba-ssm's init)."""
+        std = self.dt_rank**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            else:
+                self.dt_proj.weight.uniform_(-std, std)
+            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"mamba: expected x of shape (batch, length, {self.d_model}), got {tuple(x.shape)}")
+        if mask is not None and mask.shape != x.shape[:2]:
+            raise ValueError(f"mamba: mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
+        u, z = xz.chunk(2, dim=1)
+        if mask is not None:
+            u = u * mask.unsqueeze(1).to(u.dtype)
+        u = causal_depthwise_conv1d(u.contiguous(), self.conv1d.weight, self.conv1d.bias, activation="silu")
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added in the scan
+        B = B.transpose(1, 2).contiguous()
+        C = C.transpose(1, 2).contiguous()
+        A = -torch.exp(self.A_log)
+        if mask is None:
+            y = selective_scan(u, dt.contiguous(), A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
+        else:
+            delta = F.softplus(dt + self.dt_proj.bias.unsqueeze(-1)) * mask.unsqueeze(1).to(dt.dtype)
+            y = selective_scan(u, delta.contiguous(), A, B, C, self.D, z=z)
+        return self.out_proj(y.transpose(1, 2))
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:
+        device = self.A_log.device if device is None else device
+        dtype = self.out_proj.weight.dtype if dtype is None else dtype
+        return MambaState(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+        )
+
+    def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One position: ``x_t (B, d_model)`` -> ``(y_t (B, d_model), new state)``; equals ``forward`` position by position."""
+        if x_t.dim() != 2 or x_t.shape[-1] != self.d_model:
+            raise ValueError(f"mamba.step: expected x_t of shape (batch, {self.d_model}), got {tuple(x_t.shape)}")
+        conv_state, ssm_state = state
+        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E)
+        conv_state = torch.cat([conv_state[..., 1:], u.unsqueeze(-1)], dim=-1)
+        u = (conv_state * self.conv1d.weight.squeeze(1)).sum(-1)
+        if self.conv1d.bias is not None:
+            u = u + self.conv1d.bias
+        u = F.silu(u)
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # (B, E)
+        A = -torch.exp(self.A_log)
+        ssm_state = torch.exp(delta.unsqueeze(-1) * A) * ssm_state + (delta * u).unsqueeze(-1) * B.unsqueeze(1)
+        y = (ssm_state @ C.unsqueeze(-1)).squeeze(-1) + self.D * u
+        y = y * F.silu(z)
+        return self.out_proj(y), MambaState(conv_state, ssm_state)
