@@ -1,0 +1,299 @@
+"""Ranking evaluation of next-item models: full ranking (default) or sampled (1 positive + N negatives).
+
+Rank of the target: ``rank = 1 + #{candidates c != target : score[c] >= score[target]}``.
+Candidates are all real items (padding, column 0, is never one) in full ranking, or the
+target plus its ``N`` sampled negatives. **Ties are pessimistic**: an item with exactly the
+target's score counts as ranked above it. The rank is therefore deterministic (it never
+depends on a sort's order among equal scores, unlike RecBole's ``topk`` position) and a model
+cannot gain from ties: a constant scorer gets the worst rank. With distinct scores it equals
+RecBole's rank. NaN scores are an error.
+
+Metrics from the rank of the single target of every example (averaged over examples):
+``HR@K = [rank <= K]``, ``Recall@K = HR@K`` (one relevant item), ``NDCG@K = [rank <= K] /
+log2(rank + 1)`` (the ideal DCG is 1), ``MRR@K = [rank <= K] / rank`` -- RecBole's
+definitions (``recbole/evaluator/metrics.py``) specialised to one target. Results are also
+broken down by history length (default groups ``[0,5)``, ``[5,20)``, ``[20,inf)`` as in SIGMA).
+
+History masking (``mask_history=True``) sets the scores of the items in an example's history
+(other than the target itself) to ``-inf``; it is off by default, as in RecBole's sequential
+evaluation. Sampled negatives are drawn uniformly without replacement from the items that are
+neither in the example's history nor its target, from a seeded generator, once for the whole
+example set: the same seed gives the same negatives whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from zoo.data.batching import NextItemSamples, flat_ranges, trim_padding
+from zoo.data.split import DataSplit
+
+METRICS = ("hr", "ndcg", "mrr", "recall")
+METRIC_LABELS = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
+
+
+class Scorer(Protocol):
+    """What the evaluator needs from a model."""
+
+    max_len: int
+
+    def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor: ...
+
+
+# ---------------------------------------------------------------------------- metrics from ranks
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10,), metrics: Sequence[str] = METRICS) -> dict[str, float]:
+    """Mean ``HR@K``, ``NDCG@K``, ``MRR@K``, ``Recall@K`` over examples from 1-based target ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    bad_k = [k for k in ks if int(k) < 1]
+    if bad_k:
+        raise ValueError(f"K must be >= 1, got {bad_k}")
+    if len(ranks) and ranks.min() < 1:
+        raise ValueError("ranks are 1-based; got a rank below 1")
+    out: dict[str, float] = {}
+    for name in metrics:
+        for k in ks:
+            hit = ranks <= k
+            if name in ("hr", "recall"):
+                values = hit.astype(np.float64)
+            elif name == "ndcg":
+                values = np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0)
+            else:
+                values = np.where(hit, 1.0 / ranks, 0.0)
+            out[f"{METRIC_LABELS[name]}@{int(k)}"] = float(values.mean()) if len(values) else math.nan
+    return out
+
+
+def group_labels(bounds: Sequence[int]) -> list[str]:
+    """``(5, 20)`` -> ``["[0,5)", "[5,20)", "[20,inf)"]``."""
+    edges = [0, *bounds]
+    return [f"[{lo},{hi})" for lo, hi in zip(edges, edges[1:])] + [f"[{edges[-1]},inf)"]
+
+
+def grouped_metrics(
+    ranks: np.ndarray, history_lengths: np.ndarray, bounds: Sequence[int], ks: Sequence[int], metrics: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Metrics per history-length group (``count`` = examples in the group; empty groups have only ``count``)."""
+    if list(bounds) != sorted(set(bounds)) or any(b < 1 for b in bounds):
+        raise ValueError(f"group bounds must be strictly increasing positive integers, got {list(bounds)}")
+    which = np.searchsorted(np.asarray(bounds), history_lengths, side="right")
+    out = {}
+    for g, label in enumerate(group_labels(bounds)):
+        chosen = ranks[which == g]
+        out[label] = {"count": int(len(chosen)), **(metrics_from_ranks(chosen, ks, metrics) if len(chosen) else {})}
+    return out
+
+
+# ---------------------------------------------------------------------------- ranks from scores
+
+
+def _check_scores(scores: Tensor) -> None:
+    if torch.isnan(scores[:, 1:]).any():
+        rows = torch.isnan(scores[:, 1:]).any(1).nonzero().flatten()[:10].tolist()
+        raise ValueError(f"the model returned NaN scores (batch rows {rows}); ranks would be meaningless")
+
+
+def full_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+    """Pessimistic 1-based rank of ``targets`` (B,) among all real items of ``scores`` (B, num_items + 1)."""
+    _check_scores(scores)
+    target_scores = scores.gather(1, targets[:, None])
+    return (scores[:, 1:] >= target_scores).sum(1)  # counts the target itself, hence no "+ 1"
+
+
+def sampled_ranks(scores: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Pessimistic 1-based rank of ``targets`` (B,) among themselves and ``negatives`` (B, N)."""
+    _check_scores(scores)
+    target_scores = scores.gather(1, targets[:, None])
+    return 1 + (scores.gather(1, negatives) >= target_scores).sum(1)
+
+
+def history_mask(samples: NextItemSamples, indices: np.ndarray, num_items: int, device: torch.device) -> Tensor:
+    """(B, num_items + 1) bool: True at items in each example's full history, except its target."""
+    rows, positions = flat_ranges(samples.starts[indices], samples.ends[indices])
+    items = samples.sequences.items[positions].astype(np.int64)
+    mask = torch.zeros(len(indices), num_items + 1, dtype=torch.bool, device=device)
+    mask[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = True
+    targets = torch.from_numpy(samples.targets[indices]).to(device)
+    mask[torch.arange(len(indices), device=device), targets] = False
+    return mask
+
+
+def sample_negatives(samples: NextItemSamples, num_items: int, num_negatives: int, seed: int = 0) -> np.ndarray:
+    """``(len(samples), num_negatives)`` distinct items per example, none in its history nor its target.
+
+    Uniform without replacement over the allowed items: draw ranks among the allowed items with
+    the seeded generator and map each rank to its item by skipping the forbidden ones.
+    """
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    rng = np.random.default_rng(seed)
+    out = np.empty((len(samples), num_negatives), dtype=np.int64)
+    items = samples.sequences.items
+    for s in range(len(samples)):
+        forbidden = np.unique(items[samples.starts[s]:samples.ends[s] + 1])
+        allowed = num_items - len(forbidden)
+        if allowed < num_negatives:
+            raise ValueError(
+                f"example {s} (user {int(samples.rows[s])}) has only {allowed} items outside its history and "
+                f"target, fewer than num_negatives={num_negatives}"
+            )
+        picks = rng.choice(allowed, size=num_negatives, replace=False)
+        allowed_below = forbidden - 1 - np.arange(len(forbidden))  # allowed items smaller than each forbidden one
+        out[s] = picks + 1 + np.searchsorted(allowed_below, picks, side="right")
+    return out
+
+
+# ---------------------------------------------------------------------------- the evaluator
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation; ``ranks`` and ``history_lengths`` are per example (not in ``to_dict``)."""
+
+    metrics: dict[str, float]
+    groups: dict[str, dict[str, float]]
+    num_examples: int
+    protocol: dict[str, Any]
+    seconds: float
+    ranks: np.ndarray = field(repr=False)
+    history_lengths: np.ndarray = field(repr=False)
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key]
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.num_examples / self.seconds if self.seconds > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary: metrics, groups, example count, protocol, timing."""
+        return {
+            "metrics": dict(self.metrics),
+            "groups": {k: dict(v) for k, v in self.groups.items()},
+            "num_examples": self.num_examples,
+            "protocol": dict(self.protocol),
+            "seconds": self.seconds,
+        }
+
+    def table(self) -> str:
+        """A readable text table: one row per metric, one column per K, then one row per group."""
+        return format_table(self)
+
+
+def format_table(result: EvalResult) -> str:
+    """Readable text table of an :class:`EvalResult`."""
+    ks = result.protocol["ks"]
+    names = [METRIC_LABELS[m] for m in result.protocol["metrics"]]
+    p = result.protocol
+    title = f"{p['mode']} ranking" + (f" (1 + {p['num_negatives']} negatives, seed {p['seed']})" if p["mode"] == "sampled" else "")
+    lines = [f"{title}, {result.num_examples} examples" + (", history masked" if p["mask_history"] else "")]
+    lines.append(f"{'metric':<8}" + "".join(f"{'@' + str(k):>9}" for k in ks))
+    for name in names:
+        lines.append(f"{name:<8}" + "".join(f"{result.metrics[f'{name}@{k}']:>9.4f}" for k in ks))
+    headline = [f"{n}@{ks[len(ks) // 2]}" for n in names]
+    lines.append("")
+    lines.append(f"{'history':<12}{'count':>7}" + "".join(f"{h:>11}" for h in headline))
+    for label, values in result.groups.items():
+        cells = "".join(f"{values[h]:>11.4f}" if h in values else f"{'-':>11}" for h in headline)
+        lines.append(f"{label:<12}{values['count']:>7}{cells}")
+    return "\n".join(lines)
+
+
+def _device_of(model: Any) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for param in parameters():
+            return param.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(
+    model: Scorer,
+    samples: NextItemSamples | DataSplit,
+    *,
+    which: Literal["valid", "test"] = "test",
+    mode: Literal["full", "sampled"] = "full",
+    ks: Iterable[int] = (5, 10, 20),
+    metrics: Sequence[str] = METRICS,
+    num_negatives: int = 100,
+    seed: int = 0,
+    mask_history: bool = False,
+    group_bounds: Sequence[int] = (5, 20),
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> EvalResult:
+    """Rank each example's target with ``model.score`` and average the metrics.
+
+    ``samples`` is a :class:`NextItemSamples` or a :class:`DataSplit` (then its ``which`` part,
+    truncated to ``model.max_len``). ``model.score(item_ids (B, L) left-padded, timestamps)``
+    must return ``(B, num_items + 1)`` scores with column 0 the padding. Runs under
+    ``torch.no_grad()`` with the model in eval mode (restored afterwards), on ``device``
+    (default: the model's parameters' device, else CPU).
+    """
+    if mode not in ("full", "sampled"):
+        raise ValueError(f"mode must be 'full' or 'sampled', got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ks = sorted({int(k) for k in ks})
+    if isinstance(samples, DataSplit):
+        samples = samples.eval_samples(which, model.max_len)
+    if len(samples) == 0:
+        raise ValueError("no examples to evaluate")
+    device = torch.device(device) if device is not None else _device_of(model)
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
+    start = time.perf_counter()
+    negatives: np.ndarray | None = None
+    ranks: list[Tensor] = []
+    try:
+        for begin in range(0, len(samples), batch_size):
+            indices = np.arange(begin, min(begin + batch_size, len(samples)))
+            batch = trim_padding(samples.batch(indices))
+            scores = model.score(batch["item_ids"].to(device), timestamps=batch["timestamps"].to(device))
+            if scores.dim() != 2 or scores.shape[0] != len(indices) or scores.shape[1] < 2:
+                raise ValueError(
+                    f"model.score returned shape {tuple(scores.shape)}; expected ({len(indices)}, num_items + 1)"
+                )
+            num_items = scores.shape[1] - 1
+            targets = batch["target"].to(scores.device)
+            if int(targets.max()) > num_items:
+                raise ValueError(f"target item {int(targets.max())} is beyond the model's {num_items} items")
+            if mask_history:
+                scores = scores.masked_fill(history_mask(samples, indices, num_items, scores.device), -math.inf)
+            if mode == "full":
+                ranks.append(full_ranks(scores, targets).cpu())
+            else:
+                if negatives is None:
+                    negatives = sample_negatives(samples, num_items, num_negatives, seed)
+                chosen = torch.from_numpy(negatives[indices]).to(scores.device)
+                ranks.append(sampled_ranks(scores, targets, chosen).cpu())
+    finally:
+        if was_training:
+            model.train()
+    seconds = time.perf_counter() - start
+    all_ranks = torch.cat(ranks).numpy().astype(np.int64)
+    lengths = samples.history_lengths
+    return EvalResult(
+        metrics=metrics_from_ranks(all_ranks, ks, metrics),
+        groups=grouped_metrics(all_ranks, lengths, group_bounds, ks, metrics),
+        num_examples=len(all_ranks),
+        protocol={"mode": mode, "ks": ks, "metrics": list(metrics), "num_negatives": num_negatives if mode == "sampled" else None,
+                  "seed": seed if mode == "sampled" else None, "mask_history": mask_history,
+                  "group_bounds": list(group_bounds), "ties": "pessimistic", "max_len": samples.max_len},
+        seconds=seconds,
+        ranks=all_ranks,
+        history_lengths=lengths,
+    )
