@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import os
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +42,8 @@ class SeqRecModel(nn.Module):
         self.readout = context.block(recipe.readout)
         self.head = context.block(recipe.head)
         self.register_buffer("_all_items", torch.arange(num_items + 1), persistent=False)
+        # Raw item ids of indices 1..num_items (a zoo.data.vocab.Vocabulary), set by training or loading.
+        self.item_vocab: Any = None
 
     # ------------------------------------------------------------------ properties
 
@@ -203,6 +207,35 @@ class SeqRecModel(nn.Module):
         if setter is None:
             raise ValueError(f"item encoder {self.recipe.item_encoder.block!r} uses no item features (got {sorted(features)})")
         setter(**features)
+
+    # ------------------------------------------------------------------ raw item ids and saving
+
+    def _vocabulary(self) -> Any:
+        if self.item_vocab is None:
+            raise RuntimeError(
+                f"model {self.recipe.name!r} has no item vocabulary: set model.item_vocab (a zoo.data.vocab.Vocabulary) "
+                "or load a trained folder with zoo.create('local-dir:DIR')"
+            )
+        return self.item_vocab
+
+    def encode_items(self, raw_ids: Sequence[Any], unknown: Literal["error", "skip"] = "error") -> Tensor:
+        """Item indices ``(N,)`` of raw item ids; unknown ids raise (``"error"``) or are dropped (``"skip"``)."""
+        indices = self._vocabulary().encode(raw_ids, unknown=unknown)
+        return torch.as_tensor(indices, dtype=torch.long, device=self._all_items.device)
+
+    def decode_items(self, indices: Tensor | Sequence[int]) -> list[str]:
+        """Raw item ids of item indices (a 1-D tensor or sequence)."""
+        if isinstance(indices, Tensor):
+            if indices.dim() > 1:
+                raise ValueError(f"decode_items takes a 1-D tensor of indices, got shape {tuple(indices.shape)}; decode row by row")
+            indices = indices.reshape(-1).tolist()
+        return self._vocabulary().decode(indices)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write this model as a Hub folder; see :func:`zoo.hub.save_pretrained` for the arguments."""
+        from zoo.hub import save_pretrained
+
+        return save_pretrained(self, out_dir, **kwargs)
 
 
 def left_pad(rows: Sequence[Sequence[float]], device: torch.device | None = None, dtype: torch.dtype = torch.long) -> Tensor:

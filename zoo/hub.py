@@ -1,0 +1,495 @@
+"""Trained models as Hugging Face Hub folders: save, load strictly, download, publish.
+
+A trained folder holds exactly three files:
+
+- ``config.json`` -- the fully resolved recipe, ``num_items``, the library name and version, the
+  dataset facts (name, preprocessing, split, max length, the item vocabulary as raw ids in index
+  order) and the validation / test metrics;
+- ``model.safetensors`` -- the weights (tied tensors stored once). Pickle-based weights
+  (``.bin``, ``.pt``, ...) are never read: unpickling can run arbitrary code;
+- ``README.md`` -- the model card (see :mod:`zoo.model_card`).
+
+``zoo.create("local-dir:DIR")`` reads such a folder; ``zoo.create("hf-hub:org/name@rev")`` and
+``zoo.create("sasrec.ml-100k", pretrained=True)`` (a tag of :mod:`zoo.pretrained`) download it
+through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` apply; the Hub
+client reads those variables when it is first imported). ``config.json`` is fetched first, so
+the Hub counts downloads, and the weights come from the same commit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+
+import torch
+from safetensors.torch import load_file, save_model
+
+from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
+from zoo.recipe import apply_overrides, validate_recipe
+
+if TYPE_CHECKING:
+    from zoo.model import SeqRecModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+LIBRARY_NAME = "seqrec-zoo"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+class PretrainedLoadError(ValueError):
+    """A trained folder that cannot be loaded as it is (weights or config do not fit the model)."""
+
+
+def _library_version() -> str:
+    import zoo
+
+    return zoo.__version__
+
+
+# ---------------------------------------------------------------- naming a trained folder
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a pretrained model comes from: ``kind`` is ``"local-dir"``, ``"hf-hub"`` or ``"tag"``."""
+
+    kind: Literal["local-dir", "hf-hub", "tag"]
+    target: str
+    revision: str | None = None
+
+
+def parse_source(name: str | os.PathLike) -> Source:
+    """Read ``"local-dir:DIR"``, ``"hf-hub:org/name[@revision]"`` or a pretrained tag (``"sasrec.ml-100k"``)."""
+    text = os.fspath(name)
+    if text.startswith("local-dir:"):
+        folder = text[len("local-dir:"):]
+        if not folder:
+            raise ValueError("'local-dir:' needs a folder: 'local-dir:path/to/trained_model'")
+        return Source("local-dir", folder)
+    if text.startswith("hf-hub:"):
+        repo, _, revision = text[len("hf-hub:"):].partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise ValueError(f"{text!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
+        if "@" in text and not revision:
+            raise ValueError(f"{text!r}: an '@' must be followed by a revision (branch, tag or commit SHA)")
+        return Source("hf-hub", repo, revision or None)
+    if any(c in text for c in "/\\:") or Path(text).suffix in (".yaml", ".yml"):
+        raise ValueError(
+            f"{text!r} is not a pretrained name: a trained folder is loaded with 'local-dir:{text}', a Hub "
+            "repository with 'hf-hub:org/name', published weights by name ('sasrec.ml-100k'); recipe files "
+            "carry no weights (use pretrained=False)"
+        )
+    return Source("tag", text)
+
+
+# ---------------------------------------------------------------- config.json
+
+
+def describe_data(data: Any) -> dict[str, Any]:
+    """Dataset facts for ``config.json`` from an ``InteractionDataset`` or a ``DataSplit`` (or a dict, as is)."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    split = data if hasattr(data, "dataset") and hasattr(data, "train") else None
+    dataset = split.dataset if split is not None else data
+    if not hasattr(dataset, "to_dict") or not hasattr(dataset, "item_vocab"):
+        raise TypeError(f"dataset facts must be a dict, an InteractionDataset or a DataSplit, got {type(data).__name__}")
+    facts = dataset.to_dict(with_vocabulary=True)
+    if split is not None:
+        facts["split"] = split.to_dict()
+    return facts
+
+
+def _json_ready(value: Any) -> Any:
+    """numpy / torch scalars and arrays as plain Python; anything else not JSON-able is an error."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"config.json cannot hold a {type(value).__name__}: {value!r:.80}")
+
+
+def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for part, table in metrics.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(
+                f"metrics must map a split to its metrics, e.g. {{'test': {{'ndcg@10': 0.12}}}}; "
+                f"metrics[{part!r}] is a {type(table).__name__}"
+            )
+        out[str(part)] = {}
+        for metric, value in table.items():
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"metric {part}/{metric} is {number}: a published model needs finite metrics")
+            out[str(part)][str(metric)] = number
+    return out
+
+
+def build_config(model: "SeqRecModel", dataset_facts: Any = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` content of ``model`` (see the module docstring)."""
+    facts = describe_data(dataset_facts) if dataset_facts is not None else {}
+    vocab = facts.get("item_vocabulary")
+    if vocab is None and getattr(model, "item_vocab", None) is not None:
+        vocab = model.item_vocab.to_dict()
+    if vocab is not None:
+        size = len(vocab["raw_ids"])
+        if size != model.num_items:
+            raise ValueError(f"the item vocabulary has {size} raw ids but the model scores {model.num_items} items")
+        facts["item_vocabulary"] = vocab
+    facts.setdefault("max_len", model.recipe.max_len)
+    return {
+        "library_name": LIBRARY_NAME,
+        "library_version": _library_version(),
+        "format_version": FORMAT_VERSION,
+        "architecture": model.recipe.name,
+        "num_items": model.num_items,
+        "recipe": model.recipe.model_dump(mode="json"),
+        "dataset": facts,
+        "metrics": _check_metrics(metrics or {}),
+    }
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The checked ``config.json`` of a trained folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: a trained folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PretrainedLoadError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("library_name") != LIBRARY_NAME:
+        found = config.get("library_name") if isinstance(config, dict) else type(config).__name__
+        raise PretrainedLoadError(f"{path}: not a {LIBRARY_NAME} model (library_name is {found!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PretrainedLoadError(
+            f"{path}: format_version {version!r} is newer than this {LIBRARY_NAME} reads ({FORMAT_VERSION}); upgrade the package"
+        )
+    for key, kind in (("recipe", dict), ("num_items", int)):
+        if not isinstance(config.get(key), kind):
+            raise PretrainedLoadError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    return config
+
+
+# ---------------------------------------------------------------- writing a folder atomically
+
+
+def _write_atomically(out_dir: Path, writers: dict[str, Callable[[Path], None]]) -> None:
+    """Write every file to a temporary name first; only complete files are renamed into place.
+
+    A new folder appears whole (one directory rename); into an existing folder (a training run
+    with logs and checkpoints) each file is replaced by ``os.replace``, after all were written.
+    """
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        if not out_dir.exists():
+            os.replace(staging, out_dir)
+            return
+        if not out_dir.is_dir():
+            raise NotADirectoryError(f"{out_dir} exists and is not a folder")
+        for name in writers:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_pretrained(
+    model: "SeqRecModel",
+    out_dir: str | os.PathLike,
+    *,
+    dataset_facts: Any = None,
+    metrics: Mapping[str, Mapping[str, float]] | None = None,
+    card: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a Hub folder (``config.json``, ``model.safetensors``, ``README.md``); returns it.
+
+    ``dataset_facts`` is a dict, or an ``InteractionDataset`` / ``DataSplit`` described by
+    :func:`describe_data`; the item vocabulary comes from it (``item_vocabulary``) or from
+    ``model.item_vocab``. ``metrics`` maps a split to its metrics (``{"valid": {"ndcg@10": ..},
+    "test": {..}}``). ``card`` adds to the model card (``license``, ``tags``, ``citation``,
+    ``notes``; see :func:`zoo.model_card.render_model_card`).
+    """
+    from zoo.model_card import render_model_card
+
+    out = Path(out_dir)
+    config = build_config(model, dataset_facts, metrics)
+    text = json.dumps(config, indent=2, default=_json_ready, allow_nan=False) + "\n"
+    readme = render_model_card(config, dict(card or {}))
+
+    def write_weights(path: Path) -> None:
+        save_model(model, str(path), metadata={"format": "pt", "library": LIBRARY_NAME})
+
+    _write_atomically(out, {
+        WEIGHTS_NAME: write_weights,
+        CONFIG_NAME: lambda path: path.write_text(text, encoding="utf-8"),
+        CARD_NAME: lambda path: path.write_text(readme, encoding="utf-8"),
+    })
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _alias_groups(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
+    """For each name, the other names of the same tensor (tied weights), by storage and shape."""
+    by_storage: dict[tuple, set[str]] = {}
+    for name, tensor in state.items():
+        if tensor.numel():
+            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), set()).add(name)
+    return {name: group - {name} for group in by_storage.values() for name in group}
+
+
+def _listing(names: list[str], limit: int = 40) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a ``.safetensors`` file into ``model`` strictly: every key present, none extra, shapes equal."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise PretrainedLoadError(f"{path}: only .safetensors weights are loaded (pickle-based files can run code)")
+    stored = load_file(str(path))
+    expected = model.state_dict()
+    aliases = _alias_groups(expected)
+    missing = sorted(k for k in expected if k not in stored and not (aliases.get(k, set()) & stored.keys()))
+    unexpected = sorted(k for k in stored if k not in expected)
+    if missing or unexpected:
+        parts = [f"{path} does not fit model {getattr(getattr(model, 'recipe', None), 'name', type(model).__name__)!r}:"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        parts.append("(the recipe in config.json must build exactly the model the weights came from)")
+        raise PretrainedLoadError("\n  ".join(parts))
+    wrong = [f"{k}: stored {tuple(v.shape)}, model {tuple(expected[k].shape)}" for k, v in stored.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise PretrainedLoadError(f"{path}: tensor shapes do not fit the model:\n  " + "\n  ".join(wrong[:40]))
+    model.load_state_dict(stored, strict=False)
+
+
+def _refuse_pickles(folder: Path) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+    found = f" (found {', '.join(pickles)})" if pickles else ""
+    raise FileNotFoundError(
+        f"{folder / WEIGHTS_NAME} does not exist{found}: {LIBRARY_NAME} loads weights from safetensors only and "
+        "never unpickles .bin/.pt files, which can run arbitrary code. Convert them once in an environment you "
+        "trust: safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')"
+    )
+
+
+def model_from_folder(folder: str | os.PathLike, num_items: int | None = None, **overrides: Any) -> "SeqRecModel":
+    """Build the model a trained folder describes and load its weights strictly (in eval mode)."""
+    from zoo.data.vocab import Vocabulary
+    from zoo.model import SeqRecModel
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"trained folder {folder} does not exist (or is not a folder)")
+    config = read_config(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        _refuse_pickles(folder)
+    stored_items = config["num_items"]
+    if num_items is not None and num_items != stored_items:
+        raise ValueError(
+            f"{folder} was trained on {stored_items} items; num_items={num_items} does not fit its weights "
+            "(leave num_items out, or train a new model for another item set)"
+        )
+    data = apply_overrides(config["recipe"], overrides) if overrides else config["recipe"]
+    recipe = validate_recipe(data, source=str(folder / CONFIG_NAME))
+    model = SeqRecModel(recipe, stored_items)
+    load_weights(model, folder / WEIGHTS_NAME)
+    vocab = (config.get("dataset") or {}).get("item_vocabulary")
+    if vocab is not None:
+        model.item_vocab = Vocabulary.from_dict(vocab)
+        if model.item_vocab.size != stored_items:
+            raise PretrainedLoadError(f"{folder / CONFIG_NAME}: item vocabulary has {model.item_vocab.size} ids for {stored_items} items")
+    return model.eval()
+
+
+# ---------------------------------------------------------------- the Hub
+
+
+def _hub_errors() -> tuple[type, ...]:
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    return LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError
+
+
+def download_folder(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> Path:
+    """Fetch ``config.json`` then ``model.safetensors`` of a Hub repository; returns the local snapshot folder.
+
+    The weights are taken from the commit the config came from, so a branch that moves between
+    the two requests cannot mix files of two commits.
+    """
+    from huggingface_hub import constants, hf_hub_download
+
+    local_missing, no_repo, no_revision, no_entry = _hub_errors()
+    options = dict(
+        repo_id=repo_id, cache_dir=cache_dir, endpoint=endpoint, token=token, local_files_only=local_files_only,
+        force_download=force_download, library_name=LIBRARY_NAME, library_version=_library_version(),
+    )
+    where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+
+    def fetch(filename: str, rev: str | None) -> Path:
+        try:
+            return Path(hf_hub_download(filename=filename, revision=rev, **options))
+        except local_missing as exc:
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else (
+                "local_files_only=True" if local_files_only else f"the Hub at {endpoint or constants.ENDPOINT} could not be reached")
+            raise FileNotFoundError(
+                f"{where}: {filename} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}; "
+                "download it once with network access, or load a trained folder with 'local-dir:DIR'"
+            ) from exc
+        except no_repo as exc:
+            raise FileNotFoundError(f"{where}: no such repository on the Hub (or it is private: pass token=...)") from exc
+        except no_revision as exc:
+            raise FileNotFoundError(f"{where}: the repository has no revision {rev!r}") from exc
+        except no_entry as exc:
+            if filename == WEIGHTS_NAME:
+                raise FileNotFoundError(
+                    f"{where} has no {WEIGHTS_NAME}: {LIBRARY_NAME} loads safetensors weights only and never "
+                    "unpickles .bin/.pt files"
+                ) from exc
+            raise FileNotFoundError(f"{where} has no {filename}: it is not a {LIBRARY_NAME} model") from exc
+
+    config_path = fetch(CONFIG_NAME, revision)
+    commit = config_path.parent.name
+    fetch(WEIGHTS_NAME, commit if _COMMIT_SHA.match(commit) else revision)
+    return config_path.parent
+
+
+def resolve_folder(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> Path:
+    """The local trained folder a pretrained name means (downloading it from the Hub if needed)."""
+    source = parse_source(name_or_path)
+    if source.kind == "local-dir":
+        return Path(source.target).expanduser()
+    hub = dict(cache_dir=cache_dir, endpoint=endpoint, token=token, local_files_only=local_files_only, force_download=force_download)
+    if source.kind == "hf-hub":
+        return download_folder(source.target, revision or source.revision, **hub)
+    found = find_pretrained(source.target)
+    if found is None:
+        raise ValueError(_no_weights_message(source.target))
+    _, tag = found
+    if tag.local_dir is not None:
+        return Path(tag.local_dir).expanduser()
+    return download_folder(tag.hf_hub_id, revision or tag.revision, **hub)
+
+
+def _no_weights_message(name: str) -> str:
+    from zoo.builder import list_models
+
+    model, _ = split_name_tag(name)
+    published = list_pretrained(f"{model}.*")
+    if published:
+        return f"no pretrained weights named {name!r}; published tags of {model!r}: {', '.join(published)}"
+    what = "a bundled model" if model in list_models() else "not a bundled model name either"
+    return (
+        f"no pretrained weights are published for {name!r} ({what}; published: {', '.join(list_pretrained()) or 'none yet'}). "
+        f"Train your own with `zoo train {model} --data ml-100k --out DIR` and load it with "
+        f"zoo.create('local-dir:DIR'), or build untrained weights with zoo.create({model!r}, num_items=N)"
+    )
+
+
+def create_pretrained(
+    name_or_path: str | os.PathLike,
+    num_items: int | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    **overrides: Any,
+) -> "SeqRecModel":
+    """A trained model from ``local-dir:DIR``, ``hf-hub:org/name[@rev]`` or a published tag (see :func:`zoo.create`).
+
+    ``overrides`` are dotted recipe paths applied to the stored recipe (dropout, training
+    defaults); one that changes tensor shapes makes the strict weight load fail.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"pretrained=True needs a published name or a trained folder, got a {type(name_or_path).__name__}")
+    folder = resolve_folder(
+        name_or_path, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
+        local_files_only=local_files_only, force_download=force_download,
+    )
+    return model_from_folder(folder, num_items, **overrides)
+
+
+def load_config(name_or_path: str | os.PathLike, **hub_options: Any) -> dict[str, Any]:
+    """The ``config.json`` of a pretrained name or trained folder (dataset facts, metrics, recipe)."""
+    return read_config(resolve_folder(name_or_path, **hub_options))
+
+
+def push_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str = "Upload seqrec-zoo model",
+    revision: str | None = None,
+    private: bool | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Publish a trained folder (its three files only, never logs, checkpoints or pickles) in one commit.
+
+    The folder is checked first: it must load strictly with :func:`model_from_folder`. Returns
+    the commit URL.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(model_dir)
+    model_from_folder(folder)
+    if not (folder / CARD_NAME).is_file():
+        raise FileNotFoundError(f"{folder / CARD_NAME} does not exist: publish folders written by save_pretrained")
+    if repo_id.count("/") != 1:
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
+        commit_message=commit_message,
+        revision=revision,
+        create_pr=create_pr,
+    )
+    return str(getattr(commit, "commit_url", commit))

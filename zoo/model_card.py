@@ -1,0 +1,126 @@
+"""The model card (``README.md``) of a trained folder: Hub metadata plus a page a reader can check.
+
+The YAML front matter is ``huggingface_hub``'s :class:`ModelCardData` with one ``EvalResult``
+per metric and split (the Hub shows them as the model's results); the page says which paper
+and recipe the model follows, what data and split it saw, how it was evaluated, its metrics and
+how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+SPLIT_NAMES = {"valid": "validation", "test": "test"}
+SPLIT_SHORT = {"loo": "leave-one-out by time", "ratio": "ratio by time"}
+SPLIT_PROTOCOLS = {
+    "loo": "leave-one-out by time: per user the last interaction is the test target, the second-to-last the "
+    "validation target, the rest is training data",
+    "ratio": "ratio by time: a global time cut into training, validation and test interactions",
+}
+
+
+def _metadata(config: dict[str, Any], card: dict[str, Any]) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    recipe, facts = config["recipe"], config["dataset"]
+    dataset = str(facts.get("name", "unknown"))
+    method = (facts.get("split") or {}).get("method")
+    protocol = SPLIT_SHORT.get(method, method)
+    results = [
+        EvalResult(
+            task_type="sequential-recommendation",
+            task_name="Next-item recommendation",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=SPLIT_NAMES.get(part, part),
+            metric_type=metric.lower(),
+            metric_name=metric.upper(),
+            metric_value=round(value, 6),
+            metric_config=protocol,
+        )
+        for part, table in config["metrics"].items()
+        for metric, value in table.items()
+    ]
+    data = ModelCardData(
+        library_name=config["library_name"],
+        license=card.get("license"),
+        tags=["sequential-recommendation", "safetensors", recipe["name"], *card.get("tags", [])],
+        datasets=[dataset] if facts.get("name") else None,
+        model_name=card.get("model_name", f"{recipe['name']}-{dataset}"),
+        eval_results=results or None,
+        ignore_metadata_errors=False,
+    )
+    return data.to_yaml()
+
+
+def _protocol(facts: dict[str, Any], card: dict[str, Any]) -> str:
+    if "protocol" in card:
+        return str(card["protocol"])
+    method = (facts.get("split") or {}).get("method")
+    split = SPLIT_PROTOCOLS.get(method, f"split {method!r}" if method else "split not recorded")
+    return f"{split}; ranking as evaluated by zoo.evaluate (full ranking over all items unless noted)"
+
+
+def _fact_rows(facts: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, value in facts.items():
+        if key == "item_vocabulary":
+            rows.append(f"| item vocabulary | {len(value['raw_ids'])} raw ids in index order (index 0 = padding) |")
+            continue
+        shown = value if isinstance(value, (str, int, float, bool)) or value is None else json.dumps(value, sort_keys=True)
+        rows.append(f"| {key} | {str(shown).replace('|', '/')} |")
+    return rows
+
+
+def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
+    if not metrics:
+        return ["No metrics were recorded with this model."]
+    parts = list(metrics)
+    names = list(dict.fromkeys(m for table in metrics.values() for m in table))
+    lines = ["| metric | " + " | ".join(SPLIT_NAMES.get(p, p) for p in parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    for name in names:
+        cells = [f"{metrics[p][name]:.4f}" if name in metrics[p] else "" for p in parts]
+        lines.append(f"| {name.upper()} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_model_card(config: dict[str, Any], card: dict[str, Any] | None = None) -> str:
+    """``README.md`` text for a ``config.json`` (see :func:`zoo.hub.build_config`).
+
+    ``card`` may add ``license``, ``tags``, ``model_name``, ``protocol`` (replaces the derived
+    evaluation protocol), ``notes`` (a paragraph) and ``citation`` (BibTeX).
+    """
+    card = dict(card or {})
+    unknown = set(card) - {"license", "tags", "model_name", "protocol", "notes", "citation"}
+    if unknown:
+        raise ValueError(f"unknown model card fields {sorted(unknown)}; allowed: license, tags, model_name, protocol, notes, citation")
+    recipe, facts = config["recipe"], config["dataset"]
+    dataset = facts.get("name", "an unnamed dataset")
+    lines = ["---", _metadata(config, card).rstrip(), "---", "", f"# {recipe['name']} trained on {dataset}", ""]
+    if recipe.get("description"):
+        lines += [" ".join(recipe["description"].split()), ""]
+    if card.get("notes"):
+        lines += [str(card["notes"]), ""]
+    lines += ["## Model", "", f"- Paper: {recipe.get('paper') or 'none (a zoo recipe)'}",
+              f"- Recipe `{recipe['name']}`, fidelity: {recipe.get('fidelity')}",
+              f"- Items: {config['num_items']}; embedding size {recipe.get('d_model')}; max length {recipe.get('max_len')}",
+              f"- Library: {config['library_name']} {config['library_version']}"]
+    for deviation in recipe.get("deviations") or []:
+        lines.append(f"- Deviation: {' '.join(str(deviation).split())}")
+    lines += ["", "## Recipe", "", "The fully resolved recipe (also in `config.json`):", "", "```yaml",
+              yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "",
+              "## Data", "", "| fact | value |", "|---|---|", *_fact_rows(facts), "",
+              "## Evaluation protocol", "", _protocol(facts, card) + ".", "",
+              "## Metrics", "", *_metrics_table(config["metrics"]), "",
+              "## How to load", "", "```python", "import zoo", "",
+              'model = zoo.create("local-dir:PATH/TO/THIS/FOLDER")  # or "hf-hub:ORG/NAME"',
+              'history = model.encode_items(["RAW_ID_1", "RAW_ID_2"])  # raw item ids -> indices',
+              "top = model.recommend([history.tolist()], k=10)",
+              "print(model.decode_items(top.items[0]))  # indices -> raw item ids", "```", "",
+              "Weights are `model.safetensors` (no pickle); the recipe, item vocabulary and metrics are in `config.json`.", ""]
+    if card.get("citation"):
+        lines += ["## Citation", "", "```bibtex", str(card["citation"]).strip(), "```", ""]
+    return "\n".join(lines)
