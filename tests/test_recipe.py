@@ -153,3 +153,9 @@ def test_unknown_model_name_suggests():
 def test_validate_recipe_from_dict_names_its_source():
     with pytest.raises(ValidationError, match="from-code"):
         validate_recipe({"name": "x", "encoder": [{"block": "nope"}]}, source="from-code")
+
+
+def test_recipe_objects_from_code_are_checked_too():
+    recipe = zoo.Recipe(name="in-code", d_model=8, encoder=[{"block": "gru", "num_layrs": 2}])
+    with pytest.raises(ValidationError, match="did you mean 'num_layers'"):
+        zoo.create(recipe, num_items=5)

@@ -11,7 +11,9 @@ from typing import Any
 from torch import nn
 
 from zoo import combinators
-from zoo.recipe import BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, load_recipe
+from zoo.recipe import (
+    BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, apply_overrides, checked, load_recipe, validate_recipe,
+)
 from zoo.registry import context_kwargs, get_block
 
 
@@ -50,10 +52,9 @@ def resolve_recipe(name_or_path: str | Path | Recipe, overrides: dict[str, Any] 
     """A validated recipe from a bundled name, a YAML path or a :class:`Recipe` (overrides applied)."""
     if isinstance(name_or_path, Recipe):
         if not overrides:
-            return name_or_path
-        from zoo.recipe import apply_overrides, validate_recipe
-
-        return validate_recipe(apply_overrides(name_or_path.model_dump(mode="json"), overrides), source=name_or_path.name)
+            return checked(name_or_path, source=f"recipe {name_or_path.name!r}")
+        data = apply_overrides(name_or_path.model_dump(mode="json"), overrides)
+        return validate_recipe(data, source=f"recipe {name_or_path.name!r}")
     return load_recipe(recipe_path(name_or_path), overrides)
 
 

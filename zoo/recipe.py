@@ -329,6 +329,11 @@ def validate_recipe(data: Any, source: str = "recipe", root: yaml.Node | None = 
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         _raise(source, [(_format_loc(e["loc"]), e["msg"], e.get("input")) for e in exc.errors()], root)
+    return checked(recipe, source, root)
+
+
+def checked(recipe: Recipe, source: str = "recipe", root: yaml.Node | None = None) -> Recipe:
+    """``recipe`` after phase 2 (blocks against the registry); a recipe built in code needs it too."""
     errors = check_blocks(recipe)
     if errors:
         _raise(source, errors, root)
