@@ -135,6 +135,8 @@ def ratio_by_time(dataset: InteractionDataset, ratios: tuple[float, float, float
         train=seqs.prefixes(train_lengths),
         valid=EvalTargets(rows[valid], positions[valid]),
         test=EvalTargets(rows[test], positions[test]),
-        facts={"ratios": [float(r) for r in ratios_arr], "valid_from_timestamp": valid_from,
-               "test_from_timestamp": test_from, "targets_without_history": without_history},
+        facts={"ratios": [float(r) for r in ratios_arr],
+               "valid_from_timestamp": None if np.isinf(valid_from) else valid_from,
+               "test_from_timestamp": None if np.isinf(test_from) else test_from,
+               "targets_without_history": without_history},
     )

@@ -110,7 +110,7 @@ def generate_dataset(
     return InteractionDataset(
         name=f"synthetic-{pattern}",
         sequences=sequences,
-        item_vocab=Vocabulary(np.arange(1, num_items + 1).astype(str), padding=True, name="item"),
-        user_vocab=Vocabulary(np.arange(num_users).astype(str), padding=False, name="user"),
+        item_vocab=Vocabulary.numbered(num_items, padding=True, name="item"),
+        user_vocab=Vocabulary.numbered(num_users, padding=False, name="user"),
         facts={"source": "generated", "generator": settings},
     )

@@ -41,13 +41,32 @@ class Vocabulary:
         self.name = name
         self.padding = padding
         self._ids = ids
-        self._order = np.argsort(ids, kind="stable")
-        self._sorted = ids[self._order]
-        repeated = self._sorted[1:][self._sorted[1:] == self._sorted[:-1]]
-        if len(repeated):
-            raise ValueError(f"{name} vocabulary has repeated raw ids: {sorted(set(repeated.tolist()))[:20]}")
+        self._order: np.ndarray | None = None
+        self._sorted: np.ndarray | None = None
         if padding and len(ids) and np.any(ids == PAD_TOKEN):
             raise ValueError(f"raw id {PAD_TOKEN!r} is reserved for padding in the {name} vocabulary")
+        self._build_lookup()
+
+    @classmethod
+    def numbered(cls, count: int, *, padding: bool = True, name: str = "item") -> "Vocabulary":
+        """Raw ids ``"1".."count"`` (with padding: raw id == index) or ``"0".."count-1"`` (without);
+        distinct by construction, so the lookup table is only built when first needed."""
+        vocab = cls.__new__(cls)
+        vocab.name, vocab.padding = name, padding
+        vocab._ids = np.arange(int(padding), count + int(padding)).astype(str)
+        vocab._order = vocab._sorted = None
+        return vocab
+
+    def _build_lookup(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted raw ids and the permutation that sorts them (checked for repeats once)."""
+        if self._order is None or self._sorted is None:
+            order = np.argsort(self._ids, kind="stable")
+            ids_sorted = self._ids[order]
+            repeated = ids_sorted[1:][ids_sorted[1:] == ids_sorted[:-1]]
+            if len(repeated):
+                raise ValueError(f"{self.name} vocabulary has repeated raw ids: {sorted(set(repeated.tolist()))[:20]}")
+            self._order, self._sorted = order, ids_sorted
+        return self._order, self._sorted
 
     @property
     def offset(self) -> int:
@@ -73,12 +92,13 @@ class Vocabulary:
         if unknown not in ("error", "skip"):
             raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
         query = _as_str_array(raw_ids)
+        order, ids_sorted = self._build_lookup()
         if not self.size:
             found = np.zeros(len(query), dtype=bool)
             pos = np.zeros(len(query), dtype=np.int64)
         else:
-            pos = np.minimum(np.searchsorted(self._sorted, query), self.size - 1)
-            found = self._sorted[pos] == query
+            pos = np.minimum(np.searchsorted(ids_sorted, query), self.size - 1)
+            found = ids_sorted[pos] == query
         if not found.all():
             if unknown == "error":
                 missing = list(dict.fromkeys(query[~found].tolist()))
@@ -88,7 +108,7 @@ class Vocabulary:
                     f"(pass unknown='skip' to drop them)"
                 )
             pos = pos[found]
-        return self._order[pos].astype(np.int64) + self.offset
+        return order[pos].astype(np.int64) + self.offset
 
     def decode(self, indices: Iterable[int] | np.ndarray) -> list[str]:
         """Raw ids of ``indices`` (index 0 decodes to ``[PAD]`` when there is padding)."""
