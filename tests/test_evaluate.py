@@ -1,0 +1,178 @@
+"""The evaluator against a small fake model, with plain-loop references for ranks, masking and negatives."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.data import InteractionDataset, NextItemSamples, Sequences, Vocabulary, generate_dataset
+from zoo.evaluate import evaluate, metrics_from_ranks, sample_negatives
+
+NUM_ITEMS = 30
+
+
+class FakeModel(torch.nn.Module):
+    """Scores depend on the last two items of the history (so truncation and padding matter)."""
+
+    def __init__(self, num_items: int = NUM_ITEMS, max_len: int = 4, seed: int = 0, quantise: bool = False):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        table = torch.randn(num_items + 1, num_items + 1, generator=gen)
+        self.table = torch.nn.Parameter(table.round(decimals=0) if quantise else table)  # quantised: many ties
+        self.max_len = max_len
+        self.calls = []
+
+    def score(self, item_ids, timestamps=None):
+        self.calls.append({"shape": tuple(item_ids.shape), "training": self.training,
+                           "grad": torch.is_grad_enabled(), "timestamps": timestamps is not None})
+        item_ids = torch.nn.functional.pad(item_ids[:, -self.max_len:], (1, 0))  # at least 2 columns
+        scores = self.table[item_ids[:, -1]] + 0.5 * self.table[item_ids[:, -2]] * (item_ids[:, -2:-1] > 0)
+        scores = scores.clone()
+        scores[:, 0] = -math.inf
+        return scores
+
+
+def toy_dataset(seed=0, users=25):
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(1, NUM_ITEMS + 1, size=int(rng.integers(3, 15))).tolist() for _ in range(users)]
+    seqs = Sequences.from_rows(rows)
+    return rows, InteractionDataset("toy", seqs, Vocabulary([str(i) for i in range(1, NUM_ITEMS + 1)]),
+                                    Vocabulary([str(u) for u in range(users)], padding=False, name="user"))
+
+
+def reference_ranks(model, rows, cut, mask_history=False, negatives=None):
+    """One example at a time, plain Python counting with ties counted above the target."""
+    ranks = []
+    for u, row in enumerate(rows):
+        history, target = row[:-cut], row[-cut]
+        window = history[-model.max_len:]
+        with torch.no_grad():
+            scores = model.score(torch.tensor([window]))[0].tolist()
+        if mask_history:
+            for item in set(history) - {target}:
+                scores[item] = -math.inf
+        candidates = range(1, NUM_ITEMS + 1) if negatives is None else negatives[u]
+        ranks.append(1 + sum(1 for c in candidates if c != target and scores[c] >= scores[target]))
+    return np.array(ranks)
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+@pytest.mark.parametrize("mask_history", [False, True])
+def test_full_ranking_matches_loop(quantise, mask_history):
+    rows, data = toy_dataset()
+    model = FakeModel(quantise=quantise)
+    split = data.split()
+    expected = reference_ranks(model, rows, cut=1, mask_history=mask_history)
+    for batch_size in (1, 7, 1000):
+        result = evaluate(model, split, batch_size=batch_size, mask_history=mask_history)
+        assert result.ranks.tolist() == expected.tolist()
+    assert result.metrics == metrics_from_ranks(expected, (5, 10, 20))
+    valid = evaluate(model, split, which="valid", mask_history=mask_history)
+    assert valid.ranks.tolist() == reference_ranks(model, rows, cut=2, mask_history=mask_history).tolist()
+
+
+def test_evaluator_runs_without_grad_in_eval_mode_and_restores_training():
+    _, data = toy_dataset()
+    model = FakeModel(max_len=3)
+    model.train()
+    evaluate(model, data.split(), batch_size=10)
+    assert model.training
+    assert all(not c["training"] and not c["grad"] and c["timestamps"] for c in model.calls)
+    assert max(c["shape"][1] for c in model.calls) <= 3  # a DataSplit is cut to model.max_len
+
+
+def test_sampled_negatives_exclude_history_and_target_and_repeat():
+    rows, data = toy_dataset()
+    samples = data.split().eval_samples("test", max_len=4)
+    negatives = sample_negatives(samples, NUM_ITEMS, num_negatives=10, seed=3)
+    assert negatives.shape == (len(rows), 10)
+    for u, row in enumerate(rows):
+        chosen = negatives[u].tolist()
+        assert len(set(chosen)) == 10 and all(1 <= c <= NUM_ITEMS for c in chosen)
+        assert not set(chosen) & set(row)  # history (row[:-1]) and target (row[-1])
+    assert np.array_equal(negatives, sample_negatives(samples, NUM_ITEMS, 10, seed=3))
+    assert not np.array_equal(negatives, sample_negatives(samples, NUM_ITEMS, 10, seed=4))
+
+
+def test_sampled_negatives_are_uniform_over_allowed_items():
+    seqs = Sequences.from_rows([[2, 5, 9]])  # history {2, 5}, target 9 -> 7 allowed items of 10
+    samples = NextItemSamples(seqs, rows=np.zeros(3000, dtype=np.int64), ends=np.full(3000, 2), max_len=3)
+    counts = np.bincount(sample_negatives(samples, 10, num_negatives=3, seed=0).ravel(), minlength=11)
+    assert counts[[0, 2, 5, 9]].tolist() == [0, 0, 0, 0]
+    allowed = counts[[1, 3, 4, 6, 7, 8, 10]]
+    assert np.all(np.abs(allowed - 9000 / 7) < 5 * np.sqrt(9000 / 7))
+
+
+def test_sampled_ranking_matches_loop_and_ignores_batch_size():
+    rows, data = toy_dataset()
+    model = FakeModel(quantise=True)
+    split = data.split()
+    samples = split.eval_samples("test", model.max_len)
+    negatives = sample_negatives(samples, NUM_ITEMS, 8, seed=11)
+    expected = reference_ranks(model, rows, cut=1, negatives=negatives)
+    a = evaluate(model, split, mode="sampled", num_negatives=8, seed=11, batch_size=4)
+    b = evaluate(model, split, mode="sampled", num_negatives=8, seed=11, batch_size=100)
+    assert a.ranks.tolist() == b.ranks.tolist() == expected.tolist()
+    assert a.ranks.max() <= 9
+
+
+def test_too_few_items_for_negatives():
+    _, data = toy_dataset()
+    with pytest.raises(ValueError, match="fewer than num_negatives=29"):
+        evaluate(FakeModel(), data.split(), mode="sampled", num_negatives=29)
+
+
+def test_groups_and_result_serialisation():
+    rows, data = toy_dataset(users=40)
+    result = evaluate(FakeModel(), data.split(), ks=(10, 1), group_bounds=(5, 10))
+    lengths = np.array([len(r) - 1 for r in rows])
+    assert result.history_lengths.tolist() == lengths.tolist()
+    assert [g["count"] for g in result.groups.values()] == [
+        int((lengths < 5).sum()), int(((lengths >= 5) & (lengths < 10)).sum()), int((lengths >= 10).sum())]
+    middle = (lengths >= 5) & (lengths < 10)
+    assert result.groups["[5,10)"]["NDCG@10"] == pytest.approx(metrics_from_ranks(result.ranks[middle], (10,))["NDCG@10"])
+    facts = json.loads(json.dumps(result.to_dict()))
+    assert facts["protocol"]["ks"] == [1, 10] and facts["protocol"]["ties"] == "pessimistic"
+    assert facts["num_examples"] == 40 and result["HR@10"] == facts["metrics"]["HR@10"]
+    table = result.table()
+    assert "full ranking, 40 examples" in table and "NDCG" in table and "[10,inf)" in table
+
+
+def test_bad_model_outputs_are_reported():
+    _, data = toy_dataset()
+
+    class NaNModel(FakeModel):
+        def score(self, item_ids, timestamps=None):
+            out = super().score(item_ids, timestamps)
+            out[0, 3] = math.nan
+            return out
+
+    class ShortModel(FakeModel):
+        def score(self, item_ids, timestamps=None):
+            return super().score(item_ids, timestamps)[:, :10]
+
+    with pytest.raises(ValueError, match="NaN scores"):
+        evaluate(NaNModel(), data.split())
+    with pytest.raises(ValueError, match="beyond the model's 9 items"):
+        evaluate(ShortModel(), data.split())
+    with pytest.raises(ValueError, match="mode must be"):
+        evaluate(FakeModel(), data.split(), mode="topk")
+
+
+def test_seqrec_model_end_to_end():
+    data = generate_dataset(num_users=20, num_items=40, length=(4, 12), seed=2)
+    model = zoo.create("sasrec", num_items=data.num_items)
+    split = data.split()
+    result = evaluate(model, split, batch_size=8)
+    samples = split.eval_samples("test", model.max_len)
+    model.eval()
+    expected = []
+    for s in range(len(samples)):
+        batch = samples[[s]]
+        with torch.no_grad():
+            scores = model.score(batch["item_ids"])[0]
+        expected.append(int((scores[1:] >= scores[batch["target"][0]]).sum()))
+    assert result.ranks.tolist() == expected
