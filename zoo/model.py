@@ -42,6 +42,8 @@ class SeqRecModel(nn.Module):
         self.readout = context.block(recipe.readout)
         self.head = context.block(recipe.head)
         self.register_buffer("_all_items", torch.arange(num_items + 1), persistent=False)
+        if recipe.init == "recbole":
+            self.apply(recbole_init)
         # Raw item ids of indices 1..num_items (a zoo.data.vocab.Vocabulary), set by training or loading.
         self.item_vocab: Any = None
 
@@ -236,6 +238,18 @@ class SeqRecModel(nn.Module):
         from zoo.hub import save_pretrained
 
         return save_pretrained(self, out_dir, **kwargs)
+
+
+def recbole_init(module: nn.Module) -> None:
+    """RecBole's ``_init_weights``: Linear weights and Embeddings ~ N(0, 0.02), Linear biases 0.
+
+    It also overwrites the special initialisation of layers inside blocks (Mamba's ``dt_proj``
+    bias becomes 0), which the official Mamba4Rec and SIGMA code inherit (NOTES.md §1.1).
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 def left_pad(rows: Sequence[Sequence[float]], device: torch.device | None = None, dtype: torch.dtype = torch.long) -> Tensor:

@@ -154,6 +154,12 @@ class Recipe(BaseModel):
     d_model: int = Field(64, ge=1)
     max_len: int = Field(50, ge=1)
     num_items: int | None = Field(None, ge=1)
+    init: Literal["blocks", "recbole"] = Field(
+        "blocks",
+        description="'blocks': each block's own initialisation; 'recbole': afterwards every Linear weight and "
+        "Embedding ~ N(0, 0.02) and Linear biases 0, as RecBole's _init_weights does to the official "
+        "Mamba4Rec / SIGMA code (NOTES.md §1.1)",
+    )
     item_encoder: BlockSpec = BlockSpec(block="item_id")
     encoder: list[Layer] = []
     readout: BlockSpec = BlockSpec(block="last")
