@@ -1,0 +1,60 @@
+"""The bundled recipes: headers, rendering with ``zoo info``, and parameter counts from the papers/code."""
+
+from __future__ import annotations
+
+import pytest
+
+import zoo
+from zoo.builder import recipe_path, resolve_recipe
+from zoo.cli import main as cli_main
+from zoo.info import count_parameters
+
+BEAUTY_ITEMS = 12_101  # Amazon Beauty: 12,102 rows with padding (NOTES.md §2.2)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_header_names_paper_fidelity_and_deviations(name):
+    recipe = resolve_recipe(name)
+    assert recipe.name == name == recipe_path(name).stem
+    assert len(recipe.description.strip()) >= 80, f"{name}: describe the model in its header"
+    if recipe.fidelity in ("paper", "code", "baseline"):
+        assert recipe.paper, f"{name}: a {recipe.fidelity} recipe names its paper"
+        assert recipe.deviations, f"{name}: list where it departs from the paper/code (or say it does not)"
+    if recipe.fidelity == "hybrid":
+        assert len(recipe.description.split()) >= 40, f"{name}: a hybrid needs a one-paragraph rationale"
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_zoo_info_renders_the_block_tree(name, capsys):
+    assert cli_main(["info", name, "--num-items", "300", "--length", "20"]) == 0
+    out = capsys.readouterr().out
+    for part in ("item_encoder:", "encoder:", "readout:", "head:", "parameters", "FLOPs / sequence"):
+        assert part in out, f"{name}: `zoo info` output lacks {part!r}"
+
+
+def test_mamba4rec_matches_the_official_parameter_count():
+    # NOTES.md §2.2: Mamba4Rec on Beauty (12,102 items incl. padding), D 64, 1 layer = 846,784.
+    assert count_parameters(zoo.create("mamba4rec", num_items=BEAUTY_ITEMS)) == 846_784
+
+
+def test_sasrec_parameter_count_by_hand():
+    d, v, length = 64, BEAUTY_ITEMS, 50
+    embeddings = (v + 1) * d + length * d + 2 * d  # items, positions, LayerNorm
+    attention = 4 * (d * d + d) + 2 * d  # Q, K, V, O with biases + residual LayerNorm
+    ffn = (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * d
+    assert count_parameters(zoo.create("sasrec", num_items=v)) == embeddings + 2 * (attention + ffn)
+
+
+def test_convrec_parameter_count_by_hand():
+    # ConvRec paper §4.1-4.2 with the code's widths (NOTES.md §4.2-4.4), D 256, 19 attributes.
+    d, v, f = 256, BEAUTY_ITEMS, 19
+    encoder = (
+        (v + 1) * d  # ID embedding (no frequent-item trick)
+        + (f * 4 * d + 4 * d)  # attributes -> 4D
+        + (6 * d + d)  # calendar context -> D
+        + (5 * d * 4 * d + 4 * d)  # [attributes; context] -> 4D
+        + (5 * d * d + d)  # [ID; attributes-context] -> D
+        + 2 * (d + 3) + ((d + 3) * d + d)  # intervals: LayerNormC(D+3) and Linear(D+3, D)
+    )
+    pyramid = sum((d * d * k + d) + (d * d + d) + 2 + 2 * d for k in (2, 5, 7))  # conv, out linear, w1/w2, norm
+    assert count_parameters(zoo.create("convrec", num_items=v)) == encoder + pyramid
