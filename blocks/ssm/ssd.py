@@ -35,7 +35,7 @@ from blocks.ssm._dispatch import use_cuda_kernels
 
 # Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
 # a CPU the intra-chunk work (``O(Q)`` per step) dominates beyond this size.
-PURE_MAX_CHUNK = 64
+PURE_MAX_CHUNK = 32
 # Elements of the largest per-block intermediate (the ``(b, k, h, Q, Q)`` decay matrix): a few MB,
 # small enough to stay in the allocator's reusable heap and near the caches.
 BLOCK_BUDGET_ELEMENTS = 1 << 21
@@ -63,7 +63,7 @@ def ssd_scan(
     ``(h,)``; ``initial_states`` ``(b, h, p, n)``. Returns ``y (b, l, h, p)`` and, with
     ``return_final_states``, the state after the last step ``(b, h, p, n)``.
 
-    ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 64, l)`` (the
+    ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 32, l)`` (the
     result is the same up to rounding). Half-precision inputs are computed in float32 on the pure
     path and returned in their dtype.
     """
@@ -127,13 +127,12 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     n = B.shape[-1]
     dt = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)
     dA = dt * A.to(dtype)
-    state = (
-        initial_states.to(dtype)
-        if initial_states is not None
-        else torch.zeros(b, h, p, n, dtype=dtype, device=x.device)
-    )
+    g = B.shape[2]
+    if initial_states is None:
+        initial_states = torch.zeros(b, h, p, n, dtype=dtype, device=x.device)
     if l == 0:
-        return x.new_zeros(x.shape), state
+        return x.new_zeros(x.shape), initial_states.to(out_dtype)
+    state = _group_major(initial_states.to(dtype), g)
     chunk = min(chunk_size, PURE_MAX_CHUNK, l)
     chunks_per_block = max(1, BLOCK_BUDGET_ELEMENTS // (b * h * chunk * chunk))
     block_len = chunk * chunks_per_block
@@ -144,9 +143,11 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     D = D.to(dtype) if D is not None else None
     outputs = []
     out = None if grad_mode else torch.empty(b, l, h, p, dtype=out_dtype, device=x.device)
-    for start in range(0, l, block_len):
-        end = min(start + block_len, l)
-        pieces = [t[:, start:end] if t is not None else None for t in (x, dt, dA, B, C, z)]
+    # ``split`` (not slicing in the loop): its backward assembles the inputs' gradients in one pass.
+    blocks = [t.split(block_len, dim=1) if t is not None else [None] * math.ceil(l / block_len)
+              for t in (x, dt, dA, B, C, z)]
+    for start, pieces in zip(range(0, l, block_len), zip(*blocks)):
+        end = start + pieces[0].shape[1]
         args = (chunk, *pieces, D, state)
         if recompute:
             y, state = checkpoint(_ssd_block, *args, use_reentrant=False)
@@ -157,14 +158,15 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
         else:
             out[:, start:end] = y
     y = torch.cat(outputs, dim=1) if out is None else out
-    return y, state.to(out_dtype)
+    return y, _head_major(state, h).to(out_dtype)
 
 
 def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor]:
     """SSD over one block of consecutive steps, starting from ``state``; returns ``(y, state)``.
 
-    The block is zero-padded at its end to a whole number of chunks: padded steps have
-    ``dt = 0`` so they neither decay nor feed the state.
+    ``state`` is kept group-major, ``(b, g, n, heads_per_group · p)``, so that the state matmuls
+    multiply all heads of a group at once. The block is zero-padded at its end to a whole number of
+    chunks: padded steps have ``dt = 0``, so they neither decay nor feed the state.
     """
     dtype = state.dtype
     b, T, h, p = x.shape
@@ -175,43 +177,53 @@ def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor
     dt, dA = _pad_time(dt, pad), _pad_time(dA, pad)
     k = (T + pad) // chunk
 
-    xc = x.view(b, k, chunk, h, p)
-    Bc = B.view(b, k, chunk, g, n)
-    Cc = C.view(b, k, chunk, g, n)
-    a_cum = dA.view(b, k, chunk, h).transpose(2, 3).cumsum(-1)  # (b, k, h, Q), within-chunk cumulative log-decay
-    x_dt = xc * dt.view(b, k, chunk, h, 1)
+    a_cum = dA.view(b, k, chunk, g, hg).cumsum(2).permute(0, 1, 3, 4, 2)  # (b, k, g, hg, Q): within-chunk log-decay
+    x_dt = (x * dt.unsqueeze(-1)).view(b, k, chunk, g, hg, p)
+    x_by_head = x_dt.permute(0, 1, 3, 4, 2, 5).contiguous()  # (b, k, g, hg, Q, p)
+    Bg = B.view(b, k, chunk, g, n).transpose(2, 3).contiguous()  # (b, k, g, Q, n)
+    Cg = C.view(b, k, chunk, g, n).transpose(2, 3).contiguous()
 
     # Intra-chunk: y_i = sum_{j <= i} (C_i . B_j) exp(a_i - a_j) dt_j x_j.
-    segment = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, k, h, Q, Q): a_i - a_j
+    segment = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, k, g, hg, Q, Q): a_i - a_j
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
     decay = torch.exp(segment.masked_fill(~causal, float("-inf")))
-    scores = torch.einsum("bkign,bkjgn->bkgij", Cc, Bc)
-    weights = decay.view(b, k, g, hg, chunk, chunk) * scores.unsqueeze(3)
-    y = torch.einsum("bkghij,bkjghp->bkighp", weights, x_dt.view(b, k, chunk, g, hg, p))
+    scores = Cg @ Bg.transpose(-1, -2)  # (b, k, g, Q, Q)
+    y = (decay * scores.unsqueeze(3)) @ x_by_head  # (b, k, g, hg, Q, p)
 
-    # Each chunk's own contribution to the state at its end: sum_j exp(a_Q - a_j) dt_j x_j B_j^T.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, k, h, Q)
-    x_to_end = x_dt * to_end.transpose(2, 3).unsqueeze(-1)
-    chunk_states = torch.einsum("bkjghp,bkjgn->bkghpn", x_to_end.view(b, k, chunk, g, hg, p), Bc)
-    chunk_states = chunk_states.reshape(b, k, h, p, n)
+    # Each chunk's own contribution to the state at its end: sum_j exp(a_Q - a_j) dt_j B_j x_j^T.
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, k, g, hg, Q)
+    x_to_end = (x_dt * to_end.permute(0, 1, 4, 2, 3).unsqueeze(-1)).transpose(2, 3)  # (b, k, g, Q, hg, p)
+    chunk_states = Bg.transpose(-1, -2) @ x_to_end.reshape(b, k, g, chunk, hg * p)  # (b, k, g, n, hg·p)
 
     # Pass states across chunks: S_in(c + 1) = exp(a_Q(c)) S_in(c) + chunk_states(c).
-    chunk_decay = torch.exp(a_cum[..., -1])  # (b, k, h)
+    # ``unbind`` once: indexing inside the loop would give every step a full-size gradient.
+    chunk_decay = torch.exp(a_cum[..., -1]).view(b, k, g, 1, hg, 1).unbind(1)
     states_in = []
-    for c in range(k):
+    for decay_c, state_c in zip(chunk_decay, chunk_states.unbind(1)):
         states_in.append(state)
-        state = state * chunk_decay[:, c, :, None, None] + chunk_states[:, c]
-    states_in = torch.stack(states_in, dim=1).view(b, k, g, hg, p, n)
+        state = (state.view(b, g, n, hg, p) * decay_c).view(b, g, n, hg * p) + state_c
+    states_in = torch.stack(states_in, dim=1)  # (b, k, g, n, hg·p)
 
     # Inter-chunk: y_i += exp(a_i) C_i . S_in.
-    y_prev = torch.einsum("bkign,bkghpn->bkighp", Cc, states_in)
-    y = y + y_prev * torch.exp(a_cum).transpose(2, 3).reshape(b, k, chunk, g, hg, 1)
-    y = y.reshape(b, k * chunk, h, p)[:, :T]
+    y_prev = (Cg @ states_in).view(b, k, g, chunk, hg, p) * torch.exp(a_cum).transpose(3, 4).unsqueeze(-1)
+    y = (y.transpose(3, 4) + y_prev).permute(0, 1, 3, 2, 4, 5).reshape(b, k * chunk, h, p)[:, :T]
     if D is not None:
         y = y + x[:, :T] * (D.unsqueeze(-1) if D.dim() == 1 else D)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y, state
+
+
+def _group_major(state: Tensor, ngroups: int) -> Tensor:
+    """``(b, h, p, n)`` -> ``(b, g, n, heads_per_group · p)``."""
+    b, h, p, n = state.shape
+    return state.view(b, ngroups, h // ngroups, p, n).permute(0, 1, 4, 2, 3).reshape(b, ngroups, n, -1)
+
+
+def _head_major(state: Tensor, nheads: int) -> Tensor:
+    """``(b, g, n, heads_per_group · p)`` -> ``(b, h, p, n)``."""
+    b, g, n, _ = state.shape
+    return state.view(b, g, n, nheads // g, -1).permute(0, 1, 3, 4, 2).reshape(b, nheads, -1, n)
 
 
 def _pad_time(t: Tensor, pad: int) -> Tensor:
