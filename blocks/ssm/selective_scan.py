@@ -225,11 +225,16 @@ class _Workspace:
         self.shape, self.like = shape, like
         self._buffers: dict[str, Tensor] = {}
 
+    def buffer(self, name: str, slot: int = 0) -> Tensor:
+        key = f"{name}{slot}"
+        if key not in self._buffers:
+            self._buffers[key] = self.like.new_empty(self.shape)
+        return self._buffers[key]
+
     def __getattr__(self, name: str) -> Tensor:
-        buffers = self.__dict__["_buffers"]
-        if name not in buffers:
-            buffers[name] = self.like.new_empty(self.shape)
-        return buffers[name]
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.buffer(name)
 
 
 class _Group:
@@ -238,29 +243,31 @@ class _Group:
     ``delta, u``: ``(steps, b, g, lanes, h)``; ``B``: broadcastable to ``(steps, b, g, lanes, h, n)``;
     ``A_log2``: ``A * log2(e)`` as ``(g, 1, h, n)``; ``start``: the state before the group ``(b, g, h, n)``.
     After construction ``states`` holds ``h_t`` for every step and lane, ``lane_starts`` the state before
-    each lane ``(b, g, lanes, h, n)`` and ``decay`` = ``exp(delta * A)`` per step (both in ``ws``).
+    each lane ``(b, g, lanes, h, n)`` and ``decay`` = ``exp(delta * A)`` per step, all in ``ws``.
+
+    With several lanes, a first pass runs every lane from a zero state keeping only its end, the lanes
+    are linked (``start_{c+1} = end_c + lane_decay_c * start_c``), and a second pass writes the states.
     """
 
-    def __init__(self, delta: Tensor, u: Tensor, A_log2: Tensor, B: Tensor, start: Tensor, ws: _Workspace) -> None:
-        self.A_log2, self.ws = A_log2, ws
+    def __init__(self, delta: Tensor, u: Tensor, A_log2: Tensor, B: Tensor, start: Tensor, ws: _Workspace, slot: int = 0) -> None:
+        self.ws = ws
         self.decay = torch.mul(delta.unsqueeze(-1), A_log2, out=ws.decay).exp2_()
-        states = torch.mul((delta * u).unsqueeze(-1), B, out=ws.states)
-        states[0, :, :, 0].addcmul_(self.decay[0, :, :, 0], start)
-        for j in range(1, states.shape[0]):
+        states = torch.mul((delta * u).unsqueeze(-1), B, out=ws.buffer("states", slot))
+        steps, lanes = states.shape[0], states.shape[3]
+        if lanes == 1:
+            self.lane_decay = None
+            self.lane_starts = start.unsqueeze(2)
+        else:
+            self.lane_decay = _decay(delta.sum(0), A_log2)
+            ends = _run(self.decay, states, reverse=False)
+            lane_starts = [start]
+            for c in range(lanes - 1):
+                lane_starts.append(torch.addcmul(ends[:, :, c], self.lane_decay[:, :, c], lane_starts[-1]))
+            self.lane_starts = torch.stack(lane_starts, dim=2)
+        states[0].addcmul_(self.decay[0], self.lane_starts)
+        for j in range(1, steps):
             states[j].addcmul_(self.decay[j], states[j - 1])
         self.states = states
-        lanes = states.shape[3]
-        if lanes == 1:
-            self.lane_starts = start.unsqueeze(2)
-            return
-        self.cum_delta = delta.cumsum(0)
-        self.lane_decay = _decay(self.cum_delta[-1], A_log2)
-        lane_starts = [start, states[-1, :, :, 0]]
-        for c in range(2, lanes):
-            lane_starts.append(torch.addcmul(states[-1, :, :, c - 1], self.lane_decay[:, :, c - 1], lane_starts[-1]))
-        self.lane_starts = torch.stack(lane_starts, dim=2)
-        within = torch.mul(self.cum_delta[:, :, :, 1:].unsqueeze(-1), A_log2, out=ws.scratch[:, :, :, 1:]).exp2_()
-        states[:, :, :, 1:].addcmul_(within, self.lane_starts[:, :, 1:])
 
     @property
     def end(self) -> Tensor:
@@ -270,22 +277,21 @@ class _Group:
         """``lambda_t = dL/dh_t`` for every step: ``lambda_t = C_t * grad_y_t + decay_{t+1} * lambda_{t+1}``.
 
         ``carry`` is ``decay * lambda`` flowing in from the next group (or the last state's gradient).
+        Lanes are handled like the forward pass, in reverse: carry into lane ``c`` from lane ``c + 1``.
         """
         adj = torch.mul(grad_y.unsqueeze(-1), C, out=self.ws.adj)
-        adj[-1, :, :, -1].add_(carry)
         steps, lanes = adj.shape[0], adj.shape[3]
+        if lanes == 1:
+            adj[-1].add_(carry.unsqueeze(2))
+        else:
+            firsts = _run(self.decay, adj, reverse=True)
+            outs = self.decay[0] * firsts  # what each lane passes to the lane before it, from a zero carry
+            carries = [carry]
+            for c in range(lanes - 1, 0, -1):
+                carries.append(torch.addcmul(outs[:, :, c], self.lane_decay[:, :, c], carries[-1]))
+            adj[-1].add_(torch.stack(carries[::-1], dim=2))
         for j in range(steps - 2, -1, -1):
             adj[j].addcmul_(self.decay[j + 1], adj[j + 1])
-        if lanes == 1:
-            return adj
-        lane_out = self.decay[0] * adj[0]
-        carries = [lane_out[:, :, -1]]
-        for c in range(lanes - 2, 0, -1):
-            carries.append(torch.addcmul(lane_out[:, :, c], self.lane_decay[:, :, c], carries[-1]))
-        carries = torch.stack(carries[::-1], dim=2)
-        after = (self.cum_delta[-1] - self.cum_delta)[:, :, :, :-1]
-        within = torch.mul(after.unsqueeze(-1), self.A_log2, out=self.ws.scratch[:, :, :, :-1]).exp2_()
-        adj[:, :, :, :-1].addcmul_(within, carries)
         return adj
 
     def decay_gradient(self, adj: Tensor) -> Tensor:
@@ -294,6 +300,22 @@ class _Group:
         w[1:].mul_(self.states[:-1])
         w[0].mul_(self.lane_starts)
         return w
+
+
+def _run(decay: Tensor, inputs: Tensor, reverse: bool) -> Tensor:
+    """Every lane's recurrence from a zero state, keeping only the current ``(b, g, lanes, h, n)`` value.
+
+    Forward: ``x_j = inputs_j + decay_j * x_{j-1}``, returns each lane's last ``x``. Reverse:
+    ``x_j = inputs_j + decay_{j+1} * x_{j+1}``, returns each lane's first ``x``.
+    """
+    steps = inputs.shape[0]
+    order = range(steps - 2, -1, -1) if reverse else range(1, steps)
+    x = inputs[steps - 1 if reverse else 0].clone()
+    spare = torch.empty_like(x)
+    for j in order:
+        torch.addcmul(inputs[j], decay[j + 1 if reverse else j], x, out=spare)
+        x, spare = spare, x
+    return x
 
 
 def _decay(delta: Tensor, A_log2: Tensor) -> Tensor:
@@ -312,16 +334,19 @@ class _BlockedScan(torch.autograd.Function):
         ws = _Workspace(layout.group_shape, u)
         y_b = u_b.new_empty(u_b.shape)
         state = u.new_zeros(layout.batch, layout.groups, layout.heads, layout.d_state)
+        keep = any(ctx.needs_input_grad)
         group_starts = []
         for k in range(layout.n_groups):
-            group_starts.append(state)
-            group = _Group(delta_b[k], u_b[k], layout.A_log2, _pick(B_b, k), state, ws)
+            if keep:
+                group_starts.append(state.clone())
+            # Alternate two state buffers: ``state`` (a view of the last group's) stays valid.
+            group = _Group(delta_b[k], u_b[k], layout.A_log2, _pick(B_b, k), state, ws, slot=k % 2)
             y_b[k] = _contract(group.states, _pick(C_b, k), ws.scratch)
-            state = group.end.clone()
+            state = group.end
         ctx.layout = layout
-        if any(ctx.needs_input_grad):
+        if keep:
             ctx.save_for_backward(u, delta, A, B, C, torch.stack(group_starts))
-        return layout.channels_back(y_b), state.reshape(layout.batch, layout.dim, layout.d_state)
+        return layout.channels_back(y_b), state.reshape(layout.batch, layout.dim, layout.d_state).clone()
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last: Tensor):
