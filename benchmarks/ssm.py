@@ -1,0 +1,314 @@
+"""Speed and memory of the pure-PyTorch state-space scans against a plain loop and the machine's bounds.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/ssm.py                 # the issue's full grid
+    python benchmarks/ssm.py --quick --scan ssd                      # a small subset
+    python benchmarks/ssm.py --batch 1 16 --length 200 1000 --plot ssm.png
+
+Scans: Mamba ``blocks.ssm.selective_scan.selective_scan`` with d_inner=128, d_state=32 (B, C input-
+dependent ``(b, n, l)``, D, delta_bias, softplus); Mamba2 ``blocks.ssm.ssd.ssd_scan`` with 8 heads ×
+16, d_state 64, one group, D, dt_bias, softplus. All fp32. For each (scan, b, l) it prints forward
+and forward+backward time of ours and of a plain loop over time written here (same dtype, inputs
+``unbind``-ed once so its backward is linear in l), and the bounds measured in the same run:
+
+* Mamba floor = 3 fp32 elementwise passes over b·d·l·n elements, from the elementwise rate
+  measured on a 64M-element buffer (``torch.mul(a, b, out=c)``; time scaled by size);
+* SSD bound = FLOPs of the chunked algorithm (``ssd.ssd_flops``) / measured fp32 matmul GFLOP/s
+  (1024×1024 square matmul).
+
+When the loop would take longer than ``--loop-timeout`` seconds, it is timed on a prefix of the
+steps and extrapolated linearly; such entries are marked ``~`` (estimated).
+
+Peak memory (``--memory``, default for l=4000): each case runs forward only in a fresh subprocess;
+the number is the growth of the process's peak resident set (``VmHWM`` from ``/proc/self/status``,
+reset through ``/proc/self/clear_refs``) over its resident set just before the inputs were created,
+divided by the bytes of inputs + outputs. It therefore counts inputs, outputs and every temporary
+that was resident at the peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from blocks.ssm.selective_scan import selective_scan
+from blocks.ssm.ssd import ssd_flops, ssd_scan
+
+MAMBA = dict(d_inner=128, d_state=32)
+SSD = dict(nheads=8, headdim=16, ngroups=1, d_state=64, chunk_size=256)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def mamba_inputs(b: int, l: int, requires_grad: bool = False, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    d, n = MAMBA["d_inner"], MAMBA["d_state"]
+    t = dict(
+        u=torch.randn(b, d, l, generator=g),
+        delta=torch.randn(b, d, l, generator=g) * 0.5 - 1.0,
+        A=-torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1),
+        B=torch.randn(b, n, l, generator=g),
+        C=torch.randn(b, n, l, generator=g),
+        D=torch.ones(d),
+        delta_bias=torch.randn(d, generator=g) * 0.1,
+    )
+    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+
+
+def ssd_inputs(b: int, l: int, requires_grad: bool = False, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    h, p, ng, n = SSD["nheads"], SSD["headdim"], SSD["ngroups"], SSD["d_state"]
+    t = dict(
+        x=torch.randn(b, l, h, p, generator=g),
+        dt=torch.randn(b, l, h, generator=g) * 0.5 - 2.0,
+        A=-torch.linspace(1.0, 16.0, h),
+        B=torch.randn(b, l, ng, n, generator=g),
+        C=torch.randn(b, l, ng, n, generator=g),
+        D=torch.ones(h),
+        dt_bias=torch.randn(h, generator=g) * 0.1,
+    )
+    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+
+
+def run_ours(scan: str, t: dict):
+    if scan == "mamba":
+        return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"],
+                              delta_softplus=True)
+    return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], SSD["chunk_size"], D=t["D"], dt_bias=t["dt_bias"],
+                    dt_softplus=True)
+
+
+# ---------------------------------------------------------------------------------------------- loops
+def mamba_loop(t: dict, steps: int | None = None) -> torch.Tensor:
+    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t;  y_t = C_t . h_t + D u_t -- one step at a time."""
+    delta = F.softplus(t["delta"] + t["delta_bias"][:, None])
+    l = t["u"].shape[-1] if steps is None else steps
+    us, deltas = t["u"][..., :l].unbind(-1), delta[..., :l].unbind(-1)
+    Bs, Cs = t["B"][..., :l].unbind(-1), t["C"][..., :l].unbind(-1)
+    state = t["u"].new_zeros(t["u"].shape[0], *t["A"].shape)
+    ys = []
+    for u, dl, B, C in zip(us, deltas, Bs, Cs):
+        state = torch.exp(dl[..., None] * t["A"]) * state + (dl * u)[..., None] * B[:, None, :]
+        ys.append((state * C[:, None, :]).sum(-1) + t["D"] * u)
+    return torch.stack(ys, -1)
+
+
+def ssd_loop(t: dict, steps: int | None = None) -> torch.Tensor:
+    """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T;  y_t = S_t C_t + D x_t -- one step at a time (one group)."""
+    dt = F.softplus(t["dt"] + t["dt_bias"])
+    l = t["x"].shape[1] if steps is None else steps
+    xs, dts = t["x"][:, :l].unbind(1), dt[:, :l].unbind(1)
+    Bs, Cs = t["B"][:, :l, 0].unbind(1), t["C"][:, :l, 0].unbind(1)
+    b, _, h, p = t["x"].shape
+    state = t["x"].new_zeros(b, h, p, t["B"].shape[-1])
+    ys = []
+    for x, d, B, C in zip(xs, dts, Bs, Cs):
+        state = torch.exp(d * t["A"])[..., None, None] * state + (d[..., None] * x)[..., None] * B[:, None, None, :]
+        ys.append((state * C[:, None, None, :]).sum(-1) + t["D"][:, None] * x)
+    return torch.stack(ys, 1)
+
+
+LOOPS = {"mamba": mamba_loop, "ssd": ssd_loop}
+INPUTS = {"mamba": mamba_inputs, "ssd": ssd_inputs}
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def timed(fn, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def forward_backward(fn, t: dict) -> None:
+    y = fn(t)
+    y.backward(torch.ones_like(y))
+
+
+def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
+    t = INPUTS[scan](b, l)
+    with torch.no_grad():
+        run_ours(scan, t)  # warm-up
+        fwd = timed(lambda: run_ours(scan, t), repeats)
+    tg = INPUTS[scan](b, l, requires_grad=True)
+    bwd = timed(lambda: forward_backward(lambda s: run_ours(scan, s), tg), repeats)
+    return fwd, bwd
+
+
+def time_loop(scan: str, b: int, l: int, repeats: int, timeout: float) -> tuple[float, float, bool]:
+    """Loop times (forward, forward+backward), and whether they were extrapolated from a prefix."""
+    loop = LOOPS[scan]
+    probe = min(l, 50)
+    t = INPUTS[scan](b, l)
+    tg = INPUTS[scan](b, l, requires_grad=True)
+    with torch.no_grad():
+        fwd_probe = timed(lambda: loop(t, probe), 1)
+    bwd_probe = timed(lambda: forward_backward(lambda s: loop(s, probe), tg), 1)
+    if (fwd_probe + bwd_probe) * l / probe * repeats <= timeout:
+        with torch.no_grad():
+            fwd = timed(lambda: loop(t), repeats)
+        return fwd, timed(lambda: forward_backward(loop, tg), repeats), False
+    steps = max(probe, int(probe * timeout / 4 / (fwd_probe + bwd_probe)))
+    steps = min(steps, l)
+    with torch.no_grad():
+        fwd = timed(lambda: loop(t, steps), 1) * l / steps
+    bwd = timed(lambda: forward_backward(lambda s: loop(s, steps), tg), 1) * l / steps
+    return fwd, bwd, steps < l
+
+
+def elementwise_rate() -> float:
+    """fp32 elements per second of one out-of-place elementwise pass (a * b -> c) on 64M elements."""
+    n = 1 << 26
+    a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
+    torch.mul(a, b, out=c)
+    return n / timed(lambda: torch.mul(a, b, out=c), 5)
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    return 2 * 1024**3 / timed(lambda: a @ b, 10) / 1e9
+
+
+def floor_seconds(scan: str, b: int, l: int, rate: float, gflops: float) -> float:
+    if scan == "mamba":
+        return 3 * b * MAMBA["d_inner"] * l * MAMBA["d_state"] / rate
+    s = SSD
+    return ssd_flops(b, l, s["nheads"], s["headdim"], s["ngroups"], s["d_state"], s["chunk_size"]) / (gflops * 1e9)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(scan: str, b: int, l: int) -> None:
+    """Run in a fresh process: print JSON {peak_bytes, io_bytes} for one forward pass."""
+    torch.randn(8) @ torch.randn(8)  # load the kernels' libraries before the baseline
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_kib("VmRSS")
+    t = INPUTS[scan](b, l)
+    with torch.no_grad():
+        y = run_ours(scan, t)
+    peak = _rss_kib("VmHWM")
+    io_bytes = sum(v.numel() * v.element_size() for v in t.values()) + y.numel() * y.element_size()
+    print(json.dumps({"peak_bytes": (peak - before) * 1024, "io_bytes": io_bytes}))
+
+
+def measure_memory(scan: str, b: int, l: int) -> float | None:
+    cmd = [sys.executable, __file__, "--memory-child", scan, str(b), str(l)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  memory run failed for {scan} b={b} l={l}: {done.stderr.strip()[-300:]}")
+        return None
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["peak_bytes"] / result["io_bytes"]
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scan", choices=["mamba", "ssd", "both"], default="both")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256])
+    parser.add_argument("--length", type=int, nargs="+", default=[50, 200, 1000, 4000])
+    parser.add_argument("--quick", action="store_true", help="b in {1, 16}, l in {50, 200, 1000}")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs (1 for cases over 2 s)")
+    parser.add_argument("--loop-timeout", type=float, default=20.0, help="seconds before the loop is extrapolated")
+    parser.add_argument("--memory", choices=["auto", "all", "none"], default="auto",
+                        help="peak-memory subprocess runs: auto = only l = 4000")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--plot", default=None, help="save a PNG of the times to this path")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        scan, b, l = args.memory_child
+        memory_child(scan, int(b), int(l))
+        return
+    if args.quick:
+        args.batch, args.length = [1, 16], [50, 200, 1000]
+    scans = ["mamba", "ssd"] if args.scan == "both" else [args.scan]
+
+    rate, gflops = elementwise_rate(), matmul_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '-')}")
+    print(f"machine bounds (this run): elementwise {rate / 1e9:.2f} G fp32 elements/s per pass; "
+          f"fp32 matmul {gflops:.1f} GFLOP/s (1024^2)")
+    print(f"Mamba: d_inner={MAMBA['d_inner']}, d_state={MAMBA['d_state']}; "
+          f"SSD: {SSD['nheads']} heads x {SSD['headdim']}, d_state={SSD['d_state']}, {SSD['ngroups']} group")
+    header = (f"{'scan':5} {'b':>4} {'l':>5} | {'ours fwd':>9} {'loop fwd':>10} {'loop/ours':>9} | "
+              f"{'ours f+b':>9} {'loop f+b':>10} {'loop/ours':>9} | {'floor':>8} {'fwd/floor':>9} | {'peak/io':>7}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for scan in scans:
+        for b in args.batch:
+            for l in args.length:
+                repeats = args.repeats
+                fwd, fb = time_ours(scan, b, l, 1 if b * l >= 256 * 1000 else repeats)
+                loop_fwd, loop_fb, estimated = time_loop(scan, b, l, 1 if fb > 2 else repeats, args.loop_timeout)
+                floor = floor_seconds(scan, b, l, rate, gflops)
+                peak = None
+                if args.memory == "all" or (args.memory == "auto" and l == 4000):
+                    peak = measure_memory(scan, b, l)
+                mark = "~" if estimated else " "
+                row = dict(scan=scan, b=b, l=l, fwd=fwd, fb=fb, loop_fwd=loop_fwd, loop_fb=loop_fb,
+                           estimated=estimated, floor=floor, peak=peak)
+                rows.append(row)
+                print(f"{scan:5} {b:>4} {l:>5} | {fwd:9.4f} {mark}{loop_fwd:9.4f} {loop_fwd / fwd:9.1f} | "
+                      f"{fb:9.4f} {mark}{loop_fb:9.4f} {loop_fb / fb:9.1f} | {floor:8.4f} {fwd / floor:9.1f} | "
+                      f"{'' if peak is None else f'{peak:7.2f}'}", flush=True)
+    print("times in seconds (best of runs); ~ = loop extrapolated from a prefix of the steps; floor = Mamba: 3 "
+          "elementwise passes over b*d*l*n, SSD: chunked-algorithm FLOPs / matmul rate; peak/io = peak RSS growth "
+          "of a fresh process running the forward / bytes of inputs+outputs")
+    print_ratios(rows)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def print_ratios(rows: list[dict]) -> None:
+    by_key = {(r["scan"], r["b"], r["l"]): r for r in rows}
+    print("\nlinearity (l=4000 time / l=1000 time; 4.0 = linear):")
+    for (scan, b, l), r in by_key.items():
+        if l == 4000 and (scan, b, 1000) in by_key:
+            ref = by_key[(scan, b, 1000)]
+            print(f"  {scan:5} b={b:>3}: fwd {r['fwd'] / ref['fwd']:.2f}, fwd+bwd {r['fb'] / ref['fb']:.2f}")
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scans = sorted({r["scan"] for r in rows})
+    fig, axes = plt.subplots(1, len(scans), figsize=(6 * len(scans), 4), squeeze=False)
+    for ax, scan in zip(axes[0], scans):
+        for b in sorted({r["b"] for r in rows if r["scan"] == scan}):
+            sel = [r for r in rows if r["scan"] == scan and r["b"] == b]
+            ls = [r["l"] for r in sel]
+            ax.plot(ls, [r["fb"] for r in sel], "o-", label=f"ours f+b, b={b}")
+            ax.plot(ls, [r["loop_fb"] for r in sel], "x--", label=f"loop f+b, b={b}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="seconds", title=scan)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot saved to {path}")
+
+
+if __name__ == "__main__":
+    main()
