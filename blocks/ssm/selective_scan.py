@@ -152,10 +152,11 @@ def _blocking(state_elements: int, length: int, lanes: int | None, steps: int | 
 
 
 class _Layout:
-    """Views of the scan's inputs in the blocked, time-major layout ``(groups, steps, b, g, lanes, h, ...)``.
+    """Views of the scan's inputs in the blocked, time-major layout ``(groups, steps, b, g, lanes, ...)``.
 
     ``u``/``delta`` are ``(b, d, l)`` with ``d = g * h``; ``l`` is zero-padded to ``groups * lanes * steps``
-    (padded steps have ``delta = 0``: no decay, no input, so they change nothing).
+    (padded steps have ``delta = 0``: no decay, no input, so they change nothing). States are kept as
+    ``(..., n, h)``: channels innermost makes the broadcasts and the contraction over ``n`` fast.
     """
 
     def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int) -> None:
@@ -166,8 +167,8 @@ class _Layout:
         self.lanes, self.steps = lanes, steps
         self.n_groups = max(1, math.ceil(self.length / (lanes * steps)))
         self.padded = self.n_groups * lanes * steps
-        self.group_shape = (steps, self.batch, self.groups, lanes, self.heads, self.d_state)
-        self.A = A.reshape(self.groups, 1, self.heads, self.d_state)
+        self.group_shape = (steps, self.batch, self.groups, lanes, self.d_state, self.heads)
+        self.A = self.states_from_channels(A).unsqueeze(1)  # (g, 1, n, h)
         self.A_log2 = self.A * math.log2(math.e)  # exp(x A) = exp2(x A log2 e); exp2 is ~3x faster on CPU
 
     def channels(self, x: Tensor) -> Tensor:
@@ -181,21 +182,29 @@ class _Layout:
         x = x.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, self.dim, self.padded)
         return x[..., : self.length]
 
+    def states_from_channels(self, x: Tensor) -> Tensor:
+        """``(..., d, n)`` -> ``(..., g, n, h)``."""
+        return x.reshape(*x.shape[:-2], self.groups, self.heads, self.d_state).transpose(-1, -2).contiguous()
+
+    def states_to_channels(self, x: Tensor) -> Tensor:
+        """``(..., g, n, h)`` -> ``(..., d, n)``."""
+        return x.transpose(-1, -2).reshape(*x.shape[:-3], self.dim, self.d_state)
+
     def projection(self, t: Tensor) -> Tensor:
-        """B or C -> broadcastable to ``(groups, steps, b, g, lanes, h, n)``."""
+        """B or C -> broadcastable to ``(groups, steps, b, g, lanes, n, h)``."""
         if t.dim() == 2:
-            return t.reshape(1, 1, 1, self.groups, 1, self.heads, self.d_state)
+            return self.states_from_channels(t).reshape(1, 1, 1, self.groups, 1, self.d_state, self.heads)
         if t.dim() == 3:
             t = t.unsqueeze(1)
         t = F.pad(t, (0, self.padded - self.length))
         t = t.reshape(self.batch, t.shape[1], self.d_state, self.n_groups, self.lanes, self.steps)
-        return t.permute(3, 5, 0, 1, 4, 2).unsqueeze(-2).contiguous()
+        return t.permute(3, 5, 0, 1, 4, 2).unsqueeze(-1).contiguous()
 
     def projection_back(self, grad: Tensor, like: Tensor) -> Tensor:
-        """B or C gradient -> the layout of ``like``; a time-invariant one arrives as ``(g, h, n)``."""
+        """B or C gradient -> the layout of ``like``; a time-invariant one arrives as ``(g, n, h)``."""
         if like.dim() == 2:
-            return grad.reshape(self.dim, self.d_state)
-        grad = grad.squeeze(-2)
+            return self.states_to_channels(grad)
+        grad = grad.squeeze(-1)
         groups = grad.shape[3]
         grad = grad.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, groups, self.d_state, self.padded)
         grad = grad[..., : self.length]
@@ -203,10 +212,10 @@ class _Layout:
 
 
 def _contract(x: Tensor, p: Tensor, scratch: Tensor) -> Tensor:
-    """``sum_n x[..., h, n] * p[..., h|1, n]`` -> ``(..., h)``; ``scratch`` is a buffer of ``x``'s shape."""
-    if p.shape[-2] == 1:
-        return (x @ p.transpose(-1, -2)).squeeze(-1)
-    return torch.mul(x, p, out=scratch).sum(-1)
+    """``sum_n x[..., n, h] * p[..., n, h|1]`` -> ``(..., h)``; ``scratch`` is a buffer of ``x``'s shape."""
+    if p.shape[-1] == 1:
+        return (p.transpose(-1, -2) @ x).squeeze(-2)
+    return torch.mul(x, p, out=scratch).sum(-2)
 
 
 def _pick(t: Tensor, k: int) -> Tensor:
@@ -215,7 +224,7 @@ def _pick(t: Tensor, k: int) -> Tensor:
 
 
 class _Workspace:
-    """Full-size buffers ``(steps, b, g, lanes, h, n)`` reused by every group.
+    """Full-size buffers ``(steps, b, g, lanes, n, h)`` reused by every group.
 
     Fresh multi-megabyte tensors cost page faults on every allocation (several times the arithmetic),
     so each group writes into the same buffers with ``out=``.
@@ -240,10 +249,10 @@ class _Workspace:
 class _Group:
     """One group's states: the forward recurrence, recomputable in the backward pass.
 
-    ``delta, u``: ``(steps, b, g, lanes, h)``; ``B``: broadcastable to ``(steps, b, g, lanes, h, n)``;
-    ``A_log2``: ``A * log2(e)`` as ``(g, 1, h, n)``; ``start``: the state before the group ``(b, g, h, n)``.
+    ``delta, u``: ``(steps, b, g, lanes, h)``; ``B``: broadcastable to ``(steps, b, g, lanes, n, h)``;
+    ``A_log2``: ``A * log2(e)`` as ``(g, 1, n, h)``; ``start``: the state before the group ``(b, g, n, h)``.
     After construction ``states`` holds ``h_t`` for every step and lane, ``lane_starts`` the state before
-    each lane ``(b, g, lanes, h, n)`` and ``decay`` = ``exp(delta * A)`` per step, all in ``ws``.
+    each lane ``(b, g, lanes, n, h)`` and ``decay`` = ``exp(delta * A)`` per step, all in ``ws``.
 
     With several lanes, a first pass runs every lane from a zero state keeping only its end, the lanes
     are linked (``start_{c+1} = end_c + lane_decay_c * start_c``), and a second pass writes the states.
@@ -251,8 +260,8 @@ class _Group:
 
     def __init__(self, delta: Tensor, u: Tensor, A_log2: Tensor, B: Tensor, start: Tensor, ws: _Workspace, slot: int = 0) -> None:
         self.ws = ws
-        self.decay = torch.mul(delta.unsqueeze(-1), A_log2, out=ws.decay).exp2_()
-        states = torch.mul((delta * u).unsqueeze(-1), B, out=ws.buffer("states", slot))
+        self.decay = torch.mul(delta.unsqueeze(-2), A_log2, out=ws.decay).exp2_()
+        states = torch.mul((delta * u).unsqueeze(-2), B, out=ws.buffer("states", slot))
         steps, lanes = states.shape[0], states.shape[3]
         if lanes == 1:
             self.lane_decay = None
@@ -279,7 +288,7 @@ class _Group:
         ``carry`` is ``decay * lambda`` flowing in from the next group (or the last state's gradient).
         Lanes are handled like the forward pass, in reverse: carry into lane ``c`` from lane ``c + 1``.
         """
-        adj = torch.mul(grad_y.unsqueeze(-1), C, out=self.ws.adj)
+        adj = torch.mul(grad_y.unsqueeze(-2), C, out=self.ws.adj)
         steps, lanes = adj.shape[0], adj.shape[3]
         if lanes == 1:
             adj[-1].add_(carry.unsqueeze(2))
@@ -303,7 +312,7 @@ class _Group:
 
 
 def _run(decay: Tensor, inputs: Tensor, reverse: bool) -> Tensor:
-    """Every lane's recurrence from a zero state, keeping only the current ``(b, g, lanes, h, n)`` value.
+    """Every lane's recurrence from a zero state, keeping only the current ``(b, g, lanes, n, h)`` value.
 
     Forward: ``x_j = inputs_j + decay_j * x_{j-1}``, returns each lane's last ``x``. Reverse:
     ``x_j = inputs_j + decay_{j+1} * x_{j+1}``, returns each lane's first ``x``.
@@ -320,7 +329,7 @@ def _run(decay: Tensor, inputs: Tensor, reverse: bool) -> Tensor:
 
 def _decay(delta: Tensor, A_log2: Tensor) -> Tensor:
     """``exp(delta[..., None] * A)`` given ``A_log2 = A * log2(e)``."""
-    return (delta.unsqueeze(-1) * A_log2).exp2_()
+    return (delta.unsqueeze(-2) * A_log2).exp2_()
 
 
 class _BlockedScan(torch.autograd.Function):
@@ -333,7 +342,7 @@ class _BlockedScan(torch.autograd.Function):
         B_b, C_b = layout.projection(B), layout.projection(C)
         ws = _Workspace(layout.group_shape, u)
         y_b = u_b.new_empty(u_b.shape)
-        state = u.new_zeros(layout.batch, layout.groups, layout.heads, layout.d_state)
+        state = u.new_zeros(layout.batch, layout.groups, layout.d_state, layout.heads)
         keep = any(ctx.needs_input_grad)
         group_starts = []
         for k in range(layout.n_groups):
@@ -346,7 +355,7 @@ class _BlockedScan(torch.autograd.Function):
         ctx.layout = layout
         if keep:
             ctx.save_for_backward(u, delta, A, B, C, torch.stack(group_starts))
-        return layout.channels_back(y_b), state.reshape(layout.batch, layout.dim, layout.d_state).clone()
+        return layout.channels_back(y_b), layout.states_to_channels(state).clone()
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last: Tensor):
@@ -356,10 +365,10 @@ class _BlockedScan(torch.autograd.Function):
         B_b, C_b = layout.projection(B), layout.projection(C)
         ws = _Workspace(layout.group_shape, u)
         du_b, ddelta_b = torch.empty_like(u_b), torch.empty_like(delta_b)
-        dA = A.new_zeros(layout.groups, layout.heads, layout.d_state)
+        dA = A.new_zeros(layout.groups, layout.d_state, layout.heads)
         dB_b = torch.zeros_like(B_b) if B.dim() > 2 else torch.zeros_like(dA)
         dC_b = torch.zeros_like(C_b) if C.dim() > 2 else torch.zeros_like(dA)
-        carry = grad_last.reshape(layout.batch, layout.groups, layout.heads, layout.d_state)
+        carry = layout.states_from_channels(grad_last)
         for k in range(layout.n_groups - 1, -1, -1):
             delta_k, u_k, B_k, C_k, gy_k = delta_b[k], u_b[k], _pick(B_b, k), _pick(C_b, k), gy_b[k]
             group = _Group(delta_k, u_k, layout.A_log2, B_k, group_starts[k], ws)
@@ -369,13 +378,13 @@ class _BlockedScan(torch.autograd.Function):
             adj_B = _contract(adj, B_k, ws.scratch)
             ddelta_b[k] = _contract(w, layout.A, ws.scratch) + u_k * adj_B
             du_b[k] = delta_k * adj_B
-            dA += torch.mul(w, delta_k.unsqueeze(-1), out=ws.scratch).sum(dim=(0, 1, 3))
+            dA += torch.mul(w, delta_k.unsqueeze(-2), out=ws.scratch).sum(dim=(0, 1, 3))
             _accumulate(dB_b, k, delta_k * u_k, adj, ws.scratch)
             _accumulate(dC_b, k, gy_k, group.states, ws.scratch)
         return (
             layout.channels_back(du_b),
             layout.channels_back(ddelta_b),
-            dA.reshape(layout.dim, layout.d_state),
+            layout.states_to_channels(dA),
             layout.projection_back(dB_b, B),
             layout.projection_back(dC_b, C),
             None,
@@ -384,11 +393,11 @@ class _BlockedScan(torch.autograd.Function):
 
 
 def _accumulate(grad: Tensor, k: int, weight: Tensor, x: Tensor, scratch: Tensor) -> None:
-    """Add ``sum_h weight[..., h] * x[..., h, n]`` (a B or C gradient) into ``grad`` for group ``k``."""
-    if grad.dim() == 3:  # time-invariant (g, h, n): also sum over steps, batch and lanes
-        grad += torch.mul(x, weight.unsqueeze(-1), out=scratch).sum(dim=(0, 1, 3))
+    """Add ``sum_h weight[..., h] * x[..., n, h]`` (a B or C gradient) into ``grad`` for group ``k``."""
+    if grad.dim() == 3:  # time-invariant (g, n, h): per channel, summed over steps, batch and lanes
+        grad += torch.mul(x, weight.unsqueeze(-2), out=scratch).sum(dim=(0, 1, 3))
         return
-    contribution = weight.unsqueeze(-2) @ x
+    contribution = x @ weight.unsqueeze(-1)
     if grad.shape[3] == 1 and contribution.shape[2] != 1:
         contribution = contribution.sum(dim=2, keepdim=True)
     grad[k] = contribution
