@@ -1,0 +1,69 @@
+"""SIGMA's Feature-Extract GRU: a time convolution followed by a GRU."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from blocks.base import SequenceBlock, State
+from blocks.gru import masked_gru
+from blocks.se_conv import MaskedConv1d, Padding
+from zoo.registry import register_block
+
+
+@register_block("fe_gru")
+class FeatureExtractGRU(SequenceBlock):
+    """``C = Conv1d_k(H)``, ``F = GRU(C)`` -- SIGMA's FE-GRU (Liu et al., AAAI'25, Eq. 7).
+
+    GRU: ``z_t = σ(W_z [f_{t-1}, c_t] + b_z)``, ``r_t = σ(W_r [f_{t-1}, c_t] + b_r)``,
+    ``f~_t = tanh(W [r_t ⊙ f_{t-1}, c_t] + b)``, ``f_t = z_t ⊙ f_{t-1} + (1 - z_t) ⊙ f~_t`` (torch's
+    ``nn.GRU``, hidden width D, one layer). The paper leaves the kernel unspecified; the released code
+    uses ``Conv1d(D, D, 3, padding=1)`` (centred, with bias) and ``GRU(bias=False)`` (NOTES.md §3.2,
+    §3.3 #5): ``kernel_size=3, padding="same", bias=False`` reproduces it; ``bias=True`` is the
+    paper's equations.
+
+    Pads never enter: they are zeroed before the convolution (acting as its zero padding) and the GRU
+    runs on the packed real items only, so its state is exactly zero at each sequence's first real
+    item. ``padding="causal"`` makes the block causal and streamable (state: the conv window and the
+    GRU hidden state).
+    """
+
+    causal = False
+    contract_variants = ({"padding": "causal", "kernel_size": 5, "bias": False},)
+
+    def __init__(
+        self,
+        d_model: int,
+        kernel_size: int = 3,
+        padding: Padding = "same",
+        conv_bias: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.conv = MaskedConv1d(d_model, d_model, kernel_size, padding, bias=conv_bias)
+        self.gru = nn.GRU(d_model, d_model, num_layers=1, bias=bias, batch_first=True)
+        self.causal = padding == "causal"
+        self.streaming = self.causal
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
+            raise ValueError(
+                f"fe_gru: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
+            )
+        return masked_gru(self.gru, self.conv(x, mask), mask)
+
+    def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
+        if not self.streaming:
+            return super().init_state(batch_size, device, dtype)
+        dtype = self.gru.weight_hh_l0.dtype if dtype is None else dtype
+        hidden = torch.zeros(1, batch_size, self.d_model, device=device, dtype=dtype)
+        return self.conv.init_state(batch_size, device, dtype), hidden
+
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        if not self.streaming:
+            return super().step(x_t, state)
+        window, hidden = state
+        c_t, window = self.conv.step(x_t, window)
+        y, hidden = self.gru(c_t.unsqueeze(1), hidden)
+        return y.squeeze(1), (window, hidden)
