@@ -152,11 +152,14 @@ def _blocking(state_elements: int, length: int, lanes: int | None, steps: int | 
 
 
 class _Layout:
-    """Views of the scan's inputs in the blocked, time-major layout ``(groups, steps, b, g, lanes, ...)``.
+    """Per-group views of the scan's tensors in the time-major layout ``(steps, b, g, lanes, ...)``.
 
-    ``u``/``delta`` are ``(b, d, l)`` with ``d = g * h``; ``l`` is zero-padded to ``groups * lanes * steps``
-    (padded steps have ``delta = 0``: no decay, no input, so they change nothing). States are kept as
-    ``(..., n, h)``: channels innermost makes the broadcasts and the contraction over ``n`` fast.
+    ``u``/``delta`` are ``(b, d, l)`` with ``d = g * h``. Group ``k`` covers positions
+    ``[k * lanes * steps, (k + 1) * lanes * steps)``; its views are strided views of the inputs (no copy:
+    fresh large tensors are expensive), except the last group when ``l`` does not fill it, which is
+    zero-padded (padded steps have ``delta = 0``: no decay, no input, so they change nothing).
+    States are kept as ``(..., n, h)``: channels innermost makes the broadcasts and the contraction
+    over ``n`` fast.
     """
 
     def __init__(self, u: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int) -> None:
@@ -165,22 +168,11 @@ class _Layout:
         self.groups = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
         self.heads = self.dim // self.groups
         self.lanes, self.steps = lanes, steps
-        self.n_groups = max(1, math.ceil(self.length / (lanes * steps)))
-        self.padded = self.n_groups * lanes * steps
+        self.group_len = lanes * steps
+        self.n_groups = max(1, math.ceil(self.length / self.group_len))
         self.group_shape = (steps, self.batch, self.groups, lanes, self.d_state, self.heads)
         self.A = self.states_from_channels(A).unsqueeze(1)  # (g, 1, n, h)
         self.A_log2 = self.A * math.log2(math.e)  # exp(x A) = exp2(x A log2 e); exp2 is ~3x faster on CPU
-
-    def channels(self, x: Tensor) -> Tensor:
-        """``(b, d, l)`` -> ``(groups, steps, b, g, lanes, h)`` contiguous."""
-        x = F.pad(x, (0, self.padded - self.length))
-        x = x.reshape(self.batch, self.groups, self.heads, self.n_groups, self.lanes, self.steps)
-        return x.permute(3, 5, 0, 1, 4, 2).contiguous()
-
-    def channels_back(self, x: Tensor) -> Tensor:
-        """Inverse of :meth:`channels`."""
-        x = x.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, self.dim, self.padded)
-        return x[..., : self.length]
 
     def states_from_channels(self, x: Tensor) -> Tensor:
         """``(..., d, n)`` -> ``(..., g, n, h)``."""
@@ -190,25 +182,39 @@ class _Layout:
         """``(..., g, n, h)`` -> ``(..., d, n)``."""
         return x.transpose(-1, -2).reshape(*x.shape[:-3], self.dim, self.d_state)
 
-    def projection(self, t: Tensor) -> Tensor:
-        """B or C -> broadcastable to ``(groups, steps, b, g, lanes, n, h)``."""
+    def _span(self, x: Tensor, k: int) -> Tensor:
+        """Positions of group ``k`` along the last dim, zero-padded to ``group_len``."""
+        start = k * self.group_len
+        piece = x[..., start : start + self.group_len]
+        return F.pad(piece, (0, self.group_len - piece.shape[-1])) if piece.shape[-1] < self.group_len else piece
+
+    def _time_major(self, x: Tensor, rows: int) -> Tensor:
+        """``(b, c, group_len)`` -> ``(steps, b, c // rows, lanes, rows)``."""
+        x = x.reshape(self.batch, x.shape[1] // rows, rows, self.lanes, self.steps)
+        return x.permute(4, 0, 1, 3, 2)
+
+    def channels(self, x: Tensor, k: int) -> Tensor:
+        """Group ``k`` of a ``(b, d, l)`` tensor as ``(steps, b, g, lanes, h)``."""
+        return self._time_major(self._span(x, k), self.heads)
+
+    def projection(self, t: Tensor, k: int) -> Tensor:
+        """Group ``k`` of B or C, broadcastable to ``(steps, b, g, lanes, n, h)``."""
         if t.dim() == 2:
-            return self.states_from_channels(t).reshape(1, 1, 1, self.groups, 1, self.d_state, self.heads)
+            return self.states_from_channels(t).reshape(1, 1, self.groups, 1, self.d_state, self.heads)
         if t.dim() == 3:
             t = t.unsqueeze(1)
-        t = F.pad(t, (0, self.padded - self.length))
-        t = t.reshape(self.batch, t.shape[1], self.d_state, self.n_groups, self.lanes, self.steps)
-        return t.permute(3, 5, 0, 1, 4, 2).unsqueeze(-1).contiguous()
+        return self._time_major(self._span(t.flatten(1, 2), k), self.d_state).unsqueeze(-1)
 
-    def projection_back(self, grad: Tensor, like: Tensor) -> Tensor:
-        """B or C gradient -> the layout of ``like``; a time-invariant one arrives as ``(g, n, h)``."""
-        if like.dim() == 2:
-            return self.states_to_channels(grad)
-        grad = grad.squeeze(-1)
-        groups = grad.shape[3]
-        grad = grad.permute(2, 3, 5, 0, 4, 1).reshape(self.batch, groups, self.d_state, self.padded)
-        grad = grad[..., : self.length]
-        return grad.squeeze(1) if like.dim() == 3 else grad
+    def write(self, out: Tensor, k: int, value: Tensor) -> None:
+        """Store group ``k``'s ``value`` (``(steps, b, c // rows, lanes, rows)``) into ``out`` ``(b, c, l)``."""
+        start = k * self.group_len
+        stop = min(start + self.group_len, self.length)
+        if stop - start == self.group_len:
+            self._time_major(out[..., start:stop], value.shape[-1]).copy_(value)
+        else:
+            full = out.new_empty(*out.shape[:-1], self.group_len)
+            self._time_major(full, value.shape[-1]).copy_(value)
+            out[..., start:stop] = full[..., : stop - start]
 
 
 def _contract(x: Tensor, p: Tensor, scratch: Tensor) -> Tensor:
@@ -216,11 +222,6 @@ def _contract(x: Tensor, p: Tensor, scratch: Tensor) -> Tensor:
     if p.shape[-1] == 1:
         return (p.transpose(-1, -2) @ x).squeeze(-2)
     return torch.mul(x, p, out=scratch).sum(-2)
-
-
-def _pick(t: Tensor, k: int) -> Tensor:
-    """Group ``k`` of a blocked tensor whose leading dim is the group (or 1 when time-invariant)."""
-    return t[min(k, t.shape[0] - 1)]
 
 
 class _Workspace:
@@ -338,66 +339,68 @@ class _BlockedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int):
         layout = _Layout(u, A, B, C, lanes, steps)
-        u_b, delta_b = layout.channels(u), layout.channels(delta)
-        B_b, C_b = layout.projection(B), layout.projection(C)
         ws = _Workspace(layout.group_shape, u)
-        y_b = u_b.new_empty(u_b.shape)
-        state = u.new_zeros(layout.batch, layout.groups, layout.d_state, layout.heads)
+        y = u.new_empty(u.shape)  # contiguous: groups write through views of it
         keep = any(ctx.needs_input_grad)
-        group_starts = []
+        state = u.new_zeros(layout.batch, layout.groups, layout.d_state, layout.heads)
+        group_starts = u.new_empty(layout.n_groups, *state.shape) if keep else None
         for k in range(layout.n_groups):
             if keep:
-                group_starts.append(state.clone())
+                group_starts[k] = state
             # Alternate two state buffers: ``state`` (a view of the last group's) stays valid.
-            group = _Group(delta_b[k], u_b[k], layout.A_log2, _pick(B_b, k), state, ws, slot=k % 2)
-            y_b[k] = _contract(group.states, _pick(C_b, k), ws.scratch)
+            group = _Group(layout.channels(delta, k), layout.channels(u, k), layout.A_log2,
+                           layout.projection(B, k), state, ws, slot=k % 2)
+            layout.write(y, k, _contract(group.states, layout.projection(C, k), ws.scratch))
             state = group.end
         ctx.layout = layout
         if keep:
-            ctx.save_for_backward(u, delta, A, B, C, torch.stack(group_starts))
-        return layout.channels_back(y_b), layout.states_to_channels(state).clone()
+            ctx.save_for_backward(u, delta, A, B, C, group_starts)
+        return y, layout.states_to_channels(state).clone()
 
     @staticmethod
     def backward(ctx, grad_y: Tensor, grad_last: Tensor):
         u, delta, A, B, C, group_starts = ctx.saved_tensors
         layout: _Layout = ctx.layout
-        u_b, delta_b, gy_b = layout.channels(u), layout.channels(delta), layout.channels(grad_y)
-        B_b, C_b = layout.projection(B), layout.projection(C)
         ws = _Workspace(layout.group_shape, u)
-        du_b, ddelta_b = torch.empty_like(u_b), torch.empty_like(delta_b)
+        du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
         dA = A.new_zeros(layout.groups, layout.d_state, layout.heads)
-        dB_b = torch.zeros_like(B_b) if B.dim() > 2 else torch.zeros_like(dA)
-        dC_b = torch.zeros_like(C_b) if C.dim() > 2 else torch.zeros_like(dA)
+        dB = B.new_empty(B.shape) if B.dim() > 2 else torch.zeros_like(dA)
+        dC = C.new_empty(C.shape) if C.dim() > 2 else torch.zeros_like(dA)
         carry = layout.states_from_channels(grad_last)
         for k in range(layout.n_groups - 1, -1, -1):
-            delta_k, u_k, B_k, C_k, gy_k = delta_b[k], u_b[k], _pick(B_b, k), _pick(C_b, k), gy_b[k]
+            delta_k, u_k, gy_k = layout.channels(delta, k), layout.channels(u, k), layout.channels(grad_y, k)
+            B_k, C_k = layout.projection(B, k), layout.projection(C, k)
             group = _Group(delta_k, u_k, layout.A_log2, B_k, group_starts[k], ws)
             adj = group.adjoint(gy_k, C_k, carry)
             carry = group.decay[0, :, :, 0] * adj[0, :, :, 0]
             w = group.decay_gradient(adj)
             adj_B = _contract(adj, B_k, ws.scratch)
-            ddelta_b[k] = _contract(w, layout.A, ws.scratch) + u_k * adj_B
-            du_b[k] = delta_k * adj_B
+            layout.write(ddelta, k, _contract(w, layout.A, ws.scratch) + u_k * adj_B)
+            layout.write(du, k, delta_k * adj_B)
             dA += torch.mul(w, delta_k.unsqueeze(-2), out=ws.scratch).sum(dim=(0, 1, 3))
-            _accumulate(dB_b, k, delta_k * u_k, adj, ws.scratch)
-            _accumulate(dC_b, k, gy_k, group.states, ws.scratch)
+            _accumulate(dB, B.dim() == 2, layout, k, delta_k * u_k, adj, ws.scratch)
+            _accumulate(dC, C.dim() == 2, layout, k, gy_k, group.states, ws.scratch)
         return (
-            layout.channels_back(du_b),
-            layout.channels_back(ddelta_b),
+            du,
+            ddelta,
             layout.states_to_channels(dA),
-            layout.projection_back(dB_b, B),
-            layout.projection_back(dC_b, C),
+            layout.states_to_channels(dB) if B.dim() == 2 else dB,
+            layout.states_to_channels(dC) if C.dim() == 2 else dC,
             None,
             None,
         )
 
 
-def _accumulate(grad: Tensor, k: int, weight: Tensor, x: Tensor, scratch: Tensor) -> None:
-    """Add ``sum_h weight[..., h] * x[..., n, h]`` (a B or C gradient) into ``grad`` for group ``k``."""
-    if grad.dim() == 3:  # time-invariant (g, n, h): per channel, summed over steps, batch and lanes
+def _accumulate(grad: Tensor, time_invariant: bool, layout: _Layout, k: int, weight: Tensor, x: Tensor, scratch: Tensor) -> None:
+    """Group ``k``'s ``sum_h weight[..., h] * x[..., n, h]``: the gradient of B or C.
+
+    A time-invariant ``grad`` ``(g, n, h)`` accumulates it over steps, batch and lanes; an input-dependent
+    one (``(b, n, l)`` or ``(b, g, n, l)``) receives the group's positions.
+    """
+    if time_invariant:
         grad += torch.mul(x, weight.unsqueeze(-2), out=scratch).sum(dim=(0, 1, 3))
         return
-    contribution = x @ weight.unsqueeze(-1)
-    if grad.shape[3] == 1 and contribution.shape[2] != 1:
+    contribution = (x @ weight.unsqueeze(-1)).squeeze(-1)  # (steps, b, g, lanes, n)
+    if grad.dim() == 3:
         contribution = contribution.sum(dim=2, keepdim=True)
-    grad[k] = contribution
+    layout.write(grad.flatten(1, -2), k, contribution)
