@@ -15,12 +15,14 @@ from zoo.registry import register_block
 class FeatureExtractGRU(SequenceBlock):
     """``C = Conv1d_k(H)``, ``F = GRU(C)`` -- SIGMA's FE-GRU (Liu et al., AAAI'25, Eq. 7).
 
-    GRU: ``z_t = σ(W_z [f_{t-1}, c_t] + b_z)``, ``r_t = σ(W_r [f_{t-1}, c_t] + b_r)``,
-    ``f~_t = tanh(W [r_t ⊙ f_{t-1}, c_t] + b)``, ``f_t = z_t ⊙ f_{t-1} + (1 - z_t) ⊙ f~_t`` (torch's
-    ``nn.GRU``, hidden width D, one layer). The paper leaves the kernel unspecified; the released code
-    uses ``Conv1d(D, D, 3, padding=1)`` (centred, with bias) and ``GRU(bias=False)`` (NOTES.md §3.2,
-    §3.3 #5): ``kernel_size=3, padding="same", bias=False`` reproduces it; ``bias=True`` is the
-    paper's equations.
+    GRU (Eq. 7): ``z_t = σ(W_z [f_{t-1}, c_t] + b_z)``, ``r_t = σ(W_r [f_{t-1}, c_t] + b_r)``,
+    ``f~_t = tanh(W [r_t ⊙ f_{t-1}, c_t] + b)``, ``f_t = z_t ⊙ f_{t-1} + (1 - z_t) ⊙ f~_t``, computed by
+    torch's ``nn.GRU`` (hidden width D, one layer) as the released code does; like cuDNN it applies the
+    reset gate after the hidden product, ``f~_t = tanh(W_c c_t + b_c + r_t ⊙ (W_f f_{t-1} + b_f))``, and
+    its update gate weighs the candidate by ``1 - z_t`` as above. The paper leaves the kernel
+    unspecified; the released code uses ``Conv1d(D, D, 3, padding=1)`` (centred, with bias) and
+    ``GRU(bias=False)`` (NOTES.md §3.2, §3.3 #5): ``kernel_size=3, padding="same", bias=False``
+    reproduces it; ``bias=True`` has the paper's biases.
 
     Pads never enter: they are zeroed before the convolution (acting as its zero padding) and the GRU
     runs on the packed real items only, so its state is exactly zero at each sequence's first real
