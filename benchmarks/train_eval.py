@@ -1,0 +1,255 @@
+"""Train and evaluate the zoo's ``sasrec`` and RecBole's SASRec on ml-100k, side by side.
+
+Shared protocol: leave-one-out split by time (validation = second-to-last item, test = last),
+max length 50, embedding size 64 (2 layers, 2 heads, FFN 256, dropout 0.2 in both), full-softmax
+CE, Adam lr 1e-3, up to 200 epochs with early stopping (patience 10 on validation NDCG@10),
+full-ranking evaluation over all items, best-validation weights tested. Batch sizes are each
+library's own: RecBole trains on every prefix of every sequence (2048 prefixes a batch, its
+default); the zoo trains causal models on all positions of a sequence at once (256 sequences a
+batch, its recipe).
+
+Each system runs as its own process, one after the other, with the same number of threads:
+RecBole in ``benchmarks/.recbole-venv`` (``bash benchmarks/recbole_env.sh`` makes it), the zoo in
+this interpreter. Reported per system: wall time per epoch (training + validation), the time to
+reach RecBole's best validation NDCG@10 (from the start of training), full-ranking evaluation
+throughput (validation users per second, averaged over all epochs), peak memory (max RSS of the
+process), and test HR/NDCG/MRR@10. Writes ``OUT/results.json``, ``OUT/curves.png`` and prints a
+markdown table.
+
+Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RECBOLE_PYTHON = HERE / ".recbole-venv" / "bin" / "python"
+METRICS = ("hr@10", "ndcg@10", "mrr@10")
+
+
+# ---------------------------------------------------------------- the zoo side (a worker process)
+
+
+def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
+    """Train ``sasrec`` with the recipe's training settings; log like the RecBole worker does."""
+    import torch
+
+    import zoo
+    from zoo.data.loading import load_dataset
+    from zoo.evaluate import evaluate
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "log.jsonl", "w", encoding="utf-8")
+
+    def record(**event) -> None:
+        log.write(json.dumps(event) + "\n")
+        log.flush()
+
+    def score(which: str) -> tuple[dict, float, int]:
+        result = evaluate(model, split, which=which, ks=(10,), metrics=("hr", "ndcg", "mrr"), batch_size=train.eval_batch_size)
+        return {k.lower(): v for k, v in result.metrics.items()}, result.seconds, result.num_examples
+
+    begin = time.perf_counter()
+    dataset = load_dataset("ml-100k")
+    split = dataset.split("loo")
+    model = zoo.create("sasrec", num_items=dataset.num_items)
+    model.item_vocab = dataset.item_vocab
+    train = model.recipe.train
+    samples = split.train_samples(train.objective, model.max_len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    record(event="setup", seconds=time.perf_counter() - begin, users=dataset.num_users, items=dataset.num_items,
+           interactions=dataset.num_interactions, train_samples=len(samples),
+           config={"batch_size": train.batch_size, "lr": train.lr, "objective": train.objective, "epochs": train.epochs,
+                   "patience": train.patience})
+
+    start = time.perf_counter()
+    best, best_state, best_epoch = -1.0, None, -1
+    for epoch in range(min(train.epochs, max_epochs)):
+        t0 = time.perf_counter()
+        model.train()
+        for batch in samples.iter_batches(train.batch_size, shuffle=True, seed=seed + epoch, trim=True):
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.loss(batch)
+            loss.backward()
+            optimizer.step()
+        train_seconds = time.perf_counter() - t0
+        valid, eval_seconds, users = score("valid")
+        record(event="epoch", epoch=epoch, train_seconds=train_seconds, eval_seconds=eval_seconds, eval_users=users,
+               wall=time.perf_counter() - start, valid=valid, loss=loss.item())
+        if valid["ndcg@10"] > best:
+            best, best_state, best_epoch = valid["ndcg@10"], copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= train.patience:
+            break
+    fit_seconds = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    valid, _, _ = score("valid")
+    test, test_seconds, test_users = score("test")
+    record(event="done", fit_seconds=fit_seconds, best_valid=valid, test=test, test_seconds=test_seconds, test_users=test_users)
+    model.save_pretrained(out / "model", dataset_facts=split, metrics={"valid": valid, "test": test})
+    log.close()
+
+
+# ---------------------------------------------------------------- the harness
+
+
+def run_process(command: list[str], log_file: Path) -> dict:
+    """Run ``command`` to completion; its wall time and peak memory (max RSS, this process only)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w", encoding="utf-8") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}; see {log_file}")
+    return {"seconds": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
+            "load_average_after": os.getloadavg()}
+
+
+def read_log(path: Path) -> dict:
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {
+        "setup": next(e for e in events if e["event"] == "setup"),
+        "epochs": [e for e in events if e["event"] == "epoch"],
+        "done": next(e for e in events if e["event"] == "done"),
+    }
+
+
+def normalise(metrics: dict) -> dict:
+    """RecBole's ``hit@10`` is HR@10; keys lower case."""
+    return {k.lower().replace("hit@", "hr@"): float(v) for k, v in metrics.items()}
+
+
+def summarise(name: str, log: dict, process: dict, target: float) -> dict:
+    epochs = log["epochs"]
+    reached = next((e["wall"] for e in epochs if normalise(e["valid"])["ndcg@10"] >= target), None)
+    best = max(epochs, key=lambda e: normalise(e["valid"])["ndcg@10"])
+    return {
+        "system": name,
+        "epochs": len(epochs),
+        "seconds_per_epoch": epochs[-1]["wall"] / len(epochs),
+        "train_seconds_per_epoch": sum(e["train_seconds"] for e in epochs) / len(epochs),
+        "fit_seconds": log["done"]["fit_seconds"],
+        "setup_seconds": log["setup"]["seconds"],
+        "seconds_to_target": reached,
+        "best_valid_ndcg@10": normalise(best["valid"])["ndcg@10"],
+        "best_epoch": best["epoch"],
+        "eval_users_per_second": sum(e["eval_users"] for e in epochs) / sum(e["eval_seconds"] for e in epochs),
+        "max_rss_mb": process["max_rss_mb"],
+        "process_seconds": process["seconds"],
+        "test": {k: normalise(log["done"]["test"])[k] for k in METRICS},
+        "curve": [(e["wall"], normalise(e["valid"])["ndcg@10"]) for e in epochs],
+    }
+
+
+def markdown(rows: list[dict], target: float) -> str:
+    def cell(value, fmt: str) -> str:
+        return "not reached" if value is None else format(value, fmt)
+
+    lines = [
+        f"| system | epochs | s / epoch | time to valid NDCG@10 ≥ {target:.4f} (s) | eval users/s | peak RSS (MB) "
+        "| test HR@10 | test NDCG@10 | test MRR@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['system']} | {r['epochs']} | {r['seconds_per_epoch']:.2f} | {cell(r['seconds_to_target'], '.1f')} "
+            f"| {r['eval_users_per_second']:.0f} | {r['max_rss_mb']:.0f} | {r['test']['hr@10']:.4f} "
+            f"| {r['test']['ndcg@10']:.4f} | {r['test']['mrr@10']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(zoo_row: dict, recbole_row: dict) -> dict:
+    zoo_time, recbole_time = zoo_row["seconds_to_target"], recbole_row["seconds_to_target"]
+    time_ratio = None if zoo_time is None else zoo_time / recbole_time
+    eval_speedup = zoo_row["eval_users_per_second"] / recbole_row["eval_users_per_second"]
+    ndcg_delta = zoo_row["test"]["ndcg@10"] - recbole_row["test"]["ndcg@10"]
+    return {
+        "time_to_recbole_quality_ratio": time_ratio,
+        "time_goal_met (<= 1/3)": time_ratio is not None and time_ratio <= 1 / 3,
+        "eval_speedup": eval_speedup,
+        "eval_goal_met (>= 5x)": eval_speedup >= 5,
+        "test_ndcg@10_delta": ndcg_delta,
+        "quality_goal_met (no worse)": ndcg_delta >= 0,
+    }
+
+
+def plot(rows: list[dict], target: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        wall, ndcg = zip(*row["curve"])
+        ax.plot(wall, ndcg, marker=".", label=row["system"])
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"RecBole best valid NDCG@10 = {target:.4f}")
+    ax.set_xlabel("wall time since training started (s)")
+    ax.set_ylabel("validation NDCG@10 (full ranking)")
+    ax.set_title("SASRec on ml-100k: zoo vs RecBole")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--max-epochs", type=int, default=200, help="cap on epochs (both systems; 200 = the protocol)")
+    parser.add_argument("--recbole-max-epochs", type=int, help="cap on RecBole's epochs only (default: --max-epochs)")
+    parser.add_argument("--reuse", action="store_true", help="summarise the logs already in --out without training")
+    parser.add_argument("--worker", choices=["zoo"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = args.out.resolve()
+    if args.worker == "zoo":
+        run_zoo(out, args.threads, args.seed, args.max_epochs)
+        return
+    if not args.reuse:
+        if not RECBOLE_PYTHON.is_file():
+            sys.exit(f"RecBole's environment is missing: create it with `bash {HERE / 'recbole_env.sh'}`")
+        processes = {
+            "recbole": run_process([str(RECBOLE_PYTHON), str(HERE / "recbole_sasrec.py"), str(out / "recbole"),
+                                    "--threads", str(args.threads), "--seed", str(args.seed),
+                                    "--set", f"epochs={args.recbole_max_epochs or args.max_epochs}"], out / "recbole.out"),
+            "zoo": run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "zoo", "--out", str(out / "zoo"),
+                                "--threads", str(args.threads), "--seed", str(args.seed),
+                                "--max-epochs", str(args.max_epochs)], out / "zoo.out"),
+        }
+        (out / "processes.json").write_text(json.dumps(processes, indent=2))
+    processes = json.loads((out / "processes.json").read_text())
+    recbole_log, zoo_log = read_log(out / "recbole" / "log.jsonl"), read_log(out / "zoo" / "log.jsonl")
+    target = max(normalise(e["valid"])["ndcg@10"] for e in recbole_log["epochs"])
+    rows = [summarise("RecBole 1.2.1 SASRec", recbole_log, processes["recbole"], target),
+            summarise("seqrec-zoo sasrec", zoo_log, processes["zoo"], target)]
+    verdict = goals(rows[1], rows[0])
+    table = markdown(rows, target)
+    results = {"protocol": __doc__.split("\n\n")[1], "cpus": os.cpu_count(), "threads": args.threads, "seed": args.seed, "target_valid_ndcg@10": target,
+               "systems": rows, "goals": verdict, "recbole_config": recbole_log["setup"]["config"],
+               "zoo_config": zoo_log["setup"]["config"], "processes": processes}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(rows, target, out / "curves.png")
+    print(table)
+    print()
+    for key, value in verdict.items():
+        print(f"- {key}: {value if not isinstance(value, float) else round(value, 4)}")
+    print(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()
