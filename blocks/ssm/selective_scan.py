@@ -152,12 +152,12 @@ def _blocking(state_elements: int, length: int, lanes: int | None, steps: int | 
 
 
 class _Layout:
-    """Per-group views of the scan's tensors in the time-major layout ``(steps, b, g, lanes, ...)``.
+    """Per-group slices of the scan's tensors in the time-major layout ``(steps, b, g, lanes, ...)``.
 
     ``u``/``delta`` are ``(b, d, l)`` with ``d = g * h``. Group ``k`` covers positions
-    ``[k * lanes * steps, (k + 1) * lanes * steps)``; its views are strided views of the inputs (no copy:
-    fresh large tensors are expensive), except the last group when ``l`` does not fill it, which is
-    zero-padded (padded steps have ``delta = 0``: no decay, no input, so they change nothing).
+    ``[k * lanes * steps, (k + 1) * lanes * steps)``; each group's inputs are gathered (and its outputs
+    written) per group, so no full-size relayout of the inputs is ever allocated. The last group, when
+    ``l`` does not fill it, is zero-padded (padded steps have ``delta = 0``: no decay, no input, so they change nothing).
     States are kept as ``(..., n, h)``: channels innermost makes the broadcasts and the contraction
     over ``n`` fast.
     """
@@ -194,8 +194,8 @@ class _Layout:
         return x.permute(4, 0, 1, 3, 2)
 
     def channels(self, x: Tensor, k: int) -> Tensor:
-        """Group ``k`` of a ``(b, d, l)`` tensor as ``(steps, b, g, lanes, h)``."""
-        return self._time_major(self._span(x, k), self.heads)
+        """Group ``k`` of a ``(b, d, l)`` tensor as ``(steps, b, g, lanes, h)``, contiguous (small: no ``n``)."""
+        return self._time_major(self._span(x, k), self.heads).contiguous()
 
     def projection(self, t: Tensor, k: int) -> Tensor:
         """Group ``k`` of B or C, broadcastable to ``(steps, b, g, lanes, n, h)``."""
@@ -203,7 +203,7 @@ class _Layout:
             return self.states_from_channels(t).reshape(1, 1, self.groups, 1, self.d_state, self.heads)
         if t.dim() == 3:
             t = t.unsqueeze(1)
-        return self._time_major(self._span(t.flatten(1, 2), k), self.d_state).unsqueeze(-1)
+        return self._time_major(self._span(t.flatten(1, 2), k), self.d_state).contiguous().unsqueeze(-1)
 
     def write(self, out: Tensor, k: int, value: Tensor) -> None:
         """Store group ``k``'s ``value`` (``(steps, b, c // rows, lanes, rows)``) into ``out`` ``(b, c, l)``."""
@@ -400,7 +400,7 @@ def _accumulate(grad: Tensor, time_invariant: bool, layout: _Layout, k: int, wei
     if time_invariant:
         grad += torch.mul(x, weight.unsqueeze(-2), out=scratch).sum(dim=(0, 1, 3))
         return
-    contribution = (x @ weight.unsqueeze(-1)).squeeze(-1)  # (steps, b, g, lanes, n)
+    contribution = (weight.unsqueeze(-2) @ x.transpose(-1, -2)).squeeze(-2)  # (steps, b, g, lanes, n); fastest form
     if grad.dim() == 3:
         contribution = contribution.sum(dim=2, keepdim=True)
     layout.write(grad.flatten(1, -2), k, contribution)
