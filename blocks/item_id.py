@@ -23,6 +23,9 @@ class ItemIdEncoder(ItemEncoderBlock):
       ``max_len`` rows cover the recipe's maximum length.
     * ``order`` sets dropout-then-norm (Mamba4Rec, SIGMA: NOTES.md §2.1) or norm-then-dropout
       (RecBole SASRec). ``scale=True`` multiplies ``E[i]`` by sqrt(D) (the original SASRec).
+    * ``mask_token=True`` adds one more row, index ``num_items + 1``, as BERT4Rec's ``[MASK]``
+      token (Sun et al. 2019 §3.6; ``mask_token_id``); ``item_table()`` still returns only rows
+      ``0..num_items``, so the token is never scored or recommended.
     """
 
     causal = True
@@ -40,6 +43,7 @@ class ItemIdEncoder(ItemEncoderBlock):
         order: Literal["dropout_norm", "norm_dropout"] = "dropout_norm",
         scale: bool = False,
         init_std: float = 0.02,
+        mask_token: bool = False,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -47,7 +51,8 @@ class ItemIdEncoder(ItemEncoderBlock):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"item_id: dropout must be in [0, 1), got {dropout}")
         self.num_items = num_items
-        self.embedding = nn.Embedding(num_items + 1, d_model, padding_idx=0)
+        self.mask_token_id = num_items + 1 if mask_token else None
+        self.embedding = nn.Embedding(num_items + 2 if mask_token else num_items + 1, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.position = nn.Embedding(max_len, d_model) if positions == "learned" else None
         if self.position is not None:
@@ -58,7 +63,7 @@ class ItemIdEncoder(ItemEncoderBlock):
         self.scale = d_model**0.5 if scale else 1.0
 
     def item_table(self) -> Tensor:
-        return self.embedding.weight
+        return self.embedding.weight[: self.num_items + 1]
 
     def _finish(self, e: Tensor) -> Tensor:
         if self.order == "dropout_norm":

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.base import State
@@ -176,23 +175,17 @@ class SeqRecModel(nn.Module):
     # ------------------------------------------------------------------ training
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Full-softmax cross-entropy of the next item.
+        """Mean loss per target of a training batch, with the recipe's loss (``train.loss``).
 
         ``batch["item_ids"]`` (B, L) with ``batch["target"]`` (B,) scores the user vector of each
-        history (objective ``last``); with ``batch["targets"]`` (B, L) (0 where there is no target)
-        every position predicts its own next item (objective ``all``; causal models with a
-        position-wise readout only).
+        history (objectives ``last`` / ``random_cut``); with ``batch["targets"]`` (B, L) (0 where
+        there is no target) every position predicts its own next item (objective ``all``; causal
+        models with a position-wise readout only); with ``batch["masked_targets"]`` (B, L) the
+        masked positions predict their items (objective ``masked``). See :mod:`zoo.objectives`.
         """
-        item_ids = batch["item_ids"]
-        mask = item_ids > 0
-        hidden, mask = self.encode(item_ids, batch.get("timestamps"))
-        if "targets" in batch:
-            if not (self.causal and self.readout.positionwise):
-                raise ValueError(f"objective 'all' needs a causal model with a position-wise readout; {self.recipe.name!r} is not")
-            targets = batch["targets"]
-            keep = targets > 0
-            return F.cross_entropy(self.item_logits(hidden[keep]), targets[keep])
-        return F.cross_entropy(self.item_logits(self.readout(hidden, mask)), batch["target"])
+        from zoo.objectives import mean_loss
+
+        return mean_loss(self, batch)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay: SSM ``A_log`` / ``D`` / ``dt_bias``, norms, biases, 1-D tensors."""

@@ -129,6 +129,15 @@ class TrainConfig(BaseModel):
     loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
     num_negatives: int = Field(100, ge=1)
     mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
+    mask_last_prob: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="objective masked: share of windows that mask only their last item (BERT4Rec §3.6)",
+    )
+    windows: Literal["cover", "recent"] = Field(
+        "cover",
+        description="objectives all / masked: windows of max_len covering each whole training sequence ('cover'), "
+        "or only its newest max_len items ('recent', the original SASRec)",
+    )
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

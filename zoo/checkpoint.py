@@ -1,0 +1,256 @@
+"""Training checkpoints: safetensors weights + optimiser tensors, JSON trainer state, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-<global step>/`` holding
+
+- ``model.safetensors`` -- the model's weights (tied tensors stored once);
+- ``optimizer.safetensors`` -- every tensor of the optimiser state (``"<param index>.<name>"``);
+- ``best.safetensors`` -- the best weights so far (a hard link to the previous checkpoint's
+  file when they did not change, so an unchanged best costs no disk writes);
+- ``trainer_state.json`` -- everything else: the optimiser's param groups and non-tensor state,
+  the LR scheduler's and gradient scaler's state, the RNG states of torch (CPU and CUDA),
+  numpy and Python, and the trainer's counters (epoch, step within the epoch, best metric,
+  patience counter, the metrics history).
+
+Every file is written to a temporary name in the folder, flushed and fsynced; the folder is
+built under a temporary name and renamed into place in one ``os.replace``, and only then does
+the pointer file ``checkpoints/latest`` (itself replaced atomically) name it. A process killed
+at any moment leaves either the previous checkpoint or the new one, never a torn one. Nothing
+is ever pickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+BEST_FILE = "best.safetensors"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- atomic files
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``write(temp_path)``: a temp file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temp_path = Path(temp)
+    try:
+        write(temp_path)
+        with open(temp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write a UTF-8 text file."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Atomically write ``model``'s weights as safetensors."""
+    return atomic_write(path, lambda p: save_model(model, str(p)))
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load safetensors weights strictly (missing or unexpected keys are an error)."""
+    missing, unexpected = load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:20]}, unexpected {sorted(unexpected)[:20]}")
+
+
+# ---------------------------------------------------------------------------- optimiser state
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_listify(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _listify(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimiser ``state_dict`` as (tensors for safetensors, the JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                plain.setdefault(str(index), {})[name] = _listify(value)
+    return tensors, {"param_groups": _listify(state["param_groups"]), "plain_state": plain}
+
+
+def join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild an optimiser ``state_dict``; tuples (``betas``) come back as tuples, as ``template`` has them."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in rest["plain_state"].items():
+        state.setdefault(int(index), {}).update(values)
+    groups = []
+    if len(rest["param_groups"]) != len(template["param_groups"]):
+        raise ValueError(f"the checkpoint has {len(rest['param_groups'])} optimiser parameter groups, "
+                         f"the optimiser {len(template['param_groups'])}")
+    for saved, live in zip(rest["param_groups"], template["param_groups"]):
+        groups.append({k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in saved.items()})
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------------------- RNG state
+
+
+def _bytes(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of torch (CPU and every CUDA device), numpy's global generator and Python's ``random``."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": _bytes(torch.get_rng_state()),
+        "cuda": [_bytes(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(_tensor(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The folder ``root/latest`` names, or None when there is no complete checkpoint."""
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    folder = Path(root) / pointer.read_text(encoding="utf-8").strip()
+    if not (folder / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{pointer} names {folder.name}, which is not a complete checkpoint")
+    return folder
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    name: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    best: dict[str, torch.Tensor] | None = None,
+    keep: int = 1,
+) -> Path:
+    """Write checkpoint ``root/name`` (see the module docstring) and point ``root/latest`` at it.
+
+    ``state`` is the JSON-able trainer state; ``best`` the best weights (a state dict) when they
+    changed since the previous checkpoint, else None to link the previous file. Names must sort
+    in the order they were written (``step-000000123``); the ``keep`` newest are kept.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    previous = latest_checkpoint(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    try:
+        save_model(model, str(staging / MODEL_FILE))
+        tensors, rest = split_optimizer_state(optimizer.state_dict())
+        save_file(tensors, str(staging / OPTIMIZER_FILE))
+        if best is not None:
+            save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(staging / BEST_FILE))
+        elif previous is not None and (previous / BEST_FILE).is_file():
+            try:
+                os.link(previous / BEST_FILE, staging / BEST_FILE)
+            except OSError:
+                shutil.copy2(previous / BEST_FILE, staging / BEST_FILE)
+        document = {"format_version": FORMAT_VERSION, "optimizer": rest, **state}
+        (staging / STATE_FILE).write_text(json.dumps(document, indent=1, allow_nan=True), encoding="utf-8")
+        for file in staging.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        target = root / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+        fsync_dir(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    atomic_write_text(root / LATEST, name + "\n")
+    kept = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for old in kept[:-keep] if keep > 0 else []:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return root / name
+
+
+def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore ``model`` and ``optimizer`` from a checkpoint folder; returns the trainer state."""
+    folder = Path(folder)
+    document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder}: checkpoint format {document.get('format_version')!r}, this version reads {FORMAT_VERSION}")
+    load_weights(model, folder / MODEL_FILE)
+    device = next(model.parameters()).device
+    tensors = {k: v.to(device) if v.dim() > 0 else v for k, v in load_file(str(folder / OPTIMIZER_FILE)).items()}
+    optimizer.load_state_dict(join_optimizer_state(tensors, document.pop("optimizer"), optimizer.state_dict()))
+    return document
+
+
+def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's best weights (a CPU state dict), or None when it has none."""
+    path = Path(folder) / BEST_FILE
+    return load_file(str(path)) if path.is_file() else None

@@ -1,0 +1,320 @@
+"""Training objectives: how training samples are cut from the training sequences, and the losses.
+
+Sample sets (one per objective; each builds whole batches with vectorised numpy gathers, and
+draws every random choice of a batch from the ``numpy.random.Generator`` it is handed, so a
+batch is a pure function of its sample indices and that generator):
+
+- ``last`` -- :class:`LastItemSamples`: every prefix of every training sequence is a sample
+  predicting its next item (RecBole's data augmentation). Works for every model, and is the
+  only objective for bidirectional models and readouts that pool the whole sequence.
+- ``all`` -- :class:`AllPositionSamples`: windows of ``max_len`` targets that together cover
+  every training target once; a window's input is ``seq[i-1]`` for its targets ``seq[i]``, so
+  position ``t`` predicts the item after it (SASRec / GRU4Rec training; causal models with a
+  position-wise readout only). The newest window ends at the user's last item; older windows
+  follow back in steps of ``max_len`` (``windows="recent"`` keeps only the newest, like the
+  original SASRec).
+- ``masked`` -- :class:`MaskedItemSamples`: BERT4Rec's cloze task (Sun et al., CIKM 2019, §3.6):
+  windows of up to ``max_len`` items covering every training sequence; each real item is
+  replaced by the ``[MASK]`` token with probability ``mask_prob`` and predicted from both
+  sides; with probability ``mask_last_prob`` a window instead masks only its last item (the
+  paper's extra samples that match prediction, where ``[MASK]`` follows the history). A
+  window with nothing masked masks its last item.
+- ``random_cut`` -- :class:`RandomCutSamples`: one sample per user (>= 2 training items) per
+  epoch: the sequence is cut at a uniform random end ``c`` in ``2..n``, item ``c`` is the
+  target and up to ``max_len`` items before it the history (ConvRec / ProxyRCA, NOTES.md §4.6).
+  The cuts are drawn from ``(seed, epoch)``.
+
+Batches hold ``item_ids`` / ``timestamps`` ``(B, L)`` and either ``target`` ``(B,)`` (one
+user vector per row, the model's readout) or ``targets`` ``(B, L)`` (objective ``all``) or
+``masked_targets`` ``(B, L)`` (objective ``masked``), with 0 where a position has no target.
+Losses with negatives also get ``negatives`` ``(B, K)`` or ``(B, L, K)``.
+
+Losses (:func:`loss_terms` returns the *sum* over targets and the number of targets, so data-
+parallel workers can divide by the global count and get exactly the single-process gradient):
+
+- ``ce`` -- full-softmax cross-entropy over all items (padding excluded);
+- ``sampled_softmax`` -- cross-entropy over the positive and ``K`` sampled negatives;
+- ``bce`` -- binary cross-entropy, the positive labelled 1 and each negative 0, summed over
+  the ``1 + K`` candidates of a target (SASRec's loss with ``K = 1``; ConvRec Eq. 15 with 100).
+
+Negatives are drawn uniformly from ``1..num_items`` excluding the positive (with replacement
+across the ``K`` draws), by drawing from ``num_items - 1`` values and shifting those at or
+above the positive up by one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.data.batching import NextItemSamples, gather_windows
+from zoo.data.dataset import Sequences
+from zoo.recipe import TrainConfig
+
+if TYPE_CHECKING:
+    from zoo.model import SeqRecModel
+
+TARGET_KEYS = ("target", "targets", "masked_targets")
+
+
+# ---------------------------------------------------------------------------- sample sets
+
+
+def covering_windows(row_starts: np.ndarray, row_ends: np.ndarray, width: int, newest_only: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows ``[start, end)`` of at most ``width`` positions covering each range ``[row_starts[u], row_ends[u])``.
+
+    The first window of a range ends at its end; the next ones step back by ``width``. Empty
+    ranges give no window. Returns ``(rows, starts, ends)``.
+    """
+    lengths = np.maximum(np.asarray(row_ends, np.int64) - np.asarray(row_starts, np.int64), 0)
+    counts = np.minimum(lengths, 1) if newest_only else -(-lengths // width)
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+    ends = np.asarray(row_ends, np.int64)[rows] - k * width
+    starts = np.maximum(np.asarray(row_starts, np.int64)[rows], ends - width)
+    return rows, starts, ends
+
+
+class TrainingSamples:
+    """Base class: a set of training samples for one epoch, batched by sample indices."""
+
+    max_len: int
+
+    def epoch_size(self, epoch: int) -> int:
+        """Number of samples in ``epoch``."""
+        raise NotImplementedError
+
+    def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        """The batch of samples ``indices`` of ``epoch`` (random choices drawn from ``rng``)."""
+        raise NotImplementedError
+
+
+class LastItemSamples(TrainingSamples):
+    """Objective ``last``: every prefix of every training sequence -> its next item."""
+
+    def __init__(self, train: Sequences, max_len: int) -> None:
+        self.samples = NextItemSamples.every_prefix(train, max_len)
+        self.max_len = max_len
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.samples)
+
+    def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        out = self.samples.batch(indices)
+        return {"item_ids": out["item_ids"], "timestamps": out["timestamps"], "target": out["target"]}
+
+
+class AllPositionSamples(TrainingSamples):
+    """Objective ``all``: windows of inputs ``seq[i-1]`` -> targets ``seq[i]`` covering every training target."""
+
+    def __init__(self, train: Sequences, max_len: int, windows: Literal["cover", "recent"] = "cover") -> None:
+        self.sequences = train
+        self.max_len = max_len
+        # Targets are every item but each user's first.
+        target_starts = np.minimum(train.offsets[:-1] + 1, train.offsets[1:])
+        self.rows, self.starts, self.ends = covering_windows(target_starts, train.offsets[1:], max_len, windows == "recent")
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        starts, ends = self.starts[indices], self.ends[indices]
+        seqs = self.sequences
+        items = gather_windows(seqs.items, starts - 1, ends - 1, self.max_len).astype(np.int64)
+        times = gather_windows(seqs.timestamps, starts - 1, ends - 1, self.max_len, fill=0.0).astype(np.float64)
+        targets = gather_windows(seqs.items, starts, ends, self.max_len).astype(np.int64)
+        return {"item_ids": torch.from_numpy(items), "timestamps": torch.from_numpy(times), "targets": torch.from_numpy(targets)}
+
+
+class MaskedItemSamples(TrainingSamples):
+    """Objective ``masked``: BERT4Rec cloze windows (see the module docstring)."""
+
+    def __init__(self, train: Sequences, max_len: int, mask_token: int, mask_prob: float, mask_last_prob: float,
+                 windows: Literal["cover", "recent"] = "cover") -> None:
+        self.sequences = train
+        self.max_len = max_len
+        self.mask_token = mask_token
+        self.mask_prob = mask_prob
+        self.mask_last_prob = mask_last_prob
+        starts = np.where(train.lengths >= 2, train.offsets[:-1], train.offsets[1:])  # users with one item: nothing to learn
+        self.rows, self.starts, self.ends = covering_windows(starts, train.offsets[1:], max_len, windows == "recent")
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        starts, ends = self.starts[indices], self.ends[indices]
+        seqs = self.sequences
+        items = gather_windows(seqs.items, starts, ends, self.max_len).astype(np.int64)
+        times = gather_windows(seqs.timestamps, starts, ends, self.max_len, fill=0.0).astype(np.float64)
+        real = items > 0
+        masked = (rng.random(items.shape) < self.mask_prob) & real
+        last_only = rng.random(len(items)) < self.mask_last_prob
+        masked[last_only] = False
+        masked[:, -1] |= last_only | ~masked.any(1)  # the last column is always a real item (left padding)
+        return {
+            "item_ids": torch.from_numpy(np.where(masked, self.mask_token, items)),
+            "timestamps": torch.from_numpy(times),
+            "masked_targets": torch.from_numpy(np.where(masked, items, 0)),
+        }
+
+
+class RandomCutSamples(TrainingSamples):
+    """Objective ``random_cut``: one random prefix cut per user per epoch, drawn from ``(seed, epoch)``."""
+
+    def __init__(self, train: Sequences, max_len: int, seed: int) -> None:
+        self.sequences = train
+        self.max_len = max_len
+        self.seed = seed
+        self.rows = np.flatnonzero(train.lengths >= 2).astype(np.int64)
+        self._epoch: int | None = None
+        self._samples: NextItemSamples | None = None
+
+    def epoch_size(self, epoch: int) -> int:
+        return len(self.rows)
+
+    def samples_of(self, epoch: int) -> NextItemSamples:
+        """The epoch's cuts: target = item ``c`` (1-based) with ``c`` uniform in ``2..n`` per user."""
+        if self._epoch != epoch or self._samples is None:
+            lengths = self.sequences.lengths[self.rows]
+            cut = np.random.default_rng([self.seed, epoch, 0x0C07]).integers(2, lengths + 1)
+            ends = self.sequences.offsets[self.rows] + cut - 1
+            self._samples = NextItemSamples(self.sequences, self.rows, ends, self.max_len)
+            self._epoch = epoch
+        return self._samples
+
+    def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        out = self.samples_of(epoch).batch(indices)
+        return {"item_ids": out["item_ids"], "timestamps": out["timestamps"], "target": out["target"]}
+
+
+def check_objective(model: "SeqRecModel", objective: str) -> None:
+    """Raise a clear error when ``model`` cannot be trained with ``objective``."""
+    if objective == "all" and not (model.causal and model.readout.positionwise):
+        raise ValueError(
+            f"objective 'all' needs a causal model with a position-wise readout ('last'); {model.recipe.name!r} is "
+            f"{'not causal' if not model.causal else 'read out by ' + repr(model.recipe.readout.block)}: use objective 'last'"
+        )
+    if objective == "masked":
+        if not model.readout.positionwise:
+            raise ValueError(f"objective 'masked' predicts at every masked position and needs readout 'last'; "
+                             f"{model.recipe.name!r} uses {model.recipe.readout.block!r}")
+        if getattr(model.item_encoder, "mask_token_id", None) is None:
+            raise ValueError(f"objective 'masked' needs an item encoder with a [MASK] token (item_id with mask_token: true); "
+                             f"{model.recipe.name!r} has none")
+
+
+def training_samples(model: "SeqRecModel", train: Sequences, config: TrainConfig, seed: int = 0) -> TrainingSamples:
+    """The sample set of ``config.objective`` over the training sequences ``train``."""
+    check_objective(model, config.objective)
+    windows = config.windows
+    if config.objective == "last":
+        return LastItemSamples(train, model.max_len)
+    if config.objective == "all":
+        return AllPositionSamples(train, model.max_len, windows)
+    if config.objective == "masked":
+        return MaskedItemSamples(train, model.max_len, model.item_encoder.mask_token_id, config.mask_prob,
+                                 config.mask_last_prob, windows)
+    if config.objective == "random_cut":
+        return RandomCutSamples(train, model.max_len, seed)
+    raise ValueError(f"unknown objective {config.objective!r}; expected last, all, masked or random_cut")
+
+
+# ---------------------------------------------------------------------------- negatives and losses
+
+
+def sample_negatives(positives: np.ndarray, num_items: int, num_negatives: int, rng: np.random.Generator) -> np.ndarray:
+    """``positives.shape + (num_negatives,)`` items drawn uniformly from ``1..num_items`` minus the positive."""
+    if num_items < 2:
+        raise ValueError(f"sampled negatives need at least 2 items, got num_items={num_items}")
+    draws = rng.integers(1, num_items, size=(*positives.shape, num_negatives), dtype=np.int64)
+    return draws + (draws >= positives[..., None])
+
+
+def add_negatives(batch: dict[str, Tensor], num_items: int, num_negatives: int, rng: np.random.Generator) -> dict[str, Tensor]:
+    """``batch`` with ``negatives`` for its targets (see :func:`sample_negatives`)."""
+    key = next(k for k in TARGET_KEYS if k in batch)
+    negatives = sample_negatives(batch[key].numpy(), num_items, num_negatives, rng)
+    return {**batch, "negatives": torch.from_numpy(negatives)}
+
+
+def count_targets(batch: dict[str, Tensor]) -> int:
+    """Number of prediction targets in ``batch`` (what :func:`loss_terms` sums over)."""
+    if "target" in batch:
+        return int(batch["target"].shape[0])
+    key = "targets" if "targets" in batch else "masked_targets"
+    return int((batch[key] > 0).sum())
+
+
+class LossTerms(NamedTuple):
+    """Sum of the per-target losses and the number of targets (the mean is ``total / count``)."""
+
+    total: Tensor
+    count: int
+
+
+def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+    """User vectors ``(N, D)``, their targets ``(N,)`` and negatives ``(N, K)`` (or None)."""
+    item_ids = batch["item_ids"]
+    hidden, mask = model.encode(item_ids, batch.get("timestamps"))
+    negatives = batch.get("negatives")
+    if "target" in batch:
+        return model.readout(hidden, mask), batch["target"], negatives
+    if "targets" in batch:
+        check_objective(model, "all")
+        targets = batch["targets"]
+    elif "masked_targets" in batch:
+        check_objective(model, "masked")
+        targets = batch["masked_targets"]
+    else:
+        raise ValueError(f"a training batch needs one of {TARGET_KEYS}; got keys {sorted(batch)}")
+    keep = targets > 0
+    return hidden[keep], targets[keep], None if negatives is None else negatives[keep]
+
+
+def loss_terms(
+    model: "SeqRecModel",
+    batch: dict[str, Tensor],
+    loss: Literal["ce", "sampled_softmax", "bce"] = "ce",
+    num_negatives: int = 100,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """The summed loss of ``batch`` and its number of targets (see the module docstring).
+
+    Negatives come from ``batch["negatives"]`` when present, else are drawn here with
+    ``generator`` (torch's global generator when None).
+    """
+    users, targets, negatives = _users_and_targets(model, batch)
+    count = int(targets.shape[0])
+    if loss == "ce":
+        return LossTerms(F.cross_entropy(model.item_logits(users).float(), targets, reduction="sum"), count)
+    if loss not in ("sampled_softmax", "bce"):
+        raise ValueError(f"unknown loss {loss!r}; expected ce, sampled_softmax or bce")
+    if negatives is None:
+        if model.num_items < 2:
+            raise ValueError(f"sampled negatives need at least 2 items, got num_items={model.num_items}")
+        draws = torch.randint(1, model.num_items, (count, num_negatives), generator=generator,
+                              device=generator.device if generator is not None else torch.device("cpu"))
+        negatives = draws.to(targets.device)
+        negatives = negatives + (negatives >= targets[:, None]).long()
+    candidates = torch.cat([targets[:, None], negatives.to(targets.device)], 1)
+    table = model.item_encoder.item_table()
+    logits = model.head(users, table[candidates], candidates).float()
+    if loss == "sampled_softmax":
+        return LossTerms(F.cross_entropy(logits, torch.zeros_like(targets), reduction="sum"), count)
+    return LossTerms(F.softplus(-logits[:, 0]).sum() + F.softplus(logits[:, 1:]).sum(), count)
+
+
+def mean_loss(model: "SeqRecModel", batch: dict[str, Tensor], config: TrainConfig | None = None) -> Tensor:
+    """Mean loss per target of ``batch`` with the recipe's (or ``config``'s) loss."""
+    config = config or model.recipe.train
+    terms = loss_terms(model, batch, config.loss, config.num_negatives)
+    if terms.count == 0:
+        raise ValueError("the batch has no targets (all target entries are 0)")
+    return terms.total / terms.count
