@@ -12,13 +12,15 @@ B and C are time-invariant ``(d, n)`` or input-dependent ``(b, n, l)`` / ``(b, g
 groups channel ``d`` reads group ``d // (d_inner / g)``.
 
 The pure algorithm (:class:`_BlockedScan`) is a blocked scan without an autograd tape. Time is cut
-into *groups* of ``lanes * steps`` positions processed one after another; inside a group the
-``lanes`` consecutive runs of ``steps`` positions are scanned side by side (one vectorised update
-per step for all lanes), then linked: lane ``c`` starts from lane ``c - 1``'s end, and its states are
-corrected by ``exp(A * cumsum(delta)) * start`` (exponents <= 0 whenever delta >= 0, so nothing
-overflows). The backward pass is the reverse-time adjoint scan, built the same way, that recomputes
-a group's states from the state saved at the group's start. Memory is bounded by the group size,
-not by ``l * d * n``.
+into *groups* of ``lanes * steps`` positions processed one after another, each in buffers of
+``lanes * steps`` states (reused, sized to stay in cache). Inside a group, ``lanes`` consecutive runs of
+``steps`` positions are scanned side by side, one vectorised ``addcmul`` per step for all lanes: a first
+pass runs every lane from a zero state keeping only its end, the lanes are linked
+(``start_{c+1} = end_c + exp(A * sum(delta over lane c)) * start_c``), and a second pass writes the
+states from the true lane starts. Only products of the actual decays ``exp(delta * A)`` appear, never
+their inverses, so float32 cannot overflow where the recurrence itself does not. The backward pass is
+the reverse-time adjoint scan, built the same way, recomputing each group's states from the state
+saved at the group's start. Memory is bounded by the group size, not by ``l * d * n``.
 """
 
 from __future__ import annotations
@@ -86,9 +88,7 @@ def selective_scan_blocked(
         delta = delta.to(dtype) + delta_bias.to(dtype)[:, None]
     delta = F.softplus(delta.to(dtype)) if delta_softplus else delta.to(dtype)
     u_c = u.to(dtype)
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (u, delta, A, B, C)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
     lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad)
     y, last_state = _BlockedScan.apply(u_c, delta, A.to(dtype), B.to(dtype), C.to(dtype), lanes, steps)
     if D is not None:
