@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 from torch import Tensor, nn
 
 from blocks.activations import make_activation
@@ -49,6 +52,22 @@ class Linear(PositionwiseBlock):
 
     def transform(self, x: Tensor) -> Tensor:
         return self.activation(self.linear(x))
+
+
+@register_block("scale")
+class Scale(PositionwiseBlock):
+    """``y = a ⊙ x`` with a learnable scalar (``per="scalar"``) or per-channel vector ``a`` starting at ``init``.
+
+    LayerScale (Touvron et al. 2021, CaiT Eq. 6) in the channel form; in the scalar form one
+    stream weight, as SIGMA's code weighs its GRU stream by a trainable 0.1 (NOTES.md §3.2).
+    """
+
+    def __init__(self, d_model: int, init: float = 1.0, per: Literal["scalar", "channel"] = "scalar") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((1,) if per == "scalar" else (d_model,), float(init)))
+
+    def transform(self, x: Tensor) -> Tensor:
+        return self.weight * x
 
 
 @register_block("ffn")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from blocks.base import SequenceBlock
 from blocks.ds_gate import DenseSelectiveGate
-from blocks.masking import left_align, lengths_from_mask, right_align, zero_pads
+from blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, zero_pads
 from blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
 
@@ -63,10 +63,11 @@ class BidirectionalMamba(SequenceBlock):
     In the paper modes ``G(H^f)·M^f`` is mapped back to the original positions before the sum; in
     ``"code"`` mode it is not (the code adds the flipped stream slot by slot).
 
-    **Padding exemption:** ``flip="code"`` is deliberately *not* padding-invariant -- which items get
-    flipped depends on the padded width ``L``, exactly the documented bug of the released code -- so
-    such an instance sets ``padding_invariant = False`` and the contract test checks that it indeed
-    depends on padding. Every other mode is padding-invariant.
+    ``"code"`` works in ``max_len`` slots, as the code does (RecBole pads every batch to
+    ``MAX_ITEM_LIST_LENGTH``): each batch is first left-padded to ``max_len``, so the flipped slots
+    are fixed by the recipe, not by the batch, and the block stays padding-invariant. Which items a
+    sequence's flipped stream sees still depends on its length in the code's way (a sequence of
+    ``n <= (max_len - remain) / 2`` items sees only padding there; NOTES.md §3.2).
 
     The streams go through :class:`~blocks.ssm.mamba.Mamba` (``d_state``, ``d_conv``, ``expand``), one
     module for both (``shared=True``, as in the code; parameters ``mamba.*``) or two (the paper's "two
@@ -109,6 +110,7 @@ class BidirectionalMamba(SequenceBlock):
         gate_kernel_size: int = 3,
         gate_dropout: float = 0.0,
         stream_weights: tuple[float, float] | None = None,
+        max_len: int = 50,
     ) -> None:
         super().__init__()
         if flip not in ("partial", "full", "none", "code"):
@@ -132,8 +134,7 @@ class BidirectionalMamba(SequenceBlock):
         elif gate == "linear":
             self.mix = nn.Linear(2 * d_model, d_model)
         self.stream_weights = None if stream_weights is None else nn.Parameter(torch.tensor([float(w) for w in stream_weights]))
-        if flip == "code":
-            self.padding_invariant = False
+        self.max_len = max_len
 
     def flip_index(self, mask: Tensor) -> Tensor:
         """Source slot of each slot of ``H^f`` (in right-aligned slots for ``flip="code"``)."""
@@ -150,7 +151,9 @@ class BidirectionalMamba(SequenceBlock):
             )
         x = zero_pads(x, mask)
         if self.flip == "code":
-            return left_align(self._streams(right_align(x, mask), right_align(mask, mask)), mask)
+            slots_x, slots_mask = fit_to_length(x, mask, self.max_len, "bidirectional_mamba")
+            y = left_align(self._streams(right_align(slots_x, slots_mask), right_align(slots_mask, slots_mask)), slots_mask)
+            return y[:, -x.shape[1]:]
         return self._streams(x, mask)
 
     def _streams(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocks.base import ReadoutBlock
-from blocks.masking import masked_mean, zero_pads
+from blocks.masking import fit_to_length, masked_mean, zero_pads
 from zoo.registry import register_block
 
 
@@ -26,23 +26,6 @@ def pyramid_lengths(length: int, schedule: Sequence[tuple[int, int]]) -> list[tu
         length = (length + pad - kernel) // stride + 1
         plan.append((pad, length))
     return plan
-
-
-def fit_to_length(x: Tensor, mask: Tensor, length: int, who: str) -> tuple[Tensor, Tensor]:
-    """Left-pad (with zeros / False) or crop ``x (B, L, ...)`` and ``mask`` to exactly ``length`` positions.
-
-    Cropping keeps the newest ``length`` positions; it is an error when it would drop real items.
-    """
-    current = mask.shape[1]
-    if current < length:
-        x = F.pad(x, (0, 0) * (x.dim() - 2) + (length - current, 0))
-        mask = F.pad(mask, (length - current, 0), value=False)
-    elif current > length:
-        if mask[:, : current - length].any():
-            longest = int(mask.sum(1).max())
-            raise ValueError(f"{who}: a sequence has {longest} real items but the block was built for max_len={length}")
-        x, mask = x[:, current - length:], mask[:, current - length:]
-    return x, mask
 
 
 class LayerNormC(nn.Module):

@@ -1,4 +1,4 @@
-"""Fusions: combine k parallel streams ``(B, L, D)`` into one (mixing, adaptive, gate, softmax gate)."""
+"""Fusions: combine k parallel streams ``(B, L, D)`` into one (sum, mixing, adaptive, gate, softmax gate)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ class PositionwiseFusion(FusionBlock):
     def step(self, streams_t: Sequence[Tensor], state: State, x_t: Tensor) -> tuple[Tensor, State]:
         check_streams(self.block_name, streams_t, self.num_inputs, x_t)
         return self.combine(streams_t, x_t), state
+
+
+@register_block("sum")
+class Sum(PositionwiseFusion):
+    """``y = Σ_i s_i``: the streams added, no parameters (e.g. SIGMA's code, where each stream
+    already carries its own learned weight; recipes/sigma-code.yaml)."""
+
+    contract_variants = ({"num_inputs": 3},)
+
+    def __init__(self, d_model: int, num_inputs: int = 2) -> None:
+        super().__init__()
+        if num_inputs < 2:
+            raise ValueError(f"sum: needs at least 2 streams, got num_inputs={num_inputs}")
+        self.num_inputs = self.min_inputs = self.max_inputs = num_inputs
+
+    def combine(self, streams: Sequence[Tensor], x: Tensor) -> Tensor:
+        return sum(streams[1:], streams[0])
 
 
 @register_block("mixing")

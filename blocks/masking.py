@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -62,3 +63,20 @@ def _shift_index(x: Tensor, mask: Tensor, right: bool) -> Tensor:
     steps = torch.arange(length, device=mask.device).unsqueeze(0)
     index = (steps + pads) % length if right else (steps - pads) % length
     return index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+
+
+def fit_to_length(x: Tensor, mask: Tensor, length: int, who: str) -> tuple[Tensor, Tensor]:
+    """Left-pad (with zeros / False) or crop ``x (B, L, ...)`` and ``mask`` to exactly ``length`` positions.
+
+    Cropping keeps the newest ``length`` positions; it is an error when it would drop real items.
+    """
+    current = mask.shape[1]
+    if current < length:
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (length - current, 0))
+        mask = F.pad(mask, (length - current, 0), value=False)
+    elif current > length:
+        if mask[:, : current - length].any():
+            longest = int(mask.sum(1).max())
+            raise ValueError(f"{who}: a sequence has {longest} real items but the block was built for max_len={length}")
+        x, mask = x[:, current - length:], mask[:, current - length:]
+    return x, mask

@@ -68,7 +68,7 @@ def flops_per_sequence(model: SeqRecModel, length: int) -> int:
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter:
         model.score(ids, timestamps)
     model.train(was_training)
     return counter.get_total_flops()
