@@ -292,8 +292,12 @@ def loss_terms(
     """
     users, targets, negatives = _users_and_targets(model, batch)
     count = int(targets.shape[0])
+    table = model.item_encoder.item_table()
     if loss == "ce":
-        return LossTerms(F.cross_entropy(model.item_logits(users).float(), targets, reduction="sum"), count)
+        # Softmax over the real items only (the padding column would get probability 0 anyway).
+        real = torch.arange(1, model.num_items + 1, device=table.device)
+        logits = model.head(users, table[1:], real).float()
+        return LossTerms(F.cross_entropy(logits, targets - 1, reduction="sum"), count)
     if loss not in ("sampled_softmax", "bce"):
         raise ValueError(f"unknown loss {loss!r}; expected ce, sampled_softmax or bce")
     if negatives is None:
@@ -304,7 +308,6 @@ def loss_terms(
         negatives = draws.to(targets.device)
         negatives = negatives + (negatives >= targets[:, None]).long()
     candidates = torch.cat([targets[:, None], negatives.to(targets.device)], 1)
-    table = model.item_encoder.item_table()
     logits = model.head(users, table[candidates], candidates).float()
     if loss == "sampled_softmax":
         return LossTerms(F.cross_entropy(logits, torch.zeros_like(targets), reduction="sum"), count)

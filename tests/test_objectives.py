@@ -1,0 +1,256 @@
+"""Training objectives (sample construction against loop references) and losses (against hand-written ones)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.data import Sequences
+from zoo.objectives import (
+    AllPositionSamples,
+    LastItemSamples,
+    MaskedItemSamples,
+    RandomCutSamples,
+    count_targets,
+    covering_windows,
+    loss_terms,
+    sample_negatives,
+    training_samples,
+)
+
+ROWS = [[5, 3, 9, 1, 2, 7], [4], [8, 8], list(range(1, 12)), [6, 2, 2, 9, 10, 11, 3]]
+V = 12
+SMALL = {"d_model": 16, "encoder.0.repeat": 1}
+
+
+def sequences() -> Sequences:
+    return Sequences.from_rows(ROWS)
+
+
+def left(values, width):
+    values = list(values)[-width:]
+    return [0] * (width - len(values)) + values
+
+
+def rows_of(batch_ids):
+    return [[int(v) for v in row if v > 0] for row in batch_ids]
+
+
+def model(name="sasrec", **overrides):
+    torch.manual_seed(0)
+    return zoo.create(name, num_items=V, **{**SMALL, "encoder.0.layers.0.dropout": 0.0, "encoder.0.layers.1.dropout": 0.0,
+                                            "item_encoder.dropout": 0.0, **overrides})
+
+
+def bidirectional(**overrides):
+    return model(**{"encoder.0.layers.0.residual.causal": False, "item_encoder.mask_token": True, **overrides})
+
+
+# ---------------------------------------------------------------------------- windows and sample sets
+
+
+def test_covering_windows_match_loop():
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, 50, size=40)
+    ends = starts + rng.integers(0, 30, size=40)
+    for width in (1, 4, 7, 100):
+        rows, ws, we = covering_windows(starts, ends, width)
+        expected = []
+        for u, (s, e) in enumerate(zip(starts, ends)):
+            end = e
+            while end > s:
+                expected.append((u, max(s, end - width), end))
+                end -= width
+        assert list(zip(rows.tolist(), ws.tolist(), we.tolist())) == expected
+        rows, ws, we = covering_windows(starts, ends, width, newest_only=True)
+        assert list(zip(rows.tolist(), ws.tolist(), we.tolist())) == [(u, max(s, e - width), e)
+                                                                     for u, (s, e) in enumerate(zip(starts, ends)) if e > s]
+
+
+def test_last_objective_is_every_prefix():
+    samples = LastItemSamples(sequences(), max_len=4)
+    batch = samples.batch(np.arange(samples.epoch_size(0)), 0, np.random.default_rng(0))
+    expected = [(left(r[:t], 4), r[t]) for r in ROWS for t in range(1, len(r))]
+    got = sorted(zip(batch["item_ids"].tolist(), batch["target"].tolist()))
+    assert got == sorted(expected)
+    assert set(batch) == {"item_ids", "timestamps", "target"}
+
+
+@pytest.mark.parametrize("width", [3, 4, 20])
+def test_all_objective_covers_every_target_once_with_its_previous_item(width):
+    samples = AllPositionSamples(sequences(), max_len=width)
+    batch = samples.batch(np.arange(samples.epoch_size(0)), 0, np.random.default_rng(0))
+    inputs, targets = batch["item_ids"].numpy(), batch["targets"].numpy()
+    assert ((inputs > 0) == (targets > 0)).all()
+    # Every (user, position >= 1) target appears exactly once, with item[t-1] as its input.
+    pairs = sorted((int(i), int(t)) for i, t in zip(inputs[targets > 0], targets[targets > 0]))
+    expected = sorted((r[t - 1], r[t]) for r in ROWS for t in range(1, len(r)))
+    assert pairs == expected
+    # Each window is a contiguous run of a user's sequence, shifted by one.
+    for ins, tgs in zip(inputs, targets):
+        ins, tgs = ins[ins > 0].tolist(), tgs[tgs > 0].tolist()
+        assert ins[1:] == tgs[:-1]
+        assert any(r[i:i + len(ins) + 1] == ins + tgs[-1:] for r in ROWS for i in range(len(r)))
+    recent = AllPositionSamples(sequences(), max_len=width, windows="recent")
+    batch = recent.batch(np.arange(recent.epoch_size(0)), 0, np.random.default_rng(0))
+    assert rows_of(batch["targets"]) == [r[1:][-width:] for r in ROWS if len(r) >= 2]
+
+
+def test_masked_objective_hides_items_behind_the_mask_token():
+    rows = [list(range(1, 41))] * 50
+    seqs = Sequences.from_rows(rows)
+    samples = MaskedItemSamples(seqs, max_len=40, mask_token=99, mask_prob=0.3, mask_last_prob=0.2)
+    assert samples.epoch_size(0) == 50
+    batch = samples.batch(np.arange(50), 0, np.random.default_rng(1))
+    ids, targets = batch["item_ids"].numpy(), batch["masked_targets"].numpy()
+    original = np.array(rows)
+    masked = ids == 99
+    assert (masked == (targets > 0)).all()
+    assert (targets[masked] == original[masked]).all() and (ids[~masked] == original[~masked]).all()
+    assert masked.any(1).all() and masked[:, -1].sum() >= 10
+    only_last = masked[:, -1] & (masked.sum(1) == 1)
+    assert 3 <= only_last.sum() <= 20  # ~20% of 50 windows (plus rare cloze windows that masked only the last)
+    cloze = ~only_last
+    assert abs(masked[cloze, :-1].mean() - 0.3) < 0.05
+    # A fresh generator with the same seed reproduces the batch.
+    again = samples.batch(np.arange(50), 0, np.random.default_rng(1))
+    assert all(torch.equal(batch[k], again[k]) for k in batch)
+
+
+def test_random_cut_is_one_uniform_cut_per_user_reproducible_per_epoch():
+    seqs = Sequences.from_rows([list(range(1, 11))] * 400)
+    samples = RandomCutSamples(seqs, max_len=5, seed=3)
+    assert samples.epoch_size(0) == 400
+    b0 = samples.batch(np.arange(400), 0, np.random.default_rng(0))
+    b0_again = RandomCutSamples(seqs, max_len=5, seed=3).batch(np.arange(400), 0, np.random.default_rng(7))
+    b1 = samples.batch(np.arange(400), 1, np.random.default_rng(0))
+    assert torch.equal(b0["target"], b0_again["target"]) and not torch.equal(b0["target"], b1["target"])
+    targets = b0["target"].numpy()
+    assert set(targets.tolist()) == set(range(2, 11))  # cut c in 2..n: target item c (items are 1..10)
+    assert np.bincount(targets, minlength=11)[2:].min() > 20
+    for ids, target in zip(b0["item_ids"].tolist(), targets):
+        assert ids == left(range(1, target), 5)
+
+
+def test_training_samples_dispatch_and_model_checks():
+    seqs = sequences()
+    config = zoo.create("sasrec", num_items=V).recipe.train
+    assert isinstance(training_samples(model(), seqs, config.model_copy(update={"objective": "all"})), AllPositionSamples)
+    with pytest.raises(ValueError, match="causal"):
+        training_samples(model(**{"encoder.0.layers.0.residual.causal": False}), seqs,
+                         config.model_copy(update={"objective": "all"}))
+    with pytest.raises(ValueError, match="MASK"):
+        training_samples(model(), seqs, config.model_copy(update={"objective": "masked"}))
+    assert isinstance(training_samples(bidirectional(), seqs, config.model_copy(update={"objective": "masked"})),
+                      MaskedItemSamples)
+
+
+def test_mask_token_row_is_never_scored():
+    m = bidirectional()
+    assert m.item_encoder.mask_token_id == V + 1
+    assert m.item_encoder.embedding.weight.shape[0] == V + 2
+    assert m.item_encoder.item_table().shape[0] == V + 1
+    assert m.score(torch.tensor([[0, 1, 2, 3]])).shape == (1, V + 1)
+
+
+# ---------------------------------------------------------------------------- negatives and losses
+
+
+def test_negatives_are_uniform_and_never_the_positive():
+    rng = np.random.default_rng(0)
+    positives = rng.integers(1, 6, size=4000)
+    negatives = sample_negatives(positives, 5, 3, rng)
+    assert negatives.shape == (4000, 3)
+    assert (negatives != positives[:, None]).all() and negatives.min() >= 1 and negatives.max() <= 5
+    for item in range(1, 6):
+        counts = np.bincount(negatives[positives == item].ravel(), minlength=6)[1:]
+        others = np.delete(counts, item - 1)
+        assert counts[item - 1] == 0 and others.min() > 0.8 * others.mean()
+    with pytest.raises(ValueError, match="at least 2 items"):
+        sample_negatives(positives, 1, 3, rng)
+
+
+def reference_user_vectors(m, histories):
+    """The model's user vector of each history, one history at a time."""
+    return torch.cat([m.readout(*m.encode(torch.tensor([h]))) for h in histories])
+
+
+def test_full_softmax_ce_matches_a_loop_over_targets():
+    m = model().eval()
+    batch = {"item_ids": torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]]), "target": torch.tensor([7, 1])}
+    terms = loss_terms(m, batch, "ce")
+    users = reference_user_vectors(m, [[3, 4], [1, 2, 3, 4]])
+    expected = 0.0
+    for u, t in zip(users, [7, 1]):
+        scores = torch.stack([u @ m.item_encoder.item_table()[i] for i in range(1, V + 1)])
+        expected += -(scores[t - 1] - torch.logsumexp(scores, 0))
+    assert terms.count == 2
+    torch.testing.assert_close(terms.total, expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(m.loss(batch), expected / 2, atol=1e-5)
+
+
+def test_all_positions_loss_equals_the_sum_over_prefixes():
+    m = model().eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    targets = torch.tensor([[0, 0, 6, 7, 8], [2, 3, 4, 5, 6]])
+    all_terms = loss_terms(m, {"item_ids": ids, "targets": targets}, "ce")
+    prefixes, prefix_targets = [], []
+    for row, tgt in zip(ids.tolist(), targets.tolist()):
+        real = [i for i in row if i]
+        for t, target in enumerate(tgt[len(row) - len(real):]):
+            prefixes.append(left(real[: t + 1], 5))
+            prefix_targets.append(target)
+    last_terms = loss_terms(m, {"item_ids": torch.tensor(prefixes), "target": torch.tensor(prefix_targets)}, "ce")
+    assert all_terms.count == last_terms.count == 8 == count_targets({"targets": targets})
+    torch.testing.assert_close(all_terms.total, last_terms.total, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_losses_with_negatives_match_hand_computation(loss):
+    m = model(**{"head.item_bias": True}).eval()
+    with torch.no_grad():
+        m.head.bias.uniform_(-1, 1)
+    histories = [[3, 4], [1, 2, 3, 4]]
+    batch = {"item_ids": torch.tensor([left(h, 4) for h in histories]), "target": torch.tensor([7, 1]),
+             "negatives": torch.tensor([[1, 2, 9], [5, 5, 12]])}
+    terms = loss_terms(m, batch, loss)
+    users = reference_user_vectors(m, histories)
+    table = m.item_encoder.item_table()
+    expected = 0.0
+    for u, t, negs in zip(users, [7, 1], [[1, 2, 9], [5, 5, 12]]):
+        s = [float((u @ table[i] + m.head.bias[i]).detach()) for i in [t, *negs]]
+        if loss == "sampled_softmax":
+            expected += -(s[0] - math.log(sum(math.exp(x) for x in s)))
+        else:
+            expected += -math.log(1 / (1 + math.exp(-s[0]))) - sum(math.log(1 - 1 / (1 + math.exp(-x))) for x in s[1:])
+    assert terms.count == 2
+    assert abs(float(terms.total) - expected) < 1e-4
+
+
+def test_masked_loss_scores_the_masked_positions_of_a_bidirectional_model():
+    m = bidirectional().eval()
+    mask = m.item_encoder.mask_token_id
+    ids = torch.tensor([[0, 3, mask, 5], [1, mask, 3, mask]])
+    targets = torch.tensor([[0, 0, 4, 0], [0, 2, 0, 4]])
+    terms = loss_terms(m, {"item_ids": ids, "masked_targets": targets}, "ce")
+    hidden, _ = m.encode(ids)
+    expected = 0.0
+    for b, t in [(0, 2), (1, 1), (1, 3)]:
+        logits = m.item_logits(hidden[b, t][None])[0]
+        expected += -torch.log_softmax(logits, 0)[targets[b, t]]
+    assert terms.count == 3
+    torch.testing.assert_close(terms.total, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_loss_draws_its_own_negatives_when_the_batch_has_none():
+    m = model().eval()
+    batch = {"item_ids": torch.tensor([[0, 3, 4]]), "target": torch.tensor([2])}
+    a = loss_terms(m, batch, "sampled_softmax", 5, torch.Generator().manual_seed(0))
+    b = loss_terms(m, batch, "sampled_softmax", 5, torch.Generator().manual_seed(0))
+    assert torch.equal(a.total, b.total) and torch.isfinite(a.total)
+    with pytest.raises(ValueError, match="one of"):
+        loss_terms(m, {"item_ids": torch.tensor([[1, 2]])}, "ce")
