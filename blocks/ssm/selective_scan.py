@@ -82,20 +82,14 @@ def selective_scan_blocked(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The pure-PyTorch selective scan (any device). ``lanes`` / ``steps`` override the automatic blocking."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    dtype = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     batch, dim, length = u.shape
-    if delta_bias is not None:
-        delta = delta.to(dtype) + delta_bias.to(dtype)[:, None]
-    delta = F.softplus(delta.to(dtype)) if delta_softplus else delta.to(dtype)
-    u_c = u.to(dtype)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C))
     lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad)
-    y, last_state = _BlockedScan.apply(u_c, delta, A.to(dtype), B.to(dtype), C.to(dtype), lanes, steps)
-    if D is not None:
-        y = y + u_c * D.to(dtype)[:, None]
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    out = y.to(u.dtype)
+    cast = [t.to(dtype) if t is not None else None for t in tensors]
+    out, last_state = _BlockedScan.apply(*cast, delta_softplus, lanes, steps)
+    out = out.to(u.dtype)
     return (out, last_state) if return_last_state else out
 
 
@@ -196,6 +190,18 @@ class _Layout:
     def channels(self, x: Tensor, k: int) -> Tensor:
         """Group ``k`` of a ``(b, d, l)`` tensor as ``(steps, b, g, lanes, h)``, contiguous (small: no ``n``)."""
         return self._time_major(self._span(x, k), self.heads).contiguous()
+
+    def valid_positions(self, k: int) -> Tensor | None:
+        """``(steps, 1, 1, lanes, 1)`` mask of group ``k``'s positions inside the sequence; None when all are."""
+        start = k * self.group_len
+        if start + self.group_len <= self.length:
+            return None
+        position = torch.arange(self.group_len, device=self.A.device).reshape(self.lanes, self.steps).t()
+        return (position < self.length - start).to(self.A.dtype).reshape(self.steps, 1, 1, self.lanes, 1)
+
+    def channel_vector(self, v: Tensor) -> Tensor:
+        """A per-channel ``(d,)`` vector, broadcastable to ``(steps, b, g, lanes, h)``."""
+        return v.reshape(1, 1, self.groups, 1, self.heads)
 
     def projection(self, t: Tensor, k: int) -> Tensor:
         """Group ``k`` of B or C, broadcastable to ``(steps, b, g, lanes, n, h)``."""
@@ -334,61 +340,109 @@ def _decay(delta: Tensor, A_log2: Tensor) -> Tensor:
 
 
 class _BlockedScan(torch.autograd.Function):
-    """``y_t = sum_n C_t h_t`` with ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``; returns ``(y, h_last)``."""
+    """The whole selective scan (module docstring) in one tape-free pass; returns ``(out, h_last)``.
+
+    The elementwise parts (delta's bias and softplus, ``D``, the ``z`` gate) are applied per group too,
+    so no full-size intermediate besides the output is ever allocated.
+    """
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, lanes: int, steps: int):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus: bool, lanes: int, steps: int):
         layout = _Layout(u, A, B, C, lanes, steps)
         ws = _Workspace(layout.group_shape, u)
-        y = u.new_empty(u.shape)  # contiguous: groups write through views of it
+        out = u.new_empty(u.shape)  # contiguous: groups write through views of it
         keep = any(ctx.needs_input_grad)
         state = u.new_zeros(layout.batch, layout.groups, layout.d_state, layout.heads)
         group_starts = u.new_empty(layout.n_groups, *state.shape) if keep else None
         for k in range(layout.n_groups):
             if keep:
                 group_starts[k] = state
+            delta_k, _ = _step_sizes(layout, delta, delta_bias, softplus, k)
+            u_k = layout.channels(u, k)
             # Alternate two state buffers: ``state`` (a view of the last group's) stays valid.
-            group = _Group(layout.channels(delta, k), layout.channels(u, k), layout.A_log2,
-                           layout.projection(B, k), state, ws, slot=k % 2)
-            layout.write(y, k, _contract(group.states, layout.projection(C, k), ws.scratch))
+            group = _Group(delta_k, u_k, layout.A_log2, layout.projection(B, k), state, ws, slot=k % 2)
+            y_k = _contract(group.states, layout.projection(C, k), ws.scratch)
+            if D is not None:
+                y_k = y_k.addcmul_(layout.channel_vector(D), u_k)
+            if z is not None:
+                y_k = y_k.mul_(F.silu(layout.channels(z, k)))
+            layout.write(out, k, y_k)
             state = group.end
-        ctx.layout = layout
+        ctx.layout, ctx.softplus = layout, softplus
         if keep:
-            ctx.save_for_backward(u, delta, A, B, C, group_starts)
-        return y, layout.states_to_channels(state).clone()
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, group_starts)
+        return out, layout.states_to_channels(state).clone()
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor, grad_last: Tensor):
-        u, delta, A, B, C, group_starts = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor, grad_last: Tensor):
+        u, delta, A, B, C, D, z, delta_bias, group_starts = ctx.saved_tensors
         layout: _Layout = ctx.layout
         ws = _Workspace(layout.group_shape, u)
         du, ddelta = u.new_empty(u.shape), u.new_empty(u.shape)
+        dz = z.new_empty(z.shape) if z is not None else None
         dA = A.new_zeros(layout.groups, layout.d_state, layout.heads)
         dB = B.new_empty(B.shape) if B.dim() > 2 else torch.zeros_like(dA)
         dC = C.new_empty(C.shape) if C.dim() > 2 else torch.zeros_like(dA)
+        dD = u.new_zeros(layout.groups, layout.heads) if D is not None else None
+        dbias = u.new_zeros(layout.groups, layout.heads) if delta_bias is not None else None
         carry = layout.states_from_channels(grad_last)
         for k in range(layout.n_groups - 1, -1, -1):
-            delta_k, u_k, gy_k = layout.channels(delta, k), layout.channels(u, k), layout.channels(grad_y, k)
+            delta_k, slope = _step_sizes(layout, delta, delta_bias, ctx.softplus, k)
+            u_k, g_k = layout.channels(u, k), layout.channels(grad_out, k)
             B_k, C_k = layout.projection(B, k), layout.projection(C, k)
             group = _Group(delta_k, u_k, layout.A_log2, B_k, group_starts[k], ws)
-            adj = group.adjoint(gy_k, C_k, carry)
+            if z is not None:  # out = y * silu(z)
+                z_k = layout.channels(z, k)
+                y_k = _contract(group.states, C_k, ws.scratch)
+                if D is not None:
+                    y_k.addcmul_(layout.channel_vector(D), u_k)
+                gate_z = torch.sigmoid(z_k)
+                layout.write(dz, k, g_k * y_k * gate_z * (1 + z_k * (1 - gate_z)))
+                g_k = g_k * z_k * gate_z
+            adj = group.adjoint(g_k, C_k, carry)
             carry = group.decay[0, :, :, 0] * adj[0, :, :, 0]
             w = group.decay_gradient(adj)
             adj_B = _contract(adj, B_k, ws.scratch)
-            layout.write(ddelta, k, _contract(w, layout.A, ws.scratch) + u_k * adj_B)
-            layout.write(du, k, delta_k * adj_B)
+            ddelta_k = _contract(w, layout.A, ws.scratch).addcmul_(u_k, adj_B)
+            du_k = delta_k * adj_B
+            if D is not None:
+                du_k.addcmul_(layout.channel_vector(D), g_k)
+                dD += (g_k * u_k).sum(dim=(0, 1, 3))
             dA += torch.mul(w, delta_k.unsqueeze(-2), out=ws.scratch).sum(dim=(0, 1, 3))
             _accumulate(dB, B.dim() == 2, layout, k, delta_k * u_k, adj, ws.scratch)
-            _accumulate(dC, C.dim() == 2, layout, k, gy_k, group.states, ws.scratch)
+            _accumulate(dC, C.dim() == 2, layout, k, g_k, group.states, ws.scratch)
+            if slope is not None:
+                ddelta_k.mul_(slope)
+            if dbias is not None:
+                dbias += ddelta_k.sum(dim=(0, 1, 3))
+            layout.write(ddelta, k, ddelta_k)
+            layout.write(du, k, du_k)
         return (
             du,
             ddelta,
             layout.states_to_channels(dA),
             layout.states_to_channels(dB) if B.dim() == 2 else dB,
             layout.states_to_channels(dC) if C.dim() == 2 else dC,
+            dD.reshape(-1) if dD is not None else None,
+            dz,
+            dbias.reshape(-1) if dbias is not None else None,
+            None,
             None,
             None,
         )
+
+
+def _step_sizes(layout: _Layout, delta: Tensor, bias: Tensor | None, softplus: bool, k: int) -> tuple[Tensor, Tensor | None]:
+    """Group ``k``'s step sizes ``softplus(delta + bias)`` (each optional), and d(step)/d(delta) when not 1."""
+    raw = layout.channels(delta, k)
+    if bias is not None:
+        raw = raw + layout.channel_vector(bias)
+    step, slope = (F.softplus(raw), torch.sigmoid(raw)) if softplus else (raw, None)
+    valid = layout.valid_positions(k)
+    if valid is not None:  # padded positions must not move the state
+        step = step * valid
+        slope = valid if slope is None else slope * valid
+    return step, slope
 
 
 def _accumulate(grad: Tensor, time_invariant: bool, layout: _Layout, k: int, weight: Tensor, x: Tensor, scratch: Tensor) -> None:
