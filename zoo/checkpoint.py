@@ -110,7 +110,11 @@ def _listify(value: Any) -> Any:
 
 
 def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimiser ``state_dict`` as (tensors for safetensors, the JSON-able rest)."""
+    """An optimiser ``state_dict`` as (tensors for safetensors, the JSON-able rest).
+
+    The tensors are the live state's own storage on CPU (no copy): write them out before the
+    optimiser steps again.
+    """
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
