@@ -148,3 +148,17 @@ def test_no_weight_decay_lists_norms_biases_and_ssm_parameters():
     names = model.no_weight_decay()
     assert any(n.endswith("bias") for n in names) and all(p.dim() <= 1 for n, p in model.named_parameters() if n in names)
     assert "item_encoder.embedding.weight" not in names
+
+
+def test_cloze_models_score_at_an_appended_mask_token():
+    model = make("bert4rec")
+    token = model.item_encoder.mask_token_id
+    assert token == V + 1
+    rows = [[3, 4, 5], [i % V + 1 for i in range(model.max_len)]]
+    with torch.no_grad():
+        scores = model.score(left_pad(rows))
+        for i, row in enumerate(rows):
+            ids = torch.tensor([(row + [token])[-model.max_len:]])
+            hidden, mask = model.encode(ids)
+            torch.testing.assert_close(scores[i], model.item_logits(model.readout(hidden, mask))[0])
+    assert scores.shape == (2, V + 1), "the [MASK] token is never scored"

@@ -58,3 +58,36 @@ def test_convrec_parameter_count_by_hand():
     )
     pyramid = sum((d * d * k + d) + (d * d + d) + 2 + 2 * d for k in (2, 5, 7))  # conv, out linear, w1/w2, norm
     assert count_parameters(zoo.create("convrec", num_items=v)) == encoder + pyramid
+
+
+def test_sigma_code_matches_the_official_parameter_count():
+    # NOTES.md §3.2: the released SIGMA on Beauty (12,102 items incl. padding), D 64 = 904,515.
+    assert count_parameters(zoo.create("sigma-code", num_items=BEAUTY_ITEMS)) == 904_515
+
+
+def mamba1_parameters(d: int, d_state: int, expand: int = 2, d_conv: int = 4) -> int:
+    """mamba-ssm's Mamba: in_proj, depthwise conv (+bias), x_proj, dt_proj (+bias), A_log, D, out_proj."""
+    inner, rank = expand * d, -(-d // 16)
+    return d * 2 * inner + inner * d_conv + inner + inner * (rank + 2 * d_state) + rank * inner + inner + inner * d_state + inner + inner * d
+
+
+def test_sigma_paper_parameter_count_by_hand():
+    d, v = 64, BEAUTY_ITEMS
+    linear = d * d + d
+    conv3 = d * d * 3 + d
+    pf_mamba = 2 * mamba1_parameters(d, 32) + (linear + conv3 + linear)  # two Mambas; DS gate W1, Conv1d, Wδ (Eqs. 4-5)
+    fe_gru = conv3 + 3 * (2 * d * d + 2 * d)  # Conv1d, GRU with biases (Eq. 7)
+    pffn = (d * 4 * d + 4 * d) + (4 * d * d + d) + 2 * d  # Eq. 10 + LayerNorm
+    expected = (v + 1) * d + pf_mamba + fe_gru + 2 + linear + pffn  # + mixing a1, a2 (Eq. 8) + Eq. 9
+    assert count_parameters(zoo.create("sigma", num_items=v)) == expected
+
+
+def test_cnn_mamba_parameter_count_by_hand():
+    d, v, length, layers = 32, BEAUTY_ITEMS, 50, 2
+    linear = d * d + d
+    se = (d * (d // 4) + d // 4) + ((d // 4) * d + d)
+    inner, heads, d_state = 2 * d, 2 * d // 8, 32
+    mamba2 = d * (2 * inner + 2 * d_state + heads) + (inner + 2 * d_state) * 5 + 3 * heads + inner + inner * d
+    layer = (linear + 2 * d) + (d * d * 7 + d + 2 * d + se) + (mamba2 + se) + linear  # Eq. 1, Eqs. 2-5, 6-9, 10-12
+    expected = (v + 1) * d + length * d + 2 * d + layers * layer + linear + (v + 1)  # embeddings; Eq. 13 map and item bias
+    assert count_parameters(zoo.create("cnn-mamba", num_items=v)) == expected

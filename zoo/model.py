@@ -105,9 +105,21 @@ class SeqRecModel(nn.Module):
 
     def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores ``(B, num_items + 1)`` of every item as the next one after each history."""
-        item_ids, timestamps = self._check_ids(item_ids, timestamps)
+        item_ids, timestamps = self._append_mask_token(*self._check_ids(item_ids, timestamps))
         hidden, mask = self.encode(item_ids, timestamps)
         return self.item_logits(self.readout(hidden, mask))
+
+    def _append_mask_token(self, item_ids: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """A cloze model (item encoder with a ``[MASK]`` token) predicts the next item at a ``[MASK]``
+        appended after the history (BERT4Rec, Sun et al. 2019 §3.6); at ``max_len`` the oldest item
+        makes room. Other models get their input unchanged."""
+        token = getattr(self.item_encoder, "mask_token_id", None)
+        if token is None:
+            return item_ids, timestamps
+        item_ids = torch.cat([item_ids, torch.full_like(item_ids[:, :1], token)], 1)[:, -self.max_len:]
+        if timestamps is not None:
+            timestamps = torch.cat([timestamps, timestamps[:, -1:]], 1)[:, -self.max_len:]
+        return item_ids, timestamps
 
     @torch.no_grad()
     def recommend(
