@@ -82,6 +82,9 @@ def selective_scan_blocked(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The pure-PyTorch selective scan (any device). ``lanes`` / ``steps`` override the automatic blocking."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    for name, value in (("lanes", lanes), ("steps", steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"selective_scan: {name} must be a positive integer, got {value}")
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
