@@ -91,11 +91,11 @@ def test_matches_loop_all_options(length, layout, blocking):
 @pytest.mark.parametrize("softplus", [False, True])
 def test_optional_arguments(use_D, use_z, use_bias, softplus):
     x = make_inputs(33, "batched", "groups2", seed=1)
-    if softplus is False:
-        x["delta"] = x["delta"].abs()  # a decaying recurrence, as a positive step size gives
+    if not softplus:  # keep the step size positive (a decaying recurrence) without the softplus
+        x["delta"], x["delta_bias"] = x["delta"].abs(), x["delta_bias"].abs()
     kwargs = dict(
         D=x["D"] if use_D else None, z=x["z"] if use_z else None,
-        delta_bias=x["delta_bias"] if use_bias and softplus else None, delta_softplus=softplus,
+        delta_bias=x["delta_bias"] if use_bias else None, delta_softplus=softplus,
     )
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
     expected = loop_reference(*args, **kwargs)
