@@ -125,6 +125,18 @@ def test_gradcheck(layout, blocking):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
 
 
+def test_gradcheck_without_softplus():
+    x = make_inputs(9, "batched", "groups2", seed=8)
+    x["delta"], x["delta_bias"] = x["delta"].abs(), x["delta_bias"].abs()
+    names = list(x)
+    inputs = tuple(x[k].clone().requires_grad_() for k in names)
+
+    def fn(*tensors):
+        return selective_scan_blocked(**dict(zip(names, tensors)), return_last_state=True, lanes=2, steps=2)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
 def test_gradients_match_loop_on_longer_sequence():
     x = make_inputs(70, "groups2", "batched", seed=4)
     leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
