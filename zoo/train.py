@@ -474,6 +474,7 @@ def train(
     split: Literal["loo", "ratio"] = "loo",
     eval_ks: tuple[int, ...] = (5, 10, 20),
     save_model: bool = True,
+    plot: bool = True,
 ) -> TrainResult:
     """Train a model with early stopping on the validation metric; test the best weights; write ``out_dir``.
 
@@ -487,7 +488,8 @@ def train(
     bf16 autocast on CUDA (fp16 with gradient scaling where bf16 is unsupported) and fp32 on CPU;
     ``"bf16"`` also works on CPU. ``checkpoint_every``: also checkpoint every N optimiser steps.
     Returns the metrics of the best-validation weights on validation and test (keys like
-    ``"ndcg@10"``) and the paths written; the model holds those weights.
+    ``"ndcg@10"``) and the paths written; the model holds those weights. ``save_model=False`` skips
+    the trained folder and ``plot=False`` the curve (both import heavy libraries).
     """
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 steps, got {checkpoint_every}")
@@ -519,12 +521,12 @@ def train(
         run.train_epoch()
         run.end_epoch()
 
-    result = _finish(run, save_model)
+    result = _finish(run, save_model, plot)
     dist_utils.cleanup(context)
     return result
 
 
-def _finish(run: _Run, save_model: bool) -> TrainResult:
+def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
     """Load the best weights, test them, write the trained folder, the curve and the summary."""
     model, out = run.model, run.out_dir
     paths = {"checkpoints": run.checkpoint_root, "metrics_log": out / METRICS_LOG}
@@ -546,7 +548,8 @@ def _finish(run: _Run, save_model: bool) -> TrainResult:
             model.save_pretrained(out, dataset_facts=run.split, metrics={"valid": valid, "test": test},
                                   card={"notes": notes})
             paths["model"] = out
-        paths["curve"] = plot_curve(run.history, run.metric_key, out / CURVE)
+        if plot:
+            paths["curve"] = plot_curve(run.history, run.metric_key, out / CURVE)
     summary = dist_utils.broadcast_object(summary, run.context)
     dist_utils.broadcast_parameters(model, run.context)
     result = TrainResult(

@@ -1,0 +1,142 @@
+"""The trainer end to end on small generated data: outputs, learning, early stopping, optimiser groups, schedules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import zoo
+from zoo.data.synthetic import generate_dataset
+from zoo.evaluate import evaluate
+from zoo.train import build_optimizer, parse_metric, train
+
+TINY = {"d_model": 16, "encoder.0.repeat": 1, "train.batch_size": 16}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: tiny models run fastest so, and a busy machine does not stall OpenMP."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate_dataset(num_users=80, num_items=30, length=(6, 16), pattern="markov", noise=0.1, seed=0).split("loo")
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return train("sasrec", data, out, epochs=4, seed=0, overrides=TINY, progress=False), out
+
+
+def test_run_writes_logs_curve_and_a_loadable_trained_folder(finished, data):
+    result, out = finished
+    for name in ("config.json", "model.safetensors", "README.md", "metrics.jsonl", "curve.png", "result.json"):
+        assert (out / name).is_file(), name
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4] == [r["epoch"] for r in result.history]
+    for record in lines:
+        assert {"loss", "lr", "valid", "train_seconds", "eval_seconds", "samples_per_second", "wall"} <= set(record)
+        assert math.isfinite(record["loss"]) and record["lr"] == pytest.approx(1e-3)
+    # The kept weights are the best epoch's: validating them again gives the best logged value.
+    best = max(lines, key=lambda r: r["valid"]["ndcg@10"])
+    assert result.best_epoch == best["epoch"]
+    assert result.valid["ndcg@10"] == pytest.approx(best["valid"]["ndcg@10"], abs=1e-12)
+    loaded = zoo.create(f"local-dir:{out}")
+    test = evaluate(loaded, data, which="test", ks=(10,))
+    assert {k.lower(): v for k, v in test.metrics.items()}["ndcg@10"] == pytest.approx(result.test["ndcg@10"], abs=1e-12)
+    assert loaded.decode_items([1, 2]) == ["1", "2"]
+    assert json.loads((out / "result.json").read_text())["best_epoch"] == result.best_epoch
+
+
+def test_training_learns_the_markov_chain(data, tmp_path):
+    result = train("sasrec", data, tmp_path, epochs=12, seed=0, progress=False, save_model=False, plot=False,
+                   overrides={**TINY, "d_model": 32}, config={"lr": 1e-2})
+    # Chance level is ~ 10 / 30 items for HR@10; most next items follow a fixed successor.
+    assert result.history[-1]["loss"] < result.history[0]["loss"] - 0.5
+    assert result.test["hr@10"] > 0.75
+
+
+def test_finished_run_resumes_to_the_same_result_without_training(finished, data):
+    result, out = finished
+    again = train("sasrec", data, out, epochs=4, seed=0, overrides=TINY, progress=False)
+    assert again.history == result.history and again.test == result.test
+
+
+def test_resuming_a_different_run_is_refused(finished, data):
+    _, out = finished
+    with pytest.raises(ValueError, match="different run.*seed"):
+        train("sasrec", data, out, epochs=4, seed=1, overrides=TINY, progress=False)
+
+
+def test_early_stopping_after_patience_epochs_without_gain(data, tmp_path):
+    # With a negligible learning rate the metric never improves after the first epoch.
+    result = train("sasrec", data, tmp_path, epochs=10, seed=0, overrides=TINY, progress=False, save_model=False, plot=False,
+                   config={"lr": 1e-12, "patience": 2})
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_no_weight_decay_on_ssm_parameters_norms_and_biases():
+    model = zoo.create("mamba4rec", num_items=20, d_model=16)
+    config = model.recipe.train.model_copy(update={"optimizer": "adamw", "weight_decay": 0.1})
+    optimizer = build_optimizer(model, config)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(decay_of) == len(names)
+    exempt = [n for n in names if n.rsplit(".", 1)[-1] in ("A_log", "D", "dt_bias", "bias") or names[n].dim() == 1]
+    assert any(n.endswith("A_log") for n in exempt) and any(names[n].dim() == 2 for n in exempt)  # A_log is 2-D
+    for name, param in names.items():
+        assert decay_of[id(param)] == (0.0 if name in exempt else 0.1), name
+    assert type(optimizer).__name__ == "AdamW"
+
+
+def test_cosine_schedule_with_warmup_is_stepped_per_update(data, tmp_path):
+    result = train("sasrec", data, tmp_path, epochs=4, seed=0, overrides=TINY, progress=False, save_model=False, plot=False,
+                   config={"scheduler": "cosine", "warmup_epochs": 1, "lr": 1e-2, "patience": 10})
+    # timm's cosine over all 4 epochs' updates (warm-up included): lr(t) = lr/2 (1 + cos(pi t / T)) after warm-up;
+    # the logged lr is the one after the epoch's last update, t = epoch * steps_per_epoch.
+    expected = [0.5e-2 * (1 + math.cos(math.pi * epoch / 4)) for epoch in (1, 2, 3)]
+    assert [r["lr"] for r in result.history[:3]] == pytest.approx(expected, rel=1e-9)
+    assert result.history[3]["lr"] < 1e-4
+
+
+@pytest.mark.parametrize("recipe, overrides, config", [
+    ("sasrec", {"encoder.0.layers.0.residual.causal": False, "item_encoder.mask_token": True},
+     {"objective": "masked", "loss": "ce", "lr": 1e-2}),
+    ("sasrec", {}, {"objective": "random_cut", "loss": "sampled_softmax", "num_negatives": 5, "grad_clip": 1.0, "lr": 1e-2}),
+    ("gru4rec", {"d_model": 16}, {"objective": "last", "loss": "bce", "num_negatives": 3, "optimizer": "sgd", "lr": 0.05}),
+])
+def test_every_objective_and_loss_trains(data, tmp_path, recipe, overrides, config):
+    tiny = TINY if recipe == "sasrec" else {"train.batch_size": 32}
+    result = train(recipe, data, tmp_path, epochs=3, seed=0, overrides={**tiny, **overrides}, config=config,
+                   progress=False, save_model=False, plot=False)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert result.history[2]["loss"] < result.history[0]["loss"]
+
+
+def test_bf16_autocast_on_cpu(data, tmp_path):
+    result = train("sasrec", data, tmp_path, epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False,
+                   precision="bf16")
+    assert math.isfinite(result.history[0]["loss"]) and 0 <= result.test["ndcg@10"] <= 1
+
+
+def test_bad_settings_are_reported(data, tmp_path):
+    with pytest.raises(ValueError, match="valid_metric 'ndcg10'"):
+        parse_metric("ndcg10")
+    with pytest.raises(ValueError, match="objective 'all' needs a causal model"):
+        train("sasrec", data, tmp_path, epochs=1, overrides={**TINY, "readout": "mean"}, progress=False)
+    with pytest.raises(ValueError, match="optimizer 'nope'"):
+        train("sasrec", data, tmp_path, epochs=1, overrides=TINY, config={"optimizer": "nope"}, progress=False)
+    model = zoo.create("sasrec", num_items=data.dataset.num_items + 1, **TINY)
+    with pytest.raises(ValueError, match="scores 31 items but the dataset has 30"):
+        train(model, data, tmp_path, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="architecture"):
+        train(zoo.create("sasrec", num_items=30, **TINY), data, tmp_path, overrides={"d_model": 8}, progress=False)
