@@ -213,3 +213,26 @@ def test_cuda_kernel_matches_pure_path():
     finally:
         del os.environ["SEQREC_ZOO_PURE_SSM"]
     torch.testing.assert_close(y_pure.cpu(), y, rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_shrinks_until_the_log_decay_range_fits():
+    """``_pure_chunk`` halves the chunk until no chunk spans a log-decay range above the limit."""
+    dA = torch.full((1, 64, 2), -1.0)
+    assert ssd._pure_chunk(dA, 64) == 64  # range 63 per chunk
+    dA[0, 11, 1] = -200.0  # a step beyond the limit: only one-step chunks (range 0) keep it off a range
+    assert ssd._pure_chunk(dA, 64) == 1
+    dA = torch.full((1, 64, 2), -3.0)
+    assert ssd._pure_chunk(dA, 64) == 32  # 63 * 3 > 120 >= 31 * 3
+
+
+def test_mixed_weak_and_strong_decay_float32_matches_loop():
+    """Heads and steps with log-decays from -0.01 to -60 per step: the split decay factors stay finite."""
+    x, dt, A, B, C = make_inputs(b=2, l=70, h=4, p=3, g=2, n=5, dtype=torch.float32, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    dt = torch.rand(2, 70, 4, generator=gen) * 2
+    A = torch.tensor([-0.01, -1.0, -8.0, -30.0])
+    y, final = ssd_scan(x, dt, A, B, C, chunk_size=64, return_final_states=True)
+    y_ref, final_ref = loop_reference(*(t.double() for t in (x, dt, A, B, C)))
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(final.double(), final_ref, rtol=1e-4, atol=1e-4)

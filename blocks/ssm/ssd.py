@@ -12,8 +12,10 @@ Triton kernel.
 
 The pure-PyTorch path is the chunked matmul form (paper §6, Listing 1): the sequence is cut into
 chunks of ``Q`` steps; inside a chunk the output is a masked attention-like product
-``Y = (L ∘ C B^T) (dt x)`` with the decay matrix ``L[i, j] = exp(cumA_i - cumA_j)`` for ``j <= i``
-(exponents <= 0 for A <= 0, computed from differences, never as a ratio of exponentials); each
+``Y = (L ∘ C B^T) (dt x)`` with the decay matrix ``L[i, j] = exp(cumA_i - cumA_j)`` for ``j <= i``.
+``L`` is split as ``exp(cumA_i - m) exp(m - cumA_j)`` around the chunk's centre ``m``, so the masked
+``C B^T`` is shared by all heads of a group and the product is one matmul over all of them; the
+chunk is chosen small enough that the factors stay within ``exp(±60)`` (no fp32 overflow). Each
 chunk's contribution to the state is one matmul, and states pass from chunk to chunk by a
 sequential loop over chunks. Chunks are processed in blocks sized to a fixed working-set budget,
 so memory grows with the chunk size and the block, not with ``l × d_state``; under autograd each
@@ -36,9 +38,12 @@ from blocks.ssm._dispatch import use_cuda_kernels
 # Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
 # a CPU the intra-chunk work (``O(Q)`` per step) dominates beyond this size.
 PURE_MAX_CHUNK = 32
-# Elements of the largest per-block intermediate (the ``(b, k, h, Q, Q)`` decay matrix): a few MB,
-# small enough to stay in the allocator's reusable heap and near the caches.
+# Elements of the largest per-block intermediates (``(b, k, Q, h·p)`` inputs and ``(b, k, n, h·p)``
+# states): a few MB, small enough to stay in the allocator's reusable heap and near the caches.
 BLOCK_BUDGET_ELEMENTS = 1 << 21
+# Largest log-decay range ``a_1 - a_Q`` allowed inside a chunk: the split decay factors then lie in
+# ``[exp(-60), exp(60)]``, far from fp32's overflow (exp(88)) and subnormals (exp(-87)).
+MAX_CHUNK_LOG_DECAY = 120.0
 
 
 def ssd_scan(
@@ -63,8 +68,9 @@ def ssd_scan(
     ``(h,)``; ``initial_states`` ``(b, h, p, n)``. Returns ``y (b, l, h, p)`` and, with
     ``return_final_states``, the state after the last step ``(b, h, p, n)``.
 
-    ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 32, l)`` (the
-    result is the same up to rounding). Half-precision inputs are computed in float32 on the pure
+    ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 32, l)``, halved
+    while some chunk's log-decay range exceeds ``MAX_CHUNK_LOG_DECAY`` (the result is the same up to
+    rounding). Half-precision inputs are computed in float32 on the pure
     path and returned in their dtype.
     """
     _check_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
@@ -133,8 +139,8 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     if l == 0:
         return x.new_zeros(x.shape), initial_states.to(out_dtype)
     state = _group_major(initial_states.to(dtype), g)
-    chunk = min(chunk_size, PURE_MAX_CHUNK, l)
-    chunks_per_block = max(1, BLOCK_BUDGET_ELEMENTS // (b * h * chunk * chunk))
+    chunk = _pure_chunk(dA.detach(), min(chunk_size, PURE_MAX_CHUNK, l))
+    chunks_per_block = max(1, BLOCK_BUDGET_ELEMENTS // (b * h * p * max(chunk, n)))
     block_len = chunk * chunks_per_block
     grad_mode = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, initial_states)
@@ -164,9 +170,16 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
 def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor]:
     """SSD over one block of consecutive steps, starting from ``state``; returns ``(y, state)``.
 
-    ``state`` is kept group-major, ``(b, g, n, heads_per_group · p)``, so that the state matmuls
-    multiply all heads of a group at once. The block is zero-padded at its end to a whole number of
-    chunks: padded steps have ``dt = 0``, so they neither decay nor feed the state.
+    ``state`` is kept group-major, ``(b, g, n, heads_per_group · p)``, so that every matmul multiplies
+    all heads of a group at once. The block is zero-padded at its end to a whole number of chunks:
+    padded steps have ``dt = 0``, so they neither decay nor feed the state.
+
+    Inside a chunk the decay ``exp(a_i - a_j)`` (``a`` the within-chunk cumulative log-decay) is
+    split as ``exp(a_i - m) · exp(m - a_j)`` around the chunk's centre ``m = (a_1 + a_Q) / 2``, so the
+    masked score matrix ``C B^T`` is shared by all heads and every product is one matmul over the
+    heads. Both factors lie in ``[exp(-r/2), exp(r/2)]`` for the chunk's log-decay range ``r``, which
+    ``_pure_chunk`` keeps below ``MAX_CHUNK_LOG_DECAY``. ``m`` is a constant of the algebra (the
+    result does not depend on it), so it is detached: the gradient through it is exactly zero.
     """
     dtype = state.dtype
     b, T, h, p = x.shape
@@ -177,41 +190,62 @@ def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor
     dt, dA = _pad_time(dt, pad), _pad_time(dA, pad)
     k = (T + pad) // chunk
 
-    a_cum = dA.view(b, k, chunk, g, hg).cumsum(2).permute(0, 1, 3, 4, 2)  # (b, k, g, hg, Q): within-chunk log-decay
-    x_dt = (x * dt.unsqueeze(-1)).view(b, k, chunk, g, hg, p)
-    x_by_head = x_dt.permute(0, 1, 3, 4, 2, 5).contiguous()  # (b, k, g, hg, Q, p)
-    Bg = B.view(b, k, chunk, g, n).transpose(2, 3).contiguous()  # (b, k, g, Q, n)
-    Cg = C.view(b, k, chunk, g, n).transpose(2, 3).contiguous()
+    a_cum = dA.view(b, k, chunk, h).cumsum(2)  # (b, k, Q, h): within-chunk log-decay
+    centre = (0.5 * (a_cum[:, :, :1] + a_cum[:, :, -1:])).detach()  # (b, k, 1, h)
+    # Inputs weighted by their decay to the centre: X'_j = exp(m - a_j) dt_j x_j, group-major.
+    weight = torch.exp(centre - a_cum) * dt.view(b, k, chunk, h)
+    x_w = (x.view(b, k, chunk, g, hg, p) * weight.view(b, k, chunk, g, hg, 1)).transpose(2, 3)
+    x_w = x_w.reshape(b, k, g, chunk, hg * p).contiguous()
+    Bg = B.view(b, k, chunk, g, n).transpose(2, 3)  # (b, k, g, Q, n)
+    Cg = C.view(b, k, chunk, g, n).transpose(2, 3)
 
-    # Intra-chunk: y_i = sum_{j <= i} (C_i . B_j) exp(a_i - a_j) dt_j x_j.
-    segment = a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)  # (b, k, g, hg, Q, Q): a_i - a_j
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(segment.masked_fill(~causal, float("-inf")))
-    scores = Cg @ Bg.transpose(-1, -2)  # (b, k, g, Q, Q)
-    y = (decay * scores.unsqueeze(3)) @ x_by_head  # (b, k, g, hg, Q, p)
-
-    # Each chunk's own contribution to the state at its end: sum_j exp(a_Q - a_j) dt_j B_j x_j^T.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, k, g, hg, Q)
-    x_to_end = (x_dt * to_end.permute(0, 1, 4, 2, 3).unsqueeze(-1)).transpose(2, 3)  # (b, k, g, Q, hg, p)
-    chunk_states = Bg.transpose(-1, -2) @ x_to_end.reshape(b, k, g, chunk, hg * p)  # (b, k, g, n, hg·p)
-
-    # Pass states across chunks: S_in(c + 1) = exp(a_Q(c)) S_in(c) + chunk_states(c).
-    # ``unbind`` once: indexing inside the loop would give every step a full-size gradient.
-    chunk_decay = torch.exp(a_cum[..., -1]).view(b, k, g, 1, hg, 1).unbind(1)
+    # Each chunk's input to the state at its centre: sum_j B_j X'_j^T.
+    chunk_states = Bg.transpose(-1, -2) @ x_w  # (b, k, g, n, hg·p)
+    # Pass states across chunks, each kept scaled to its chunk's centre: R_c = exp(m_c) S_in(c), and
+    # S_in(c + 1) = exp(a_Q(c) - m_c) (R_c + chunk_states(c)). ``unbind`` once: indexing inside the
+    # loop would give every step a full-size gradient.
+    to_end = a_cum[:, :, -1] - centre[:, :, 0]  # (b, k, h): log-decay from the centre to the chunk's end
+    next_centre = torch.cat([centre[:, 1:, 0], torch.zeros_like(centre[:, :1, 0])], dim=1)
+    carry = torch.exp(to_end + next_centre).view(b, k, g, 1, hg, 1).unbind(1)
+    scaled = _scale_heads(state, torch.exp(centre[:, 0, 0]).view(b, g, hg))
     states_in = []
-    for decay_c, state_c in zip(chunk_decay, chunk_states.unbind(1)):
-        states_in.append(state)
-        state = (state.view(b, g, n, hg, p) * decay_c).view(b, g, n, hg * p) + state_c
+    for carry_c, state_c in zip(carry, chunk_states.unbind(1)):
+        states_in.append(scaled)
+        scaled = ((scaled + state_c).view(b, g, n, hg, p) * carry_c).view(b, g, n, hg * p)
     states_in = torch.stack(states_in, dim=1)  # (b, k, g, n, hg·p)
 
-    # Inter-chunk: y_i += exp(a_i) C_i . S_in.
-    y_prev = (Cg @ states_in).view(b, k, g, chunk, hg, p) * torch.exp(a_cum).transpose(3, 4).unsqueeze(-1)
-    y = (y.transpose(3, 4) + y_prev).permute(0, 1, 3, 2, 4, 5).reshape(b, k * chunk, h, p)[:, :T]
+    # y_i = exp(a_i - m) (sum_{j <= i} (C_i . B_j) X'_j + C_i R_c).
+    scores = (Cg @ Bg.transpose(-1, -2)).tril()  # (b, k, g, Q, Q)
+    y = torch.baddbmm(
+        (Cg @ states_in).view(b * k * g, chunk, hg * p), scores.view(-1, chunk, chunk), x_w.view(-1, chunk, hg * p)
+    )
+    decay_out = torch.exp(a_cum - centre).view(b, k, chunk, g, hg, 1)
+    y = (y.view(b, k, g, chunk, hg, p).transpose(2, 3) * decay_out).reshape(b, k * chunk, h, p)[:, :T]
     if D is not None:
         y = y + x[:, :T] * (D.unsqueeze(-1) if D.dim() == 1 else D)
     if z is not None:
         y = y * F.silu(z.to(dtype))
-    return y, state
+    return y, scaled
+
+
+def _pure_chunk(dA: Tensor, chunk: int) -> int:
+    """The largest chunk ``<= chunk`` (halving) whose every within-chunk log-decay range is at most
+    ``MAX_CHUNK_LOG_DECAY``; 1 always qualifies (a one-step chunk has range 0)."""
+    b, l, h = dA.shape
+    while chunk > 1:
+        steps = F.pad(dA, (0, 0, 0, (-l) % chunk)).view(b, -1, chunk, h)
+        log_range = steps[:, :, 0] - steps.sum(2)  # a_1 - a_Q >= 0
+        if log_range.max() <= MAX_CHUNK_LOG_DECAY:
+            break
+        chunk = (chunk + 1) // 2
+    return chunk
+
+
+def _scale_heads(state: Tensor, scale: Tensor) -> Tensor:
+    """``state (b, g, n, hg · p)`` times a per-head ``scale (b, g, hg)``."""
+    b, g, n, _ = state.shape
+    hg = scale.shape[-1]
+    return (state.view(b, g, n, hg, -1) * scale.view(b, g, 1, hg, 1)).view(b, g, n, -1)
 
 
 def _group_major(state: Tensor, ngroups: int) -> Tensor:
