@@ -155,8 +155,8 @@ def test_gradcheck_all_inputs():
     assert torch.autograd.gradcheck(fn, (x, dt, A, B, C, D, z, dt_bias, init))
 
 
-def test_gradients_with_block_recomputation(monkeypatch):
-    """With several blocks the backward recomputes each block; gradients must equal the loop's."""
+def test_gradients_across_blocks(monkeypatch):
+    """With several blocks the state passes from block to block; gradients must equal the loop's."""
     monkeypatch.setattr(ssd, "BLOCK_BUDGET_ELEMENTS", 1)  # one chunk per block
     x, dt, A, B, C = make_inputs(b=2, l=23, h=2, p=2, g=1, n=3, requires_grad=True)
     init = torch.randn(2, 2, 2, 3, dtype=torch.float64, requires_grad=True)

@@ -18,8 +18,9 @@ chunks of ``Q`` steps; inside a chunk the output is a masked attention-like prod
 chunk is chosen small enough that the factors stay within ``exp(±60)`` (no fp32 overflow). Each
 chunk's contribution to the state is one matmul, and states pass from chunk to chunk by a
 sequential loop over chunks. Chunks are processed in blocks sized to a fixed working-set budget,
-so memory grows with the chunk size and the block, not with ``l × d_state``; under autograd each
-block is recomputed in the backward (activation checkpointing) when there is more than one.
+so memory grows with the chunk size and the block, not with ``l × d_state``. The matmul core of a
+block is a ``torch.autograd.Function`` with a hand-written backward (``_ChunkedScan``) that keeps
+only its inputs and the chunk-boundary states.
 
 On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead.
 """
@@ -31,7 +32,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from blocks.ssm._dispatch import use_cuda_kernels
 
@@ -145,7 +145,6 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     grad_mode = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, initial_states)
     )
-    recompute = grad_mode and l > block_len
     D = D.to(dtype) if D is not None else None
     outputs = []
     out = None if grad_mode else torch.empty(b, l, h, p, dtype=out_dtype, device=x.device)
@@ -155,10 +154,7 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     for start, pieces in zip(range(0, l, block_len), zip(*blocks)):
         end = start + pieces[0].shape[1]
         args = (chunk, *pieces, D, state)
-        if recompute:
-            y, state = checkpoint(_ssd_block, *args, use_reentrant=False)
-        else:
-            y, state = _ssd_block(*args)
+        y, state = _ssd_block(*args)
         if out is None:
             outputs.append(y.to(out_dtype))
         else:
@@ -199,33 +195,79 @@ def _ssd_block(chunk: int, x, dt, dA, B, C, z, D, state) -> tuple[Tensor, Tensor
     Bg = B.view(b, k, chunk, g, n).transpose(2, 3)  # (b, k, g, Q, n)
     Cg = C.view(b, k, chunk, g, n).transpose(2, 3)
 
-    # Each chunk's input to the state at its centre: sum_j B_j X'_j^T.
-    chunk_states = Bg.transpose(-1, -2) @ x_w  # (b, k, g, n, hg·p)
-    # Pass states across chunks, each kept scaled to its chunk's centre: R_c = exp(m_c) S_in(c), and
-    # S_in(c + 1) = exp(a_Q(c) - m_c) (R_c + chunk_states(c)). ``unbind`` once: indexing inside the
-    # loop would give every step a full-size gradient.
     to_end = a_cum[:, :, -1] - centre[:, :, 0]  # (b, k, h): log-decay from the centre to the chunk's end
     next_centre = torch.cat([centre[:, 1:, 0], torch.zeros_like(centre[:, :1, 0])], dim=1)
-    carry = torch.exp(to_end + next_centre).view(b, k, g, 1, hg, 1).unbind(1)
+    carry = torch.exp(to_end + next_centre).view(b, k, g, hg)
     scaled = _scale_heads(state, torch.exp(centre[:, 0, 0]).view(b, g, hg))
-    states_in = []
-    for carry_c, state_c in zip(carry, chunk_states.unbind(1)):
-        states_in.append(scaled)
-        scaled = ((scaled + state_c).view(b, g, n, hg, p) * carry_c).view(b, g, n, hg * p)
-    states_in = torch.stack(states_in, dim=1)  # (b, k, g, n, hg·p)
-
-    # y_i = exp(a_i - m) (sum_{j <= i} (C_i . B_j) X'_j + C_i R_c).
-    scores = (Cg @ Bg.transpose(-1, -2)).tril()  # (b, k, g, Q, Q)
-    y = torch.baddbmm(
-        (Cg @ states_in).view(b * k * g, chunk, hg * p), scores.view(-1, chunk, chunk), x_w.view(-1, chunk, hg * p)
-    )
+    y, state = _ChunkedScan.apply(x_w, Bg.contiguous(), Cg.contiguous(), carry, scaled)
     decay_out = torch.exp(a_cum - centre).view(b, k, chunk, g, hg, 1)
     y = (y.view(b, k, g, chunk, hg, p).transpose(2, 3) * decay_out).reshape(b, k * chunk, h, p)[:, :T]
     if D is not None:
         y = y + x[:, :T] * (D.unsqueeze(-1) if D.dim() == 1 else D)
     if z is not None:
         y = y * F.silu(z.to(dtype))
-    return y, scaled
+    return y, state
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """The matmul core of one block, with a hand-written backward (no tape inside the block).
+
+    Per chunk ``c`` (batched over rows and groups; ``X'`` the centre-weighted inputs, ``f`` the per-head
+    carry factor ``exp(m_{c+1} + a_Q - m_c)``, ``R`` the state scaled to the chunk's centre)::
+
+        Y_c     = tril(C_c B_c^T) X'_c + C_c R_c
+        R_{c+1} = f_c ⊙ (R_c + B_c^T X'_c)
+
+    Inputs: ``X' (b, k, g, Q, hg·p)``, ``B``, ``C`` ``(b, k, g, Q, n)``, ``carry (b, k, g, hg)``,
+    ``R_1 (b, g, n, hg·p)``. Returns ``Y (b, k, g, Q, hg·p)`` and ``R_{k+1}``. Only the inputs and the
+    chunk-boundary states ``R_c`` are kept for the backward, which runs the adjoint recurrence
+    ``dR_c = C_c^T dY_c + f_c ⊙ dR_{c+1}`` backwards over chunks and batches everything else as matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, x_w: Tensor, B: Tensor, C: Tensor, carry: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        b, k, g, Q, hgp = x_w.shape
+        n, hg = B.shape[-1], carry.shape[-1]
+        entering = x_w.new_empty(b, k, g, n, hgp)  # R_c, the state entering each chunk
+        fed = B.transpose(-1, -2) @ x_w  # B_c^T X'_c, updated in place to R_{c+1}
+        for c in range(k):
+            entering[:, c] = state
+            state = fed[:, c].add_(state).view(b, g, n, hg, -1).mul_(carry[:, c].view(b, g, 1, hg, 1)).view(b, g, n, hgp)
+        y = C @ entering
+        y.view(-1, Q, hgp).baddbmm_(_scores(B, C).view(-1, Q, Q), x_w.view(-1, Q, hgp))
+        ctx.save_for_backward(x_w, B, C, carry, entering)
+        return y, state.clone()
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dstate: Tensor) -> tuple[Tensor, ...]:
+        x_w, B, C, carry, entering = ctx.saved_tensors
+        b, k, g, Q, hgp = x_w.shape
+        n, hg = B.shape[-1], carry.shape[-1]
+        dy = dy.contiguous()
+        d_entering = C.transpose(-1, -2) @ dy  # C_c^T dY_c, completed in place to dR_c
+        leaving = (B.transpose(-1, -2) @ x_w).add_(entering)  # R_c + B_c^T X'_c
+        d_leaving = torch.empty_like(leaving)  # d(R_c + B_c^T X'_c) = f_c ⊙ dR_{c+1}
+        d_carry = torch.empty_like(carry)
+        d_next = dstate.contiguous()
+        for c in reversed(range(k)):
+            f = carry[:, c].view(b, g, 1, hg, 1)
+            torch.mul(d_next.view(b, g, n, hg, -1), f, out=d_leaving[:, c].view(b, g, n, hg, -1))
+            d_carry[:, c] = leaving[:, c].mul_(d_next).view(b, g, n, hg, -1).sum((2, 4))
+            d_next = d_entering[:, c].add_(d_leaving[:, c])
+        scores = _scores(B, C)
+        dx_w = B @ d_leaving
+        dx_w.view(-1, Q, hgp).baddbmm_(scores.view(-1, Q, Q).transpose(-1, -2), dy.view(-1, Q, hgp))
+        d_scores = (dy @ x_w.transpose(-1, -2)).tril_()
+        dC = dy @ entering.transpose(-1, -2)
+        dC.view(-1, Q, n).baddbmm_(d_scores.view(-1, Q, Q), B.view(-1, Q, n))
+        dB = x_w @ d_leaving.transpose(-1, -2)
+        dB.view(-1, Q, n).baddbmm_(d_scores.view(-1, Q, Q).transpose(-1, -2), C.view(-1, Q, n))
+        return dx_w, dB, dC, d_carry, d_next
+
+
+def _scores(B: Tensor, C: Tensor) -> Tensor:
+    """``tril(C B^T)`` per chunk: ``(..., Q, n)`` pair -> ``(..., Q, Q)``."""
+    return (C @ B.transpose(-1, -2)).tril_()
 
 
 def _pure_chunk(dA: Tensor, chunk: int) -> int:
