@@ -41,6 +41,8 @@ PURE_MAX_CHUNK = 32
 # Elements of the largest per-block intermediates (``(b, k, Q, h·p)`` inputs and ``(b, k, n, h·p)``
 # states): a few MB, small enough to stay in the allocator's reusable heap and near the caches.
 BLOCK_BUDGET_ELEMENTS = 1 << 21
+# Longest block: bounds the temporaries to a fraction of a long sequence's inputs + outputs at small batch.
+MAX_BLOCK_STEPS = 512
 # Largest log-decay range ``a_1 - a_Q`` allowed inside a chunk: the split decay factors then lie in
 # ``[exp(-60), exp(60)]``, far from fp32's overflow (exp(88)) and subnormals (exp(-87)).
 MAX_CHUNK_LOG_DECAY = 120.0
@@ -140,7 +142,7 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
         return x.new_zeros(x.shape), initial_states.to(out_dtype)
     state = _group_major(initial_states.to(dtype), g)
     chunk = _pure_chunk(dA.detach(), min(chunk_size, PURE_MAX_CHUNK, l))
-    chunks_per_block = max(1, BLOCK_BUDGET_ELEMENTS // (b * h * p * max(chunk, n)))
+    chunks_per_block = max(1, min(BLOCK_BUDGET_ELEMENTS // (b * h * p * max(chunk, n)), MAX_BLOCK_STEPS // chunk))
     block_len = chunk * chunks_per_block
     grad_mode = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, initial_states)
