@@ -29,6 +29,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    owns_group: bool = False  # True when :func:`setup` created the process group (and :func:`cleanup` ends it)
 
     @property
     def enabled(self) -> bool:
@@ -54,16 +55,18 @@ def setup(device: str | torch.device = "cpu") -> tuple[DistContext, torch.device
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend()), device
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), owns_group), device
 
 
 def cleanup(context: DistContext) -> None:
-    """Leave the process group (after a final barrier so no process exits while others still talk)."""
+    """Leave the process group :func:`setup` created (after a barrier, so no process exits while others still talk)."""
     if context.enabled and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if context.owns_group:
+            dist.destroy_process_group()
 
 
 def shard(indices: np.ndarray, context: DistContext) -> np.ndarray:

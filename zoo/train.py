@@ -48,7 +48,7 @@ from zoo import distributed as dist_utils
 from zoo.data.batching import trim_padding
 from zoo.data.dataset import InteractionDataset
 from zoo.data.split import DataSplit
-from zoo.evaluate import METRIC_LABELS, METRICS, evaluate
+from zoo.evaluate import METRICS, evaluate
 from zoo.model import SeqRecModel
 from zoo.objectives import TrainingSamples, add_negatives, count_targets, loss_terms, training_samples
 from zoo.recipe import Recipe, TrainConfig
@@ -230,8 +230,8 @@ class _Run:
         self.model, self.split, self.config, self.out_dir, self.seed = model, split, config, out_dir, seed
         self.device, self.context, self.progress = device, context, progress
         self.checkpoint_every = checkpoint_every
-        self.metric_name, metric_k = parse_metric(config.valid_metric)
-        self.metric_key = f"{self.metric_name}@{metric_k}"
+        metric_name, metric_k = parse_metric(config.valid_metric)
+        self.metric_key = f"{metric_name}@{metric_k}"
         self.eval_ks = tuple(sorted({*eval_ks, metric_k}))
         self.samples: TrainingSamples = training_samples(model, split.train, config, seed)
         self.epoch_size = self.samples.epoch_size(0)
