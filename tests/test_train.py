@@ -33,7 +33,7 @@ def data():
 @pytest.fixture(scope="module")
 def finished(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return train("sasrec", data, out, epochs=4, seed=0, overrides=TINY, progress=False), out
+    return train("sasrec", data, out, epochs=4, seed=0, overrides=TINY, progress=True), out  # bars on stderr
 
 
 def test_run_writes_logs_curve_and_a_loadable_trained_folder(finished, data):
@@ -44,7 +44,7 @@ def test_run_writes_logs_curve_and_a_loadable_trained_folder(finished, data):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4] == [r["epoch"] for r in result.history]
     for record in lines:
-        assert {"loss", "lr", "valid", "train_seconds", "eval_seconds", "samples_per_second", "wall"} <= set(record)
+        assert {"loss", "lr", "valid", "train_seconds", "eval_seconds", "targets_per_second", "wall"} <= set(record)
         assert math.isfinite(record["loss"]) and record["lr"] == pytest.approx(1e-3)
     # The kept weights are the best epoch's: validating them again gives the best logged value.
     best = max(lines, key=lambda r: r["valid"]["ndcg@10"])

@@ -55,7 +55,7 @@ def deterministic():
 
 
 def without_timing(history):
-    timing = {"train_seconds", "eval_seconds", "samples_per_second", "wall"}
+    timing = {"train_seconds", "eval_seconds", "targets_per_second", "wall"}
     return [{k: v for k, v in record.items() if k not in timing} for record in history]
 
 

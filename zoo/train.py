@@ -5,7 +5,8 @@ One run writes into ``out_dir``:
 - ``checkpoints/step-*/`` -- the latest checkpoint (see :mod:`zoo.checkpoint`), after every
   epoch and, with ``checkpoint_every=N``, every ``N`` optimiser steps;
 - ``metrics.jsonl`` -- one JSON object per epoch: mean training loss per target, learning
-  rate, validation metrics, seconds spent training / evaluating, training samples per second,
+  rate, validation metrics, seconds spent training / evaluating, training throughput (prediction
+  targets per second: one per sample for ``last``, one per position for ``all``),
   wall time since the run began (rewritten atomically from the checkpointed history, so a
   resumed run never repeats or loses a line);
 - ``curve.png`` -- training loss and the validation metric per epoch;
@@ -375,7 +376,7 @@ class _Run:
                 elapsed = time.perf_counter() - begun
                 rate = seen * self.context.world_size / elapsed if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{(self.loss_sum + float(running)) / max(self.loss_count, 1):.4f}",
-                                samples_per_s=f"{rate:,.0f}", refresh=False)
+                                targets_per_s=f"{rate:,.0f}", refresh=False)
             if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < self.steps_per_epoch:
                 self.loss_sum += float(running)
                 running.zero_()
@@ -410,7 +411,7 @@ class _Run:
                 "epoch": self.epoch + 1, "loss": loss_sum / max(loss_count, 1),
                 "lr": self.optimizer.param_groups[0]["lr"], "valid": valid,
                 "train_seconds": self.epoch_seconds, "eval_seconds": eval_seconds,
-                "samples_per_second": loss_count / self.epoch_seconds if self.epoch_seconds > 0 else None,
+                "targets_per_second": loss_count / self.epoch_seconds if self.epoch_seconds > 0 else None,
                 "wall": self.wall(), "best_epoch": self.best_epoch + 1,
             }
             self.history.append(record)
