@@ -1,4 +1,4 @@
-"""The ``zoo`` command line: list, info (train, eval and recommend build on zoo.train / zoo.evaluate)."""
+"""The ``zoo`` command line: list, info, train, eval, recommend."""
 
 from __future__ import annotations
 
@@ -73,6 +73,58 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def trained_name(path: str) -> str:
+    """A trained folder argument as ``zoo.create`` takes it (a bare directory means ``local-dir:``)."""
+    from zoo.factory import PRETRAINED_PREFIXES
+
+    return path if path.startswith(PRETRAINED_PREFIXES) else f"local-dir:{path}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from zoo.train import train
+
+    result = train(
+        args.recipe, args.data, args.out, epochs=args.epochs, seed=args.seed, overrides=parse_sets(args.set),
+        resume=not args.restart, device=args.device, progress=not args.quiet,
+    )
+    rows = [[metric, f"{result.valid.get(metric, float('nan')):.4f}", f"{result.test[metric]:.4f}"] for metric in sorted(result.test)]
+    print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.train_seconds:.0f} s training); trained folder: {result.out_dir}")
+    print(table(rows, ["metric", "valid", "test"]))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zoo.data import load_dataset
+    from zoo.evaluate import evaluate
+    from zoo.hub import load_config
+
+    name = trained_name(args.model)
+    model = zoo.create(name, pretrained=True)
+    facts = load_config(name).get("dataset", {})
+    dataset = load_dataset(args.data, **facts.get("preprocessing", {}))
+    stored = getattr(model, "item_vocab", None)
+    if stored is not None and list(stored.raw_ids) != list(dataset.item_vocab.raw_ids):
+        raise ValueError(f"{args.data}'s items differ from the items {args.model} was trained on; evaluate on the same data")
+    split = dataset.split(facts.get("split", {}).get("method", "loo"))
+    result = evaluate(model, split, which=args.split, mode=args.mode, ks=args.k, num_negatives=args.negatives, seed=args.seed)
+    print(f"{model.recipe.name} on {args.data} ({args.split} split, {args.mode} ranking, {len(result.ranks)} users)")
+    print(result.table())
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    model = zoo.create(trained_name(args.model), pretrained=True)
+    raw = [r.strip() for r in args.history.split(",") if r.strip()]
+    history = model.encode_items(raw, unknown=args.unknown).tolist()
+    if not history:
+        raise ValueError(f"none of the history's items {raw} is known to the model; nothing to recommend from")
+    top = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen)
+    items = model.decode_items(top.items[0])
+    print(table([[str(i + 1), item, f"{score:.4f}"] for i, (item, score) in enumerate(zip(items, top.scores[0].tolist()))],
+                ["rank", "item", "score"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="seqrec-zoo: sequential recommendation models from recipes")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", type=int, default=50, help="sequence length for the FLOP count")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, repeatable")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a recipe on a dataset; writes a trained folder (Hub layout)")
+    p.add_argument("recipe", help="bundled model name or recipe path")
+    p.add_argument("--data", required=True, help="'ml-100k', a RecBole .inter file/folder, or a CSV/TSV log")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics.jsonl, curve.png, the trained model)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, e.g. train.lr=3e-4")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming from the folder's checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained folder on a dataset's test (or valid) split")
+    p.add_argument("model", help="trained folder (DIR or local-dir:DIR) or hf-hub:org/name")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument("--mode", choices=["full", "sampled"], default="full", help="rank against all items or 1 + N sampled")
+    p.add_argument("--negatives", type=int, default=100, help="with --mode sampled: negatives per user")
+    p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
+    p.add_argument("--seed", type=int, default=0, help="with --mode sampled: the negatives' seed")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
+    p.add_argument("model", help="trained folder (DIR or local-dir:DIR) or hf-hub:org/name")
+    p.add_argument("--history", required=True, help="raw item ids, oldest first, comma-separated")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the history")
+    p.add_argument("--unknown", choices=["error", "skip"], default="error", help="what to do with ids the model does not know")
+    p.set_defaults(func=cmd_recommend)
     return parser
 
 
@@ -96,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"zoo {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
