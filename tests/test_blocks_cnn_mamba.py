@@ -13,20 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from blocks.se_conv import MaskedConv1d
+from padding import left_padded
 from zoo.registry import create_block
 
 ATOL = 1e-5
-
-
-def left_padded(lengths: list[int], width: int, d: int, seed: int = 0):
-    """Random real items, large garbage at pads, and the mask."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        mask[b, width - n:] = True
-    x = torch.randn(len(lengths), width, d, generator=g)
-    x = torch.where(mask[..., None], x, 100 * torch.randn(x.shape, generator=g))
-    return x, mask
 
 
 def conv_loop(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, left: int) -> torch.Tensor:

@@ -14,20 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from blocks.bidirectional_mamba import partial_flip_index
+from padding import left_padded
 from zoo.registry import create_block
 
 ATOL = 1e-5
 SMALL_MAMBA = {"d_state": 4, "expand": 1}
-
-
-def left_padded(lengths: list[int], width: int, d: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        mask[b, width - n:] = True
-    x = torch.randn(len(lengths), width, d, generator=g)
-    x = torch.where(mask[..., None], x, 100 * torch.randn(x.shape, generator=g))
-    return x, mask
 
 
 def labels_after_flip(block, lengths: list[int], width: int) -> list[list[int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from padding import left_padded as padded_inputs
 from zoo.registry import context_kwargs, get_block, list_blocks
 
 D, V, L = 16, 30, 12
@@ -39,11 +40,7 @@ def build(name: str, kwargs: dict):
 def left_padded(lengths: list[int], width: int, seed: int = 1):
     """Random inputs with GARBAGE at padded positions, the mask, item ids and timestamps."""
     g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        mask[b, width - n:] = True
-    x = torch.randn(len(lengths), width, D, generator=g)
-    x = torch.where(mask[..., None], x, 10 * torch.randn(x.shape, generator=g))
+    x, mask = padded_inputs(lengths, width, D, garbage=10.0, generator=g)
     ids = torch.randint(1, V + 1, mask.shape, generator=g) * mask
     start = 8.8e8 + 1e7 * torch.rand(len(lengths), 1, generator=g)
     gaps = 86400 * 30 * torch.rand(mask.shape, generator=g)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from padding import left_padded
 from zoo.registry import create_block
 
 ATOL = 1e-5
@@ -18,11 +19,7 @@ def sig(v: float) -> float:
 
 def inputs(k: int, lengths: list[int], width: int, d: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        mask[b, width - n:] = True
-    x = torch.randn(len(lengths), width, d, generator=g)
-    x = torch.where(mask[..., None], x, 100 * torch.randn(x.shape, generator=g))
+    x, mask = left_padded(lengths, width, d, generator=g)
     streams = [torch.randn(len(lengths), width, d, generator=g) for _ in range(k)]
     return streams, mask, x
 
