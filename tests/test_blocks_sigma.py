@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from blocks.bidirectional_mamba import partial_flip_index
-from padding import left_padded
+from padding import left_mask, left_padded
 from zoo.registry import create_block
 
 ATOL = 1e-5
@@ -23,9 +23,7 @@ SMALL_MAMBA = {"d_state": 4, "expand": 1}
 
 def labels_after_flip(block, lengths: list[int], width: int) -> list[list[int]]:
     """Flip a batch whose real items are labelled 1..n (pads 0) and read the labels back."""
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        mask[b, width - n:] = True
+    mask = left_mask(lengths, width)
     labels = (mask.long().cumsum(1)) * mask
     return labels.gather(1, block.flip_index(mask)).tolist()
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from blocks.ssm.mamba2 import Mamba2
+from padding import left_mask
 
 # Written from mamba-ssm's modules/mamba2.py: d_inner = expand·d_model, nheads = d_inner / headdim,
 # in_proj: d_model -> 2·d_inner + 2·ngroups·d_state + nheads, conv_dim = d_inner + 2·ngroups·d_state.
@@ -159,9 +160,7 @@ def test_padding_does_not_reach_real_positions(kwargs):
     layer = randomised(kwargs)
     lengths, width = [9, 4, 1, 13], 13
     u = torch.randn(len(lengths), width, kwargs["d_model"], dtype=torch.float64)
-    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
-    for row, n in enumerate(lengths):
-        mask[row, width - n:] = True
+    mask = left_mask(lengths, width)
     garbage = 100 * torch.randn_like(u)
     out = layer(torch.where(mask[..., None], u, garbage), mask)
     for row, n in enumerate(lengths):
