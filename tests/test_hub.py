@@ -465,7 +465,15 @@ class FakeHub:
         self.server.server_close()
 
 
-def test_download_from_a_fake_hub(saved, tmp_path):
+@pytest.fixture
+def online(monkeypatch):
+    """The fake-Hub tests talk to a loopback server, so they run online even where HF_HUB_OFFLINE=1 (CI)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+def test_download_from_a_fake_hub(saved, tmp_path, online):
     model, folder = saved
     files = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors", "README.md")}
     with FakeHub("org/toy", files) as fake:
@@ -478,7 +486,7 @@ def test_download_from_a_fake_hub(saved, tmp_path):
     assert (snapshot / "model.safetensors").is_file() and (snapshot / "config.json").is_file()
 
 
-def test_fake_hub_without_safetensors_is_refused(saved, tmp_path):
+def test_fake_hub_without_safetensors_is_refused(saved, tmp_path, online):
     _, folder = saved
     files = {"config.json": (folder / "config.json").read_bytes(), "pytorch_model.bin": b"pickle"}
     with FakeHub("org/toy", files) as fake:
