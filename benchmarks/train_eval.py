@@ -22,7 +22,6 @@ Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--reuse
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -39,64 +38,27 @@ METRICS = ("hr@10", "ndcg@10", "mrr@10")
 
 
 def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
-    """Train ``sasrec`` with the recipe's training settings; log like the RecBole worker does."""
+    """Train ``sasrec`` with ``zoo.train`` exactly as a user would; translate its metrics log."""
     import torch
 
-    import zoo
-    from zoo.data.loading import load_dataset
-    from zoo.evaluate import evaluate
+    from zoo.train import train
 
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "w", encoding="utf-8")
-
-    def record(**event) -> None:
-        log.write(json.dumps(event) + "\n")
-        log.flush()
-
-    def score(which: str) -> tuple[dict, float, int]:
-        result = evaluate(model, split, which=which, ks=(10,), metrics=("hr", "ndcg", "mrr"), batch_size=train.eval_batch_size)
-        return {k.lower(): v for k, v in result.metrics.items()}, result.seconds, result.num_examples
-
     begin = time.perf_counter()
-    dataset = load_dataset("ml-100k")
-    split = dataset.split("loo")
-    model = zoo.create("sasrec", num_items=dataset.num_items)
-    model.item_vocab = dataset.item_vocab
-    train = model.recipe.train
-    samples = split.train_samples(train.objective, model.max_len)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    record(event="setup", seconds=time.perf_counter() - begin, users=dataset.num_users, items=dataset.num_items,
-           interactions=dataset.num_interactions, train_samples=len(samples),
-           config={"batch_size": train.batch_size, "lr": train.lr, "objective": train.objective, "epochs": train.epochs,
-                   "patience": train.patience})
-
-    start = time.perf_counter()
-    best, best_state, best_epoch = -1.0, None, -1
-    for epoch in range(min(train.epochs, max_epochs)):
-        t0 = time.perf_counter()
-        model.train()
-        for batch in samples.iter_batches(train.batch_size, shuffle=True, seed=seed + epoch, trim=True):
-            optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(batch)
-            loss.backward()
-            optimizer.step()
-        train_seconds = time.perf_counter() - t0
-        valid, eval_seconds, users = score("valid")
-        record(event="epoch", epoch=epoch, train_seconds=train_seconds, eval_seconds=eval_seconds, eval_users=users,
-               wall=time.perf_counter() - start, valid=valid, loss=loss.item())
-        if valid["ndcg@10"] > best:
-            best, best_state, best_epoch = valid["ndcg@10"], copy.deepcopy(model.state_dict()), epoch
-        elif epoch - best_epoch >= train.patience:
-            break
-    fit_seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
-    valid, _, _ = score("valid")
-    test, test_seconds, test_users = score("test")
-    record(event="done", fit_seconds=fit_seconds, best_valid=valid, test=test, test_seconds=test_seconds, test_users=test_users)
-    model.save_pretrained(out / "model", dataset_facts=split, metrics={"valid": valid, "test": test})
-    log.close()
+    result = train("sasrec", "ml-100k", out / "model", epochs=max_epochs, seed=seed, resume=False, progress=False)
+    total = time.perf_counter() - begin
+    config = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))
+    history = [json.loads(line) for line in (out / "model" / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    train_config = result.model.recipe.train
+    events = [{"event": "setup", "seconds": total - history[-1]["wall"], "users": config["dataset"]["num_users"],
+               "items": config["num_items"], "interactions": config["dataset"]["num_interactions"],
+               "config": {"batch_size": train_config.batch_size, "lr": train_config.lr, "objective": train_config.objective,
+                          "epochs": train_config.epochs, "patience": train_config.patience}}]
+    users = config["dataset"]["split"]["valid_targets"]
+    events += [{"event": "epoch", "epoch": h["epoch"], "train_seconds": h["train_seconds"], "eval_seconds": h["eval_seconds"],
+                "eval_users": users, "wall": h["wall"], "valid": h["valid"], "loss": h["loss"]} for h in history]
+    events.append({"event": "done", "fit_seconds": result.train_seconds, "best_valid": result.valid, "test": result.test})
+    (out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the harness
