@@ -16,7 +16,10 @@ throughput (validation users per second, averaged over all epochs), peak memory 
 process), and test HR/NDCG/MRR@10. Writes ``OUT/results.json``, ``OUT/curves.png`` and prints a
 markdown table.
 
-Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--reuse]
+Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--reuse] [--only recbole|zoo]
+
+``--only`` runs one system into ``--out`` and keeps the other's logs already there, so RecBole's
+long run need not be repeated when only the zoo side changes; the report states when each ran.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def run_process(command: list[str], log_file: Path) -> dict:
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}; see {log_file}")
     return {"seconds": time.perf_counter() - start, "max_rss_mb": usage.ru_maxrss / 1024,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average_after": os.getloadavg()}
 
 
@@ -176,6 +180,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200, help="cap on epochs (both systems; 200 = the protocol)")
     parser.add_argument("--recbole-max-epochs", type=int, help="cap on RecBole's epochs only (default: --max-epochs)")
     parser.add_argument("--reuse", action="store_true", help="summarise the logs already in --out without training")
+    parser.add_argument("--only", choices=["recbole", "zoo"], help="run one system; reuse the other's logs in --out")
     parser.add_argument("--worker", choices=["zoo"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = args.out.resolve()
@@ -183,17 +188,24 @@ def main() -> None:
         run_zoo(out, args.threads, args.seed, args.max_epochs)
         return
     if not args.reuse:
-        if not RECBOLE_PYTHON.is_file():
-            sys.exit(f"RecBole's environment is missing: create it with `bash {HERE / 'recbole_env.sh'}`")
-        processes = {
-            "recbole": run_process([str(RECBOLE_PYTHON), str(HERE / "recbole_sasrec.py"), str(out / "recbole"),
-                                    "--threads", str(args.threads), "--seed", str(args.seed),
-                                    "--set", f"epochs={args.recbole_max_epochs or args.max_epochs}"], out / "recbole.out"),
-            "zoo": run_process([sys.executable, str(Path(__file__).resolve()), "--worker", "zoo", "--out", str(out / "zoo"),
-                                "--threads", str(args.threads), "--seed", str(args.seed),
-                                "--max-epochs", str(args.max_epochs)], out / "zoo.out"),
+        commands = {
+            "recbole": [str(RECBOLE_PYTHON), str(HERE / "recbole_sasrec.py"), str(out / "recbole"),
+                        "--threads", str(args.threads), "--seed", str(args.seed),
+                        "--set", f"epochs={args.recbole_max_epochs or args.max_epochs}"],
+            "zoo": [sys.executable, str(Path(__file__).resolve()), "--worker", "zoo", "--out", str(out / "zoo"),
+                    "--threads", str(args.threads), "--seed", str(args.seed), "--max-epochs", str(args.max_epochs)],
         }
-        (out / "processes.json").write_text(json.dumps(processes, indent=2))
+        if args.only != "zoo" and not RECBOLE_PYTHON.is_file():
+            sys.exit(f"RecBole's environment is missing: create it with `bash {HERE / 'recbole_env.sh'}`")
+        record = out / "processes.json"
+        processes = json.loads(record.read_text()) if args.only and record.is_file() else {}
+        for name, command in commands.items():
+            if args.only in (None, name):
+                processes[name] = run_process(command, out / f"{name}.out")
+                out.mkdir(parents=True, exist_ok=True)
+                record.write_text(json.dumps(processes, indent=2))
+        if set(processes) != set(commands):
+            sys.exit(f"{record} lacks {sorted(set(commands) - set(processes))}: run them with --only")
     processes = json.loads((out / "processes.json").read_text())
     recbole_log, zoo_log = read_log(out / "recbole" / "log.jsonl"), read_log(out / "zoo" / "log.jsonl")
     target = max(normalise(e["valid"])["ndcg@10"] for e in recbole_log["epochs"])

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from blocks.ssm import cpu_kernel
 from blocks.ssm._dispatch import optional_function, use_cuda_kernels
 
 # Per-buffer working-set size (elements) a group aims for, and the lane tensor size beyond which
@@ -56,12 +57,15 @@ def selective_scan(
     ``u, delta, z``: ``(b, d, l)``; ``A``: ``(d, n)`` real; ``B, C``: ``(d, n)``, ``(b, n, l)`` or
     ``(b, g, n, l)``; ``D, delta_bias``: ``(d,)``. Returns ``out (b, d, l)`` in ``u``'s dtype and, with
     ``return_last_state``, also the final state ``(b, d, n)`` (float32, or float64 for float64 inputs).
-    On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path).
+    On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path);
+    on CPU with ``SEQREC_ZOO_CPU_KERNEL=1`` it calls the compiled kernel of :mod:`blocks.ssm.cpu_kernel`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):
         kernel = optional_function("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if cpu_kernel.applies(u, delta, A, D, z, delta_bias, B=B, C=C):
+        return cpu_kernel.selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

@@ -1,0 +1,127 @@
+"""An optional fused CPU kernel for the selective scan, compiled from C++ on first use.
+
+The pure-PyTorch scan (:func:`blocks.ssm.selective_scan.selective_scan_blocked`) runs everywhere but
+pays PyTorch's per-operation overhead and writes ``b * d * n``-sized intermediates. The kernel in
+``selective_scan_cpu.cpp`` runs each channel's recurrence as one vectorised loop instead, on the
+intra-op threads (Mamba eq. 2a-2b; backward = the reverse-time adjoint recurrence with chunked
+recomputation, see the C++ file). It is opt-in because building it needs a C++ compiler and takes
+about a minute the first time (the build is cached by ``torch.utils.cpp_extension``)::
+
+    SEQREC_ZOO_CPU_KERNEL=1 python train.py
+
+With the variable set, :func:`blocks.ssm.selective_scan` uses the kernel for CPU tensors whose ``B``
+and ``C`` are input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer); other
+cases keep the pure path. A failed build is an error that says how to fall back, never a silent switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KERNEL_ENV_VAR = "SEQREC_ZOO_CPU_KERNEL"
+SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+# -ffast-math lets gcc vectorise exp over the states (glibc's libmvec); it is passed to the compiler
+# only, never the linker, so the process's floating-point mode (denormals) is left alone.
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+
+
+def requested() -> bool:
+    """True when ``SEQREC_ZOO_CPU_KERNEL=1`` asks for the compiled CPU kernel."""
+    return os.environ.get(KERNEL_ENV_VAR, "") == "1"
+
+
+@lru_cache(maxsize=None)
+def load() -> ModuleType:
+    """Build (or reuse the cached build of) the C++ kernel and import it."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" is irrelevant here
+    from torch.utils.cpp_extension import load as build
+
+    try:
+        return build(name="seqrec_zoo_selective_scan_cpu", sources=[str(SOURCE)], extra_cflags=COMPILE_FLAGS,
+                     extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # compiler missing, headers missing, ...: say what to do
+        raise RuntimeError(
+            f"{KERNEL_ENV_VAR}=1 asks for the compiled CPU selective scan, but building {SOURCE} failed "
+            f"({type(error).__name__}: {error}). Install a C++ compiler (e.g. `apt install g++`) or unset "
+            f"{KERNEL_ENV_VAR} to use the pure-PyTorch scan."
+        ) from error
+
+
+def applies(*tensors: Tensor | None, B: Tensor, C: Tensor) -> bool:
+    """Whether :func:`selective_scan_compiled` should handle this call (requested, CPU, input-dependent B and C)."""
+    present = [t for t in tensors if t is not None] + [B, C]
+    return requested() and B.dim() > 2 and C.dim() > 2 and all(t.device.type == "cpu" for t in present)
+
+
+def selective_scan_compiled(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The selective scan with the recurrence in the compiled kernel; the rest in PyTorch (autograd-correct).
+
+    Same arguments and results as :func:`blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
+    or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
+    """
+    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
+    if delta_bias is not None:
+        delta_ = delta_ + delta_bias.to(dtype).unsqueeze(-1)
+    if delta_softplus:
+        delta_ = F.softplus(delta_)
+    B_, C_ = (_time_last_to_state_last(t.to(dtype)) for t in (B, C))
+    if B_.shape[1] != C_.shape[1]:  # one of them has groups, the other is shared: give both the groups
+        groups = max(B_.shape[1], C_.shape[1])
+        B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
+    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(),
+                                        B_.contiguous(), C_.contiguous())
+    if D is not None:
+        y = y + D.to(dtype).unsqueeze(-1) * u_
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    y = y.to(u.dtype)
+    return (y, last_state) if return_last_state else y
+
+
+def _time_last_to_state_last(t: Tensor) -> Tensor:
+    """``(b, n, l)`` or ``(b, g, n, l)`` -> ``(b, g, l, n)`` (the kernel reads a position's n states together)."""
+    return (t.unsqueeze(1) if t.dim() == 3 else t).transpose(-1, -2)
+
+
+class _CompiledScan(torch.autograd.Function):
+    """``(y, h_last) = scan(u, delta, A, B, C)`` with B, C as ``(b, g, l, n)``; gradients from the kernel."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor):
+        y, last_state = load().forward(u, delta, A, B, C)
+        ctx.save_for_backward(u, delta, A, B, C)
+        return y, last_state
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor | None, grad_last: Tensor | None):
+        u, delta, A, B, C = ctx.saved_tensors
+        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
+        batch, dim, _ = u.shape
+        grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
+        groups = B.shape[1]
+        # Split each group's channels so that every thread has a task even for one sequence.
+        splits = min(dim // groups, math.ceil(torch.get_num_threads() / (batch * groups)))
+        du, ddelta, dA, dB, dC = load().backward(u, delta, A, B, C, grad_y, grad_last, splits)
+        return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)

@@ -1,0 +1,223 @@
+// Mamba's selective scan as one fused CPU loop per channel (Gu & Dao 2023, "Mamba", eq. 2a-2b).
+//
+// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
+// recurrence lives here; delta's bias and softplus, D and the z gate stay in PyTorch around it.
+//
+// For batch b and channel d (in group g = d / (dim / groups)), with state h of size n:
+//
+//     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, t]        h_{-1} = 0
+//     y_t = <C[b, g, t], h_t>
+//
+// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n);
+// B, C: (batch, groups, length, n); last state: (batch, dim, n).
+//
+// Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
+// on the intra-op threads. The backward pass is the reverse-time adjoint recurrence
+//
+//     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
+//
+// from which every input gradient follows position by position. It needs h_{t-1} at every t: a
+// first forward sweep keeps only the state at each chunk start (kChunk positions), and each chunk's
+// states are recomputed into a small buffer just before the reverse sweep walks through it, so the
+// memory per channel is O(n * (length / kChunk + kChunk)), never O(length * n).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 64;
+
+struct ScanShape {
+  int64_t batch, dim, length, n, groups;
+  int64_t heads() const { return dim / groups; }
+};
+
+ScanShape shape_of(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B) {
+  return {u.size(0), u.size(1), u.size(2), A.size(1), B.size(1)};
+}
+
+// h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states.
+template <typename T>
+inline void advance(T* __restrict h, const T* __restrict A, const T* __restrict Bt, T dt, T dtu, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) h[i] = std::exp(dt * A[i]) * h[i] + dtu * Bt[i];
+}
+
+template <typename T>
+inline T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+template <typename T>
+void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                  const at::Tensor& C, at::Tensor& y, at::Tensor& last) {
+  const auto s = shape_of(u, A, B);
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>();
+  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
+  at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / s.dim, d = pair % s.dim, g = d / s.heads();
+      const T* u_bd = u_p + pair * s.length;
+      const T* delta_bd = delta_p + pair * s.length;
+      const T* A_d = A_p + d * s.n;
+      const T* B_bg = B_p + (b * s.groups + g) * s.length * s.n;
+      const T* C_bg = C_p + (b * s.groups + g) * s.length * s.n;
+      T* y_bd = y_p + pair * s.length;
+      T* h = last_p + pair * s.n;
+      std::fill(h, h + s.n, T(0));
+      for (int64_t t = 0; t < s.length; ++t) {
+        const T dt = delta_bd[t];
+        advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
+        y_bd[t] = dot(h, C_bg + t * s.n, s.n);
+      }
+    }
+  });
+}
+
+// Gradients of one channel (b, d); dA_bd is this pair's (n,) slice, dB_bg / dC_bg the (length, n)
+// accumulators of its group (owned by the calling task alone).
+template <typename T>
+void channel_backward(const ScanShape& s, const T* u, const T* delta, const T* A, const T* B, const T* C,
+                      const T* grad_y, const T* grad_last, T* du, T* ddelta, T* dA, T* dB, T* dC,
+                      std::vector<T>& starts, std::vector<T>& states, std::vector<T>& adjoint) {
+  const int64_t n = s.n, chunks = (s.length + kChunk - 1) / kChunk;
+  T* h = adjoint.data();  // borrowed as the running state during the first sweep
+  std::fill(h, h + n, T(0));
+  for (int64_t c = 0; c < chunks; ++c) {
+    std::copy(h, h + n, starts.data() + c * n);
+    for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
+      advance(h, A, B + t * n, delta[t], delta[t] * u[t], n);
+  }
+  T* g = adjoint.data();
+  std::copy(grad_last, grad_last + n, g);
+  for (int64_t c = chunks - 1; c >= 0; --c) {
+    const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
+    T* chunk_states = states.data();
+    std::copy(starts.data() + c * n, starts.data() + (c + 1) * n, chunk_states);
+    for (int64_t t = first; t < stop; ++t) {
+      T* next = chunk_states + (t - first + 1) * n;
+      std::copy(next - n, next, next);
+      advance(next, A, B + t * n, delta[t], delta[t] * u[t], n);
+    }
+    for (int64_t t = stop - 1; t >= first; --t) {
+      const T dt = delta[t], ut = u[t], gy = grad_y[t];
+      const T* previous = chunk_states + (t - first) * n;  // h_{t-1}
+      const T* current = previous + n;                      // h_t
+      const T *Bt = B + t * n, *Ct = C + t * n;
+      T *dBt = dB + t * n, *dCt = dC + t * n;
+      T through_B = 0, through_decay = 0;
+#pragma omp simd reduction(+ : through_B, through_decay)
+      for (int64_t i = 0; i < n; ++i) {
+        const T gi = g[i] + gy * Ct[i];
+        const T decay = std::exp(dt * A[i]);
+        const T w = gi * decay * previous[i];  // dL/d(dt * A[i])
+        dCt[i] += gy * current[i];
+        dBt[i] += gi * dt * ut;
+        dA[i] += w * dt;
+        through_decay += w * A[i];
+        through_B += gi * Bt[i];
+        g[i] = decay * gi;
+      }
+      du[t] = dt * through_B;
+      ddelta[t] = ut * through_B + through_decay;
+    }
+  }
+}
+
+template <typename T>
+void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& C, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
+                   at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC) {
+  const auto s = shape_of(u, A, B);
+  const int64_t splits = dB.size(0), heads = s.heads();
+  const int64_t per_split = (heads + splits - 1) / splits;
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>();
+  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
+  T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
+  T *dB_p = dB.data_ptr<T>(), *dC_p = dC.data_ptr<T>();
+  const int64_t group_size = s.length * s.n;
+  // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
+  at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> starts(((s.length + kChunk - 1) / kChunk) * s.n), states((kChunk + 1) * s.n), adjoint(s.n);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
+      const int64_t b = bg / s.groups, g = bg % s.groups;
+      const int64_t offset = (split * s.batch + b) * s.groups + g;
+      T* dB_bg = dB_p + offset * group_size;
+      T* dC_bg = dC_p + offset * group_size;
+      std::fill(dB_bg, dB_bg + group_size, T(0));
+      std::fill(dC_bg, dC_bg + group_size, T(0));
+      const int64_t first_head = split * per_split, last_head = std::min(heads, first_head + per_split);
+      for (int64_t d = g * heads + first_head; d < g * heads + last_head; ++d) {
+        const int64_t pair = b * s.dim + d;
+        T* dA_bd = dA_p + pair * s.n;
+        std::fill(dA_bd, dA_bd + s.n, T(0));
+        channel_backward<T>(s, u_p + pair * s.length, delta_p + pair * s.length, A_p + d * s.n,
+                            B_p + bg * group_size, C_p + bg * group_size, gy_p + pair * s.length,
+                            gl_p + pair * s.n, du_p + pair * s.length, ddelta_p + pair * s.length, dA_bd,
+                            dB_bg, dC_bg, starts, states, adjoint);
+      }
+    }
+  });
+}
+
+void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+           const at::Tensor& C) {
+  for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == u.scalar_type(),
+                "selective_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1),
+              "selective_scan_cpu: u, delta (b, d, l) and A (d, n) expected");
+  TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == u.size(0) && B.size(2) == u.size(2) &&
+                  B.size(3) == A.size(1) && u.size(1) % B.size(1) == 0,
+              "selective_scan_cpu: B, C (b, g, l, n) expected");
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                const at::Tensor& B, const at::Tensor& C) {
+  check(u, delta, A, B, C);
+  auto y = at::empty_like(u);
+  auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward",
+                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, y, last); });
+  return {y, last};
+}
+
+// Returns du, ddelta, dA per batch (b, d, n), and dB, dC per split of each group's channels
+// (splits, b, g, l, n); the caller sums over batch and splits.
+std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& grad_y,
+                                 const at::Tensor& grad_last, int64_t splits) {
+  check(u, delta, A, B, C);
+  TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
+                  grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
+              "selective_scan_cpu: gradients of y (b, d, l) and of the last state (b, d, n) expected");
+  TORCH_CHECK(splits >= 1 && splits <= u.size(1) / B.size(1), "selective_scan_cpu: splits out of range");
+  auto du = at::empty_like(u), ddelta = at::empty_like(u);
+  auto dA = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
+  auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
+  auto dC = at::empty_like(dB);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+    scan_backward<scalar_t>(u, delta, A, B, C, grad_y, grad_last, du, ddelta, dA, dB, dC);
+  });
+  return {du, ddelta, dA, dB, dC};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "selective scan forward: (y, last state)");
+  m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC)");
+}

@@ -1,0 +1,123 @@
+"""The compiled CPU selective scan (blocks.ssm.cpu_kernel) against the plain loop over time.
+
+The kernel is built once per machine (about a minute; cached by torch.utils.cpp_extension). These
+tests need a C++ compiler, like the kernel itself; without one they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from blocks.ssm import Mamba, cpu_kernel, selective_scan
+from test_selective_scan import D_STATE, loop_reference, make_inputs
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build the CPU kernel with"
+)
+
+INPUT_DEPENDENT = ["batched", "groups1", "groups2"]
+# Around the kernel's 64-position recomputation chunk: shorter, exactly one, one plus a bit, several.
+LENGTHS = [1, 7, 64, 65, 200]
+
+
+def gradients(fn, inputs: dict, seed: int) -> tuple:
+    """Outputs, last state and the gradients of a fixed random projection of both, w.r.t. every input."""
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out, state = fn(**leaves, delta_softplus=True, return_last_state=True)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    loss = loss + (state * torch.randn(state.shape, generator=g, dtype=state.dtype)).sum()
+    return (out, state, *torch.autograd.grad(loss, list(leaves.values())))
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("B_layout,C_layout", [(x, x) for x in INPUT_DEPENDENT] + [("batched", "groups2"), ("groups2", "groups1")])
+def test_forward_and_gradients_match_loop(length, B_layout, C_layout):
+    x = make_inputs(length, B_layout, C_layout, seed=length)
+    got = gradients(cpu_kernel.selective_scan_compiled, x, seed=1)
+    want = gradients(loop_reference, x, seed=1)
+    names = ["out", "last state", *(f"gradient of {k}" for k in x)]
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("use_D,use_z,use_bias", [(False, False, False), (True, False, True), (False, True, False)])
+def test_optional_arguments_and_no_softplus(use_D, use_z, use_bias):
+    x = make_inputs(40, "groups2", "batched", seed=2)
+    x["delta"], x["delta_bias"] = x["delta"].abs(), x["delta_bias"].abs()
+    kwargs = dict(D=x["D"] if use_D else None, z=x["z"] if use_z else None, delta_bias=x["delta_bias"] if use_bias else None)
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
+    torch.testing.assert_close(cpu_kernel.selective_scan_compiled(*args, **kwargs), loop_reference(*args, **kwargs),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_gradcheck():
+    x = make_inputs(9, "groups2", "groups2", seed=3)
+    names = list(x)
+
+    def fn(*tensors):
+        return cpu_kernel.selective_scan_compiled(**dict(zip(names, tensors)), delta_softplus=True, return_last_state=True)
+
+    assert torch.autograd.gradcheck(fn, tuple(x[k].clone().requires_grad_() for k in names), eps=1e-6, atol=1e-6)
+
+
+def test_float32_against_float64_loop():
+    # Realistic Mamba sizes; float32 accumulates rounding over 300 steps, hence the looser tolerance.
+    g = torch.Generator().manual_seed(4)
+    u, z = torch.randn(2, 3, 16, 300, generator=g, dtype=torch.float64)
+    delta = torch.randn(3, 16, 300, generator=g, dtype=torch.float64)
+    A = -torch.rand(16, 8, generator=g, dtype=torch.float64) * 4
+    B, C = torch.randn(2, 3, 2, 8, 300, generator=g, dtype=torch.float64)
+    expected, expected_state = loop_reference(u, delta, A, B, C, z=z, delta_softplus=True, return_last_state=True)
+    out, state = cpu_kernel.selective_scan_compiled(u.float(), delta.float(), A.float(), B.float(), C.float(), z=z.float(),
+                                                    delta_softplus=True, return_last_state=True)
+    assert out.dtype == state.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(state.double(), expected_state, rtol=1e-4, atol=1e-4)
+
+
+def test_selective_scan_uses_the_kernel_only_when_asked(monkeypatch):
+    calls = []
+    original = cpu_kernel.selective_scan_compiled
+    monkeypatch.setattr(cpu_kernel, "selective_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = make_inputs(20, "batched", "batched", seed=5)
+    monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
+    pure = selective_scan(**x, delta_softplus=True)
+    assert calls == []
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
+    torch.testing.assert_close(selective_scan(**x, delta_softplus=True), pure, rtol=1e-10, atol=1e-10)
+    assert calls == [1]
+    const = make_inputs(20, "const", "const", seed=5)  # time-invariant B, C: the pure path handles them
+    selective_scan(**const, delta_softplus=True)
+    assert calls == [1]
+
+
+def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
+    torch.manual_seed(6)
+    layer = Mamba(d_model=12, d_state=D_STATE, expand=2).double()
+    x = torch.randn(2, 70, 12, dtype=torch.float64)
+    mask = torch.ones(2, 70, dtype=torch.bool)
+    mask[0, :25] = False  # left padding
+
+    def run() -> tuple:
+        layer.zero_grad()
+        out = layer(x, mask)
+        (out**2).sum().backward()
+        return (out, *(p.grad.clone() for p in layer.parameters()))
+
+    monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
+    pure = run()
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
+    for got, want in zip(run(), pure):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_failed_build_says_how_to_fall_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a fresh build folder, so it must compile
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(RuntimeError, match=f"unset {cpu_kernel.KERNEL_ENV_VAR}"):
+        cpu_kernel.load.__wrapped__()
