@@ -1,12 +1,15 @@
 """Speed and memory of the pure-PyTorch state-space scans against a plain loop and the machine's bounds.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ssm.py                 # the issue's full grid
-    python benchmarks/ssm.py --quick --scan ssd                      # a small subset
+    python benchmarks/ssm.py --quick --scan ssd ssd-compiled         # a small subset
     python benchmarks/ssm.py --batch 1 16 --length 200 1000 --plot ssm.png
 
 Scans: Mamba ``blocks.ssm.selective_scan.selective_scan`` with d_inner=128, d_state=32 (B, C input-
 dependent ``(b, n, l)``, D, delta_bias, softplus); Mamba2 ``blocks.ssm.ssd.ssd_scan`` with 8 heads ×
-16, d_state 64, one group, D, dt_bias, softplus. All fp32. For each (scan, b, l) it prints forward
+16, d_state 64, one group, D, dt_bias, softplus. All fp32. ``mamba`` and ``ssd`` are the pure-PyTorch
+algorithms; ``mamba-compiled`` and ``ssd-compiled`` the same public functions with the optional C++
+CPU kernels (``SEQREC_ZOO_CPU_KERNEL=1``, :mod:`blocks.ssm.cpu_kernel`; built before timing). For
+each (scan, b, l) it prints forward
 and forward+backward time of ours and of a plain loop over time written here (same dtype, inputs
 ``unbind``-ed once so its backward is linear in l), and the bounds measured in the same run:
 
@@ -38,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from blocks.ssm import cpu_kernel
 from blocks.ssm.selective_scan import selective_scan
 from blocks.ssm.ssd import ssd_flops, ssd_scan
 
@@ -76,8 +80,24 @@ def ssd_inputs(b: int, l: int, requires_grad: bool = False, seed: int = 0) -> di
     return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
 
 
+SCANS = ["mamba", "mamba-compiled", "ssd", "ssd-compiled"]
+
+
+def base(scan: str) -> str:
+    """``mamba-compiled`` -> ``mamba``: the scan whose inputs, loop and bound a variant shares."""
+    return scan.split("-")[0]
+
+
+def select_implementation(scan: str) -> None:
+    """Point the public scan functions at the compiled kernel (``*-compiled``) or the pure algorithm."""
+    if scan.endswith("-compiled"):
+        os.environ[cpu_kernel.KERNEL_ENV_VAR] = "1"
+    else:
+        os.environ.pop(cpu_kernel.KERNEL_ENV_VAR, None)
+
+
 def run_ours(scan: str, t: dict):
-    if scan == "mamba":
+    if base(scan) == "mamba":
         return selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], delta_bias=t["delta_bias"],
                               delta_softplus=True)
     return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], SSD["chunk_size"], D=t["D"], dt_bias=t["dt_bias"],
@@ -134,11 +154,12 @@ def forward_backward(fn, t: dict) -> None:
 
 
 def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
-    t = INPUTS[scan](b, l)
+    select_implementation(scan)
+    t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
         run_ours(scan, t)  # warm-up
         fwd = timed(lambda: run_ours(scan, t), repeats)
-    tg = INPUTS[scan](b, l, requires_grad=True)
+    tg = INPUTS[base(scan)](b, l, requires_grad=True)
     bwd = timed(lambda: forward_backward(lambda s: run_ours(scan, s), tg), repeats)
     return fwd, bwd
 
@@ -179,7 +200,7 @@ def matmul_gflops() -> float:
 
 
 def floor_seconds(scan: str, b: int, l: int, rate: float, gflops: float) -> float:
-    if scan == "mamba":
+    if base(scan) == "mamba":
         return 3 * b * MAMBA["d_inner"] * l * MAMBA["d_state"] / rate
     s = SSD
     return ssd_flops(b, l, s["nheads"], s["headdim"], s["ngroups"], s["d_state"], s["chunk_size"]) / (gflops * 1e9)
@@ -199,8 +220,11 @@ def memory_child(scan: str, b: int, l: int) -> None:
     torch.randn(8) @ torch.randn(8)  # load the kernels' libraries before the baseline
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+    select_implementation(scan)
+    if scan.endswith("-compiled"):  # load the kernel before the baseline too
+        run_ours(scan, INPUTS[base(scan)](1, 2))
     before = _rss_kib("VmRSS")
-    t = INPUTS[scan](b, l)
+    t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
         y = run_ours(scan, t)
     peak = _rss_kib("VmHWM")
@@ -221,7 +245,7 @@ def measure_memory(scan: str, b: int, l: int) -> float | None:
 # ---------------------------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scan", choices=["mamba", "ssd", "both"], default="both")
+    parser.add_argument("--scan", choices=SCANS, nargs="+", default=SCANS)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--length", type=int, nargs="+", default=[50, 200, 1000, 4000])
     parser.add_argument("--quick", action="store_true", help="b in {1, 16}, l in {50, 200, 1000}")
@@ -241,7 +265,10 @@ def main() -> None:
         return
     if args.quick:
         args.batch, args.length = [1, 16], [50, 200, 1000]
-    scans = ["mamba", "ssd"] if args.scan == "both" else [args.scan]
+    scans = args.scan
+    for scan in scans:  # build the kernels now, not inside a timing
+        select_implementation(scan)
+        run_ours(scan, INPUTS[base(scan)](1, 2))
 
     rate, gflops = elementwise_rate(), matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
@@ -250,17 +277,19 @@ def main() -> None:
           f"fp32 matmul {gflops:.1f} GFLOP/s (1024^2)")
     print(f"Mamba: d_inner={MAMBA['d_inner']}, d_state={MAMBA['d_state']}; "
           f"SSD: {SSD['nheads']} heads x {SSD['headdim']}, d_state={SSD['d_state']}, {SSD['ngroups']} group")
-    header = (f"{'scan':5} {'b':>4} {'l':>5} | {'ours fwd':>9} {'loop fwd':>10} {'loop/ours':>9} | "
+    header = (f"{'scan':14} {'b':>4} {'l':>5} | {'ours fwd':>9} {'loop fwd':>10} {'loop/ours':>9} | "
               f"{'ours f+b':>9} {'loop f+b':>10} {'loop/ours':>9} | {'floor':>8} {'fwd/floor':>9} | {'peak/io':>7}")
     print(header)
     print("-" * len(header))
-    rows = []
+    rows, loops = [], {}
     for scan in scans:
         for b in args.batch:
             for l in args.length:
                 repeats = args.repeats
                 fwd, fb = time_ours(scan, b, l, 1 if b * l >= 256 * 1000 else repeats)
-                loop_fwd, loop_fb, estimated = time_loop(scan, b, l, 1 if fb > 2 else repeats, args.loop_timeout)
+                if (base(scan), b, l) not in loops:  # variants of one scan share its loop timing
+                    loops[base(scan), b, l] = time_loop(base(scan), b, l, 1 if fb > 2 else repeats, args.loop_timeout)
+                loop_fwd, loop_fb, estimated = loops[base(scan), b, l]
                 floor = floor_seconds(scan, b, l, rate, gflops)
                 peak = None
                 if args.memory == "all" or (args.memory == "auto" and l == 4000):
@@ -269,7 +298,7 @@ def main() -> None:
                 row = dict(scan=scan, b=b, l=l, fwd=fwd, fb=fb, loop_fwd=loop_fwd, loop_fb=loop_fb,
                            estimated=estimated, floor=floor, peak=peak)
                 rows.append(row)
-                print(f"{scan:5} {b:>4} {l:>5} | {fwd:9.4f} {mark}{loop_fwd:9.4f} {loop_fwd / fwd:9.1f} | "
+                print(f"{scan:14} {b:>4} {l:>5} | {fwd:9.4f} {mark}{loop_fwd:9.4f} {loop_fwd / fwd:9.1f} | "
                       f"{fb:9.4f} {mark}{loop_fb:9.4f} {loop_fb / fb:9.1f} | {floor:8.4f} {fwd / floor:9.1f} | "
                       f"{'' if peak is None else f'{peak:7.2f}'}", flush=True)
     print("times in seconds (best of runs); ~ = loop extrapolated from a prefix of the steps; floor = Mamba: 3 "
@@ -286,7 +315,7 @@ def print_ratios(rows: list[dict]) -> None:
     for (scan, b, l), r in by_key.items():
         if l == 4000 and (scan, b, 1000) in by_key:
             ref = by_key[(scan, b, 1000)]
-            print(f"  {scan:5} b={b:>3}: fwd {r['fwd'] / ref['fwd']:.2f}, fwd+bwd {r['fb'] / ref['fb']:.2f}")
+            print(f"  {scan:14} b={b:>3}: fwd {r['fwd'] / ref['fwd']:.2f}, fwd+bwd {r['fb'] / ref['fb']:.2f}")
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -295,15 +324,15 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scans = sorted({r["scan"] for r in rows})
-    fig, axes = plt.subplots(1, len(scans), figsize=(6 * len(scans), 4), squeeze=False)
-    for ax, scan in zip(axes[0], scans):
-        for b in sorted({r["b"] for r in rows if r["scan"] == scan}):
-            sel = [r for r in rows if r["scan"] == scan and r["b"] == b]
-            ls = [r["l"] for r in sel]
-            ax.plot(ls, [r["fb"] for r in sel], "o-", label=f"ours f+b, b={b}")
-            ax.plot(ls, [r["loop_fb"] for r in sel], "x--", label=f"loop f+b, b={b}")
-        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="seconds", title=scan)
+    bases = sorted({base(r["scan"]) for r in rows})
+    fig, axes = plt.subplots(1, len(bases), figsize=(6 * len(bases), 4), squeeze=False)
+    for ax, name in zip(axes[0], bases):
+        for b in sorted({r["b"] for r in rows if base(r["scan"]) == name}):
+            for scan in sorted({r["scan"] for r in rows if base(r["scan"]) == name}):
+                sel = [r for r in rows if r["scan"] == scan and r["b"] == b]
+                ax.plot([r["l"] for r in sel], [r["fb"] for r in sel], "o-", label=f"{scan} f+b, b={b}")
+            ax.plot([r["l"] for r in sel], [r["loop_fb"] for r in sel], "x--", label=f"loop f+b, b={b}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="seconds", title=name)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

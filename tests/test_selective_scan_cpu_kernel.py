@@ -109,11 +109,16 @@ def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
         (out**2).sum().backward()
         return (out, *(p.grad.clone() for p in layer.parameters()))
 
+    calls = []
+    original = cpu_kernel.selective_scan_compiled
+    monkeypatch.setattr(cpu_kernel, "selective_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
     monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
     pure = run()
+    assert calls == []
     monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
     for got, want in zip(run(), pure):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert calls == [1]
 
 
 def test_failed_build_says_how_to_fall_back(monkeypatch, tmp_path):
