@@ -34,10 +34,30 @@ class SelfAttention(SequenceBlock):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         batch, length, width = x.shape
-        q, k, v = self.qkv(zero_pads(x, mask)).view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = self._heads(self.qkv(zero_pads(x, mask)), 3)
         allowed = mask[:, None, None, :].expand(batch, 1, length, length)
         if self.causal:
             allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
+        return zero_pads(self._attend(q, k, v, allowed), mask)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Only the newest position's query: keys and values of every position, one query row."""
+        width = x.shape[-1]
+        x = zero_pads(x, mask)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        (q,) = self._heads(F.linear(x[:, -1:], weight[:width], None if bias is None else bias[:width]), 1)
+        k, v = self._heads(F.linear(x, weight[width:], None if bias is None else bias[width:]), 2)
+        allowed = mask[:, None, None, :].clone()  # the newest position sees every real one (causal or not)
+        allowed[..., -1] = True  # and itself, like forward's padded queries
+        return zero_pads(self._attend(q, k, v, allowed), mask[:, -1:])
+
+    def _heads(self, projected: Tensor, parts: int) -> Tensor:
+        """``(B, L, parts * D)`` -> ``(parts, B, heads, L, D / heads)``."""
+        batch, length, _ = projected.shape
+        return projected.view(batch, length, parts, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
-        return zero_pads(self.out(y.transpose(1, 2).reshape(batch, length, width)), mask)
+        batch, _, queries, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(batch, queries, -1))

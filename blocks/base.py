@@ -43,9 +43,17 @@ class SequenceBlock(Block):
     """
 
     kind = "sequence"
+    mixes_positions: ClassVar[bool] = True
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The output at the newest position only, ``(B, 1, D)``: equal to ``forward(x, mask)[:, -1:]``.
+
+        Scoring reads nothing else; blocks that can skip the other positions' work override this.
+        """
+        return self.forward(x, mask)[:, -1:]
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
@@ -59,12 +67,16 @@ class PositionwiseBlock(SequenceBlock):
 
     causal = True
     streaming = True
+    mixes_positions = False
 
     def transform(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.transform(x)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.transform(x[:, -1:])
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return None
@@ -93,11 +105,14 @@ class ReadoutBlock(Block):
 
     ``positionwise`` readouts (the last position) read every prefix at once: applied to each
     position they give that prefix's user vector, which all-position training and streaming use.
+    ``newest_only`` readouts read nothing but the newest position, so scoring may run the encoder's
+    ``forward_last``.
     """
 
     kind = "readout"
     causal = True
     positionwise: ClassVar[bool] = False
+    newest_only: ClassVar[bool] = False
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError

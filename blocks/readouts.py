@@ -17,6 +17,7 @@ class LastPosition(ReadoutBlock):
     """
 
     positionwise = True
+    newest_only = True
 
     def __init__(self, d_model: int) -> None:
         super().__init__()

@@ -142,6 +142,18 @@ def test_padding_invariance(name, kwargs):
             torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}, length {n}: {m}")
 
 
+@pytest.mark.parametrize("name,kwargs", [c for c in CASES if get_block(c.values[0]).kind == "sequence"])
+def test_forward_last_is_the_newest_position_of_forward(name, kwargs):
+    block = build(name, kwargs)
+    x, mask, _, _ = left_padded(LENGTHS, L)
+    with torch.no_grad():
+        full, newest = block(x, mask), block.forward_last(x, mask)
+    assert newest.shape == (len(LENGTHS), 1, D)
+    torch.testing.assert_close(newest, full[:, -1:], atol=ATOL, rtol=RTOL)
+    if not block.mixes_positions:  # a block declared position-wise must not read other positions
+        torch.testing.assert_close(block(x[:, -1:], mask[:, -1:]), full[:, -1:], atol=ATOL, rtol=RTOL)
+
+
 def declared_cases(flag: str) -> list:
     """Per-position cases whose instance declares ``flag`` (``causal`` / ``streaming``) true."""
     return [c for c in per_position_cases() if getattr(build(*c.values), flag)]

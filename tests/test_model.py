@@ -58,6 +58,19 @@ def test_every_recipe_is_padding_invariant_end_to_end(name):
             torch.testing.assert_close(batched[i, 1:], alone[0, 1:], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_score_equals_the_readout_of_the_full_encoding(name):
+    # score() runs only the newest position through the encoder's last layers when the readout
+    # reads nothing else; the full per-position encoding must give the same scores.
+    model = make(name)
+    rows = histories([model.max_len, 9, 3], seed=2)
+    ids, ts = left_pad(rows), left_pad(timestamps_for(rows), dtype=torch.float64)
+    with torch.no_grad():
+        hidden, mask = model.encode(*model._append_mask_token(ids, ts))
+        full = model.item_logits(model.readout(hidden, mask))
+        torch.testing.assert_close(model.score(ids, ts), full, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", [n for n in zoo.list_models() if zoo.create(n, num_items=V).supports_streaming])
 def test_streaming_step_equals_score(name):
     model = make(name)

@@ -22,10 +22,24 @@ class Sequential(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.causal = all(layer.causal for layer in self.layers)
         self.streaming = all(layer.streaming for layer in self.layers)
+        self.mixes_positions = any(layer.mixes_positions for layer in self.layers)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x, mask)
+        return x
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``forward(x, mask)[:, -1:]``: layers after the last one that mixes positions see only the newest."""
+        if not self.layers:
+            return x[:, -1:]
+        mixing = [i for i, layer in enumerate(self.layers) if layer.mixes_positions]
+        boundary = mixing[-1] if mixing else 0
+        for layer in self.layers[:boundary]:
+            x = layer(x, mask)
+        x = self.layers[boundary].forward_last(x, mask)
+        for layer in self.layers[boundary + 1 :]:
+            x = layer(x, mask[:, -1:])
         return x
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
@@ -48,9 +62,13 @@ class Parallel(nn.Module):
         self.fuse = fuse
         self.causal = fuse.causal and all(b.causal for b in self.branches)
         self.streaming = fuse.streaming and all(b.streaming for b in self.branches)
+        self.mixes_positions = True  # fusions may pool over time (e.g. adaptive fusion)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.fuse([branch(x, mask) for branch in self.branches], mask, x)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.forward(x, mask)[:, -1:]
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         branch_states = [b.init_state(batch_size, device, dtype) for b in self.branches]
@@ -99,6 +117,7 @@ class Residual(nn.Module):
         self.norm_first = norm_first
         self.causal = inner.causal
         self.streaming = inner.streaming
+        self.mixes_positions = inner.mixes_positions
 
     def _combine(self, x: Tensor, y: Tensor) -> Tensor:
         return x + self.dropout(y) if self.norm_first else self.norm(x + self.dropout(y))
@@ -106,6 +125,10 @@ class Residual(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         y = self.inner(self.norm(x) if self.norm_first else x, mask)
         return self._combine(x, y)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = self.inner.forward_last(self.norm(x) if self.norm_first else x, mask)
+        return self._combine(x[:, -1:], y)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return self.inner.init_state(batch_size, device, dtype)

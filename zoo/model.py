@@ -106,6 +106,10 @@ class SeqRecModel(nn.Module):
     def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores ``(B, num_items + 1)`` of every item as the next one after each history."""
         item_ids, timestamps = self._append_mask_token(*self._check_ids(item_ids, timestamps))
+        if self.readout.newest_only:  # the encoder's last layers need run only at the newest position
+            mask = item_ids > 0
+            newest = self.encoder.forward_last(self.item_encoder(item_ids, mask, timestamps), mask)
+            return self.item_logits(self.readout(newest, mask[:, -1:]))
         hidden, mask = self.encode(item_ids, timestamps)
         return self.item_logits(self.readout(hidden, mask))
 
