@@ -125,4 +125,4 @@ def test_failed_build_says_how_to_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a fresh build folder, so it must compile
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with pytest.raises(RuntimeError, match=f"unset {cpu_kernel.KERNEL_ENV_VAR}"):
-        cpu_kernel.load.__wrapped__()
+        cpu_kernel.load.__wrapped__("selective_scan")

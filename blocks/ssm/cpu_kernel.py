@@ -1,17 +1,19 @@
-"""An optional fused CPU kernel for the selective scan, compiled from C++ on first use.
+"""Optional fused CPU kernels for the selective scan and the SSD scan, compiled from C++ on first use.
 
-The pure-PyTorch scan (:func:`blocks.ssm.selective_scan.selective_scan_blocked`) runs everywhere but
-pays PyTorch's per-operation overhead and writes ``b * d * n``-sized intermediates. The kernel in
-``selective_scan_cpu.cpp`` runs each channel's recurrence as one vectorised loop instead, on the
-intra-op threads (Mamba eq. 2a-2b; backward = the reverse-time adjoint recurrence with chunked
-recomputation, see the C++ file). It is opt-in because building it needs a C++ compiler and takes
-about a minute the first time (the build is cached by ``torch.utils.cpp_extension``)::
+The pure-PyTorch scans run everywhere but pay PyTorch's per-operation overhead and write
+state-sized intermediates. The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and
+``ssd_scan_cpu.cpp`` (Mamba2's SSD recurrence) run each channel's or head's recurrence as one
+vectorised loop instead, on the intra-op threads; their backward passes are the reverse-time adjoint
+recurrences with chunked recomputation (see the C++ files). They are opt-in because building needs
+a C++ compiler and takes about a minute per kernel the first time (the build is cached by
+``torch.utils.cpp_extension``)::
 
     SEQREC_ZOO_CPU_KERNEL=1 python train.py
 
-With the variable set, :func:`blocks.ssm.selective_scan` uses the kernel for CPU tensors whose ``B``
-and ``C`` are input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer); other
-cases keep the pure path. A failed build is an error that says how to fall back, never a silent switch.
+With the variable set, :func:`blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B``
+and ``C`` are input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
+:func:`blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path. A failed
+build is an error that says how to fall back, never a silent switch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KERNEL_ENV_VAR = "SEQREC_ZOO_CPU_KERNEL"
-SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+SOURCES = {kernel: Path(__file__).with_name(f"{kernel}_cpu.cpp") for kernel in ("selective_scan", "ssd_scan")}
 # -ffast-math lets gcc vectorise exp over the states (glibc's libmvec); it is passed to the compiler
 # only, never the linker, so the process's floating-point mode (denormals) is left alone.
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
@@ -40,26 +42,26 @@ def requested() -> bool:
 
 
 @lru_cache(maxsize=None)
-def load() -> ModuleType:
-    """Build (or reuse the cached build of) the C++ kernel and import it."""
+def load(kernel: str) -> ModuleType:
+    """Build (or reuse the cached build of) the C++ kernel ``"selective_scan"`` or ``"ssd_scan"`` and import it."""
+    source = SOURCES[kernel]
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" is irrelevant here
     from torch.utils.cpp_extension import load as build
 
     try:
-        return build(name="seqrec_zoo_selective_scan_cpu", sources=[str(SOURCE)], extra_cflags=COMPILE_FLAGS,
+        return build(name=f"seqrec_zoo_{kernel}_cpu", sources=[str(source)], extra_cflags=COMPILE_FLAGS,
                      extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # compiler missing, headers missing, ...: say what to do
         raise RuntimeError(
-            f"{KERNEL_ENV_VAR}=1 asks for the compiled CPU selective scan, but building {SOURCE} failed "
+            f"{KERNEL_ENV_VAR}=1 asks for the compiled CPU {kernel} kernel, but building {source} failed "
             f"({type(error).__name__}: {error}). Install a C++ compiler (e.g. `apt install g++`) or unset "
             f"{KERNEL_ENV_VAR} to use the pure-PyTorch scan."
         ) from error
 
 
-def applies(*tensors: Tensor | None, B: Tensor, C: Tensor) -> bool:
-    """Whether :func:`selective_scan_compiled` should handle this call (requested, CPU, input-dependent B and C)."""
-    present = [t for t in tensors if t is not None] + [B, C]
-    return requested() and B.dim() > 2 and C.dim() > 2 and all(t.device.type == "cpu" for t in present)
+def applies(*tensors: Tensor | None) -> bool:
+    """Whether a compiled kernel should handle a call on these tensors: requested, and all of them on the CPU."""
+    return requested() and all(t.device.type == "cpu" for t in tensors if t is not None)
 
 
 def selective_scan_compiled(
@@ -110,7 +112,7 @@ class _CompiledScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor):
-        y, last_state = load().forward(u, delta, A, B, C)
+        y, last_state = load("selective_scan").forward(u, delta, A, B, C)
         ctx.save_for_backward(u, delta, A, B, C)
         return y, last_state
 
@@ -122,6 +124,67 @@ class _CompiledScan(torch.autograd.Function):
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
-        splits = min(dim // groups, math.ceil(torch.get_num_threads() / (batch * groups)))
-        du, ddelta, dA, dB, dC = load().backward(u, delta, A, B, C, grad_y, grad_last, splits)
+        splits = _splits(dim // groups, batch * groups)
+        du, ddelta, dA, dB, dC = load("selective_scan").backward(u, delta, A, B, C, grad_y, grad_last, splits)
         return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)
+
+
+def ssd_scan_compiled(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    initial_states: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> tuple[Tensor, Tensor]:
+    """The SSD scan with the recurrence in the compiled kernel; the rest in PyTorch (autograd-correct).
+
+    :func:`blocks.ssm.ssd_scan`'s arguments (no chunk size: the recurrence has none) and semantics for
+    a non-empty sequence; returns ``(y, final_state)`` in ``x``'s dtype, computed in float64 for float64
+    inputs, else float32.
+    """
+    from blocks.ssm.ssd import discretize_dt
+
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    batch, _, heads, headdim = x.shape
+    x_ = x.to(dtype)
+    step = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)
+    if initial_states is None:
+        initial_states = x_.new_zeros(batch, heads, headdim, B.shape[-1])
+    tensors = (x_, step, A.to(dtype), B.to(dtype), C.to(dtype), initial_states.to(dtype))
+    y, final_state = _CompiledSSD.apply(*(t.contiguous() for t in tensors))
+    if D is not None:
+        y = y + (D.unsqueeze(-1) if D.dim() == 1 else D).to(dtype) * x_
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(x.dtype), final_state.to(x.dtype)
+
+
+def _splits(per_group: int, tasks: int) -> int:
+    """Into how many parts the backward pass splits each group's channels/heads, so every thread has a task."""
+    return min(per_group, math.ceil(torch.get_num_threads() / tasks))
+
+
+class _CompiledSSD(torch.autograd.Function):
+    """``(y, S_last) = ssd(x, dt, A, B, C, S_initial)`` (dt already discretised); gradients from the kernel."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial: Tensor):
+        y, final_state = load("ssd_scan").forward(x, dt, A, B, C, initial)
+        ctx.save_for_backward(x, dt, A, B, C, initial)
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor | None, grad_final: Tensor | None):
+        x, dt, A, B, C, initial = ctx.saved_tensors
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
+        grad_final = torch.zeros_like(initial) if grad_final is None else grad_final.contiguous()
+        batch, groups = x.shape[0], B.shape[2]
+        splits = _splits(x.shape[2] // groups, batch * groups)
+        dx, ddt, dA, dB, dC, dinitial = load("ssd_scan").backward(x, dt, A, B, C, initial, grad_y, grad_final, splits)
+        return dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), dinitial

@@ -64,7 +64,7 @@ def selective_scan(
     if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):
         kernel = optional_function("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if cpu_kernel.applies(u, delta, A, D, z, delta_bias, B=B, C=C):
+    if B.dim() > 2 and C.dim() > 2 and cpu_kernel.applies(u, delta, A, B, C, D, z, delta_bias):
         return cpu_kernel.selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 

@@ -22,7 +22,8 @@ so memory grows with the chunk size and the block, not with ``l × d_state``. Th
 block is a ``torch.autograd.Function`` with a hand-written backward (``_ChunkedScan``) that keeps
 only its inputs and the chunk-boundary states.
 
-On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead.
+On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead; on CPU
+with ``SEQREC_ZOO_CPU_KERNEL=1``, the compiled recurrence of :mod:`blocks.ssm.cpu_kernel`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from blocks.ssm import cpu_kernel
 from blocks.ssm._dispatch import use_cuda_kernels
 
 # Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
@@ -83,7 +85,10 @@ def ssd_scan(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states,
         )
-    y, final = _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    if x.shape[1] > 0 and cpu_kernel.applies(x, dt, A, B, C, D, z, dt_bias, initial_states):
+        y, final = cpu_kernel.ssd_scan_compiled(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    else:
+        y, final = _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
     return (y, final) if return_final_states else y
 
 

@@ -1,0 +1,255 @@
+// Mamba2's SSD recurrence as one fused CPU loop per head (Dao & Gu 2024, "Transformers are SSMs",
+// §3 eq. (1)-(2) with the scalar-times-identity A of SSD, §6).
+//
+// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
+// recurrence lives here; dt's bias, softplus and limits, D and the z gate stay in PyTorch around it.
+//
+// For batch b and head h (in group g = h / (heads / groups)), with a state S of shape (p, n):
+//
+//     S_t = exp(dt_t * A[h]) * S_{t-1} + (dt_t * x_t) B_t^T        S_{-1} = the initial state
+//     y_t = S_t C_t
+//
+// Layouts (all contiguous): x, y: (batch, length, heads, p); dt: (batch, length, heads); A: (heads,);
+// B, C: (batch, length, groups, n); initial and final states: (batch, heads, p, n).
+//
+// Each (b, h) pair is an independent recurrence, vectorised over the n states of each of the p rows.
+// The backward pass is the reverse-time adjoint recurrence
+//
+//     G_t = dy_t C_t^T + exp(dt_{t+1} A) G_{t+1}        (G_{L-1} also gets the final state's gradient)
+//
+// which needs S_{t-1} at every t: a first sweep keeps the state at each chunk start (kChunk steps),
+// and each chunk's states are recomputed into a small buffer just before the reverse sweep walks
+// through it, so the memory per task is O(p n (length / kChunk + kChunk)), never O(length p n).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 64;
+
+struct SsdShape {
+  int64_t batch, length, heads, p, groups, n;
+  int64_t heads_per_group() const { return heads / groups; }
+  int64_t state_size() const { return p * n; }
+};
+
+SsdShape shape_of(const at::Tensor& x, const at::Tensor& B) {
+  return {x.size(0), x.size(1), x.size(2), x.size(3), B.size(2), B.size(3)};
+}
+
+// Pointers to what head h of batch b reads at step t.
+template <typename T>
+struct HeadView {
+  const SsdShape& s;
+  const T *x, *dt, *B, *C;
+  int64_t b, h;
+  const T* x_at(int64_t t) const { return x + ((b * s.length + t) * s.heads + h) * s.p; }
+  T dt_at(int64_t t) const { return dt[(b * s.length + t) * s.heads + h]; }
+  const T* B_at(int64_t t) const { return B + ((b * s.length + t) * s.groups + h / s.heads_per_group()) * s.n; }
+  const T* C_at(int64_t t) const { return C + ((b * s.length + t) * s.groups + h / s.heads_per_group()) * s.n; }
+};
+
+// S <- decay * S + (dt * x) B^T, row by row.
+template <typename T>
+inline void advance(T* __restrict S, const T* __restrict x, const T* __restrict Bt, T decay, T dt, int64_t p, int64_t n) {
+  for (int64_t i = 0; i < p; ++i) {
+    T* row = S + i * n;
+    const T input = dt * x[i];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] = decay * row[j] + input * Bt[j];
+  }
+}
+
+template <typename T>
+void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                  const at::Tensor& C, const at::Tensor& initial, at::Tensor& y, at::Tensor& final_state) {
+  const auto s = shape_of(x, B);
+  const T* A_p = A.data_ptr<T>();
+  const T* init_p = initial.data_ptr<T>();
+  T *y_p = y.data_ptr<T>(), *final_p = final_state.data_ptr<T>();
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pair = begin; pair < end; ++pair) {
+      const int64_t b = pair / s.heads, h = pair % s.heads;
+      const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
+      T* S = final_p + pair * s.state_size();
+      std::copy(init_p + pair * s.state_size(), init_p + (pair + 1) * s.state_size(), S);
+      for (int64_t t = 0; t < s.length; ++t) {
+        const T step = view.dt_at(t);
+        advance(S, view.x_at(t), view.B_at(t), std::exp(step * A_p[h]), step, s.p, s.n);
+        const T* Ct = view.C_at(t);
+        T* yt = y_p + ((b * s.length + t) * s.heads + h) * s.p;
+        for (int64_t i = 0; i < s.p; ++i) {
+          T sum = 0;
+          const T* row = S + i * s.n;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < s.n; ++j) sum += row[j] * Ct[j];
+          yt[i] = sum;
+        }
+      }
+    }
+  });
+}
+
+// Output pointers of the backward pass.
+template <typename T>
+struct Gradients {
+  T *dx, *ddt, *dA, *dB, *dC, *dinitial;
+};
+
+// Gradients of head h of batch b. dA_bh is this pair's scalar; dB_bg / dC_bg are (length, n)
+// accumulators of its group (strided by groups * n), owned by the calling task alone.
+template <typename T>
+void head_backward(const HeadView<T>& view, T A_h, const T* initial, const T* grad_y, const T* grad_final,
+                   const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& starts, std::vector<T>& states,
+                   std::vector<T>& adjoint) {
+  const SsdShape& s = view.s;
+  const int64_t size = s.state_size(), chunks = (s.length + kChunk - 1) / kChunk, row_stride = s.groups * s.n;
+  const int64_t pair = view.b * s.heads + view.h;
+  T* S = adjoint.data();  // borrowed as the running state during the first sweep
+  std::copy(initial, initial + size, S);
+  for (int64_t c = 0; c < chunks; ++c) {
+    std::copy(S, S + size, starts.data() + c * size);
+    for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
+      advance(S, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
+  }
+  T* G = adjoint.data();
+  std::copy(grad_final, grad_final + size, G);
+  T dA = 0;
+  for (int64_t c = chunks - 1; c >= 0; --c) {
+    const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
+    std::copy(starts.data() + c * size, starts.data() + (c + 1) * size, states.data());
+    for (int64_t t = first; t < stop; ++t) {
+      T* next = states.data() + (t - first + 1) * size;
+      std::copy(next - size, next, next);
+      advance(next, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
+    }
+    for (int64_t t = stop - 1; t >= first; --t) {
+      const T step = view.dt_at(t), decay = std::exp(step * A_h);
+      const T *xt = view.x_at(t), *Bt = view.B_at(t), *Ct = view.C_at(t);
+      const T* gy = grad_y + ((view.b * s.length + t) * s.heads + view.h) * s.p;
+      const T* previous = states.data() + (t - first) * size;  // S_{t-1}
+      const T* current = previous + size;                      // S_t
+      T *dBt = dB_bg + t * row_stride, *dCt = dC_bg + t * row_stride;
+      T* dxt = out.dx + ((view.b * s.length + t) * s.heads + view.h) * s.p;
+      T through_decay = 0, ddt = 0;
+      for (int64_t i = 0; i < s.p; ++i) {
+        T* g = G + i * s.n;
+        const T *prev = previous + i * s.n, *cur = current + i * s.n;
+        const T gyi = gy[i], input = step * xt[i];
+        T through_B = 0, row_decay = 0;
+#pragma omp simd reduction(+ : through_B, row_decay)
+        for (int64_t j = 0; j < s.n; ++j) {
+          const T gij = g[j] + gyi * Ct[j];  // dL/dS_t
+          dCt[j] += gyi * cur[j];
+          dBt[j] += gij * input;
+          row_decay += gij * prev[j];
+          through_B += gij * Bt[j];
+          g[j] = decay * gij;
+        }
+        through_decay += row_decay;
+        dxt[i] = step * through_B;
+        ddt += xt[i] * through_B;
+      }
+      // decay = exp(dt A): dL/d(dt) gains A decay sum(G_t * S_{t-1}), dL/dA gains dt decay sum(...).
+      out.ddt[(view.b * s.length + t) * s.heads + view.h] = ddt + A_h * decay * through_decay;
+      dA += step * decay * through_decay;
+    }
+  }
+  out.dA[pair] = dA;
+  std::copy(G, G + size, out.dinitial + pair * size);
+}
+
+template <typename T>
+void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
+                   const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
+                   at::Tensor& dC, at::Tensor& dinitial) {
+  const auto s = shape_of(x, B);
+  const int64_t splits = dB.size(0), per_group = s.heads_per_group();
+  const int64_t per_split = (per_group + splits - 1) / splits, group_stride = s.length * s.groups * s.n;
+  const Gradients<T> out{dx.data_ptr<T>(), ddt.data_ptr<T>(), dA.data_ptr<T>(), dB.data_ptr<T>(),
+                         dC.data_ptr<T>(), dinitial.data_ptr<T>()};
+  const T *A_p = A.data_ptr<T>(), *init_p = initial.data_ptr<T>();
+  const T *gy_p = grad_y.data_ptr<T>(), *gf_p = grad_final.data_ptr<T>();
+  // Task (split, b, g) owns the group-g columns of dB[split, b] and dC[split, b]: no two tasks write
+  // the same memory.
+  at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> starts(((s.length + kChunk - 1) / kChunk) * s.state_size());
+    std::vector<T> states((kChunk + 1) * s.state_size()), adjoint(s.state_size());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t split = task / (s.batch * s.groups), b = (task / s.groups) % s.batch, g = task % s.groups;
+      T* dB_bg = out.dB + (split * s.batch + b) * group_stride + g * s.n;
+      T* dC_bg = out.dC + (split * s.batch + b) * group_stride + g * s.n;
+      for (int64_t t = 0; t < s.length; ++t) {
+        std::fill(dB_bg + t * s.groups * s.n, dB_bg + t * s.groups * s.n + s.n, T(0));
+        std::fill(dC_bg + t * s.groups * s.n, dC_bg + t * s.groups * s.n + s.n, T(0));
+      }
+      const int64_t first = split * per_split, last = std::min(per_group, first + per_split);
+      for (int64_t h = g * per_group + first; h < g * per_group + last; ++h) {
+        const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
+        const int64_t pair = b * s.heads + h;
+        head_backward<T>(view, A_p[h], init_p + pair * s.state_size(), gy_p, gf_p + pair * s.state_size(), out,
+                         dB_bg, dC_bg, starts, states, adjoint);
+      }
+    }
+  });
+}
+
+void check(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+           const at::Tensor& initial) {
+  for (const at::Tensor* t : {&x, &dt, &A, &B, &C, &initial}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
+                "ssd_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(x.dim() == 4 && dt.dim() == 3 && dt.size(0) == x.size(0) && dt.size(1) == x.size(1) &&
+                  dt.size(2) == x.size(2) && A.dim() == 1 && A.size(0) == x.size(2),
+              "ssd_scan_cpu: x (b, l, h, p), dt (b, l, h) and A (h,) expected");
+  TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == x.size(0) && B.size(1) == x.size(1) &&
+                  x.size(2) % B.size(2) == 0,
+              "ssd_scan_cpu: B, C (b, l, g, n) expected");
+  TORCH_CHECK(initial.sizes() == at::IntArrayRef({x.size(0), x.size(2), x.size(3), B.size(3)}),
+              "ssd_scan_cpu: initial state (b, h, p, n) expected");
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                                const at::Tensor& C, const at::Tensor& initial) {
+  check(x, dt, A, B, C, initial);
+  auto y = at::empty_like(x);
+  auto final_state = at::empty_like(initial);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_forward",
+                             [&] { scan_forward<scalar_t>(x, dt, A, B, C, initial, y, final_state); });
+  return {y, final_state};
+}
+
+// Returns dx, ddt, dA per batch (b, h), dB and dC per split of each group's heads (splits, b, l, g, n),
+// and the initial state's gradient; the caller sums over batch and splits.
+std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                                 const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
+                                 const at::Tensor& grad_final, int64_t splits) {
+  check(x, dt, A, B, C, initial);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.is_contiguous() && grad_final.sizes() == initial.sizes() &&
+                  grad_final.is_contiguous(),
+              "ssd_scan_cpu: gradients of y (b, l, h, p) and of the final state (b, h, p, n) expected");
+  TORCH_CHECK(splits >= 1 && splits <= x.size(2) / B.size(2), "ssd_scan_cpu: splits out of range");
+  auto dx = at::empty_like(x), ddt = at::empty_like(dt), dinitial = at::empty_like(initial);
+  auto dA = at::empty({x.size(0), x.size(2)}, x.options());
+  auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, x.options());
+  auto dC = at::empty_like(dB);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_backward", [&] {
+    scan_backward<scalar_t>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+  });
+  return {dx, ddt, dA, dB, dC, dinitial};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "SSD scan forward: (y, final state)");
+  m.def("backward", &backward, "SSD scan backward: (dx, ddt, dA, dB, dC, dinitial)");
+}
