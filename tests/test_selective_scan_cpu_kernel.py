@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from spy import count_calls
 
 from blocks.ssm import Mamba, cpu_kernel, selective_scan
 from test_selective_scan import D_STATE, loop_reference, make_inputs
@@ -81,9 +82,7 @@ def test_float32_against_float64_loop():
 
 
 def test_selective_scan_uses_the_kernel_only_when_asked(monkeypatch):
-    calls = []
-    original = cpu_kernel.selective_scan_compiled
-    monkeypatch.setattr(cpu_kernel, "selective_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_calls(monkeypatch, cpu_kernel, "selective_scan_compiled")
     x = make_inputs(20, "batched", "batched", seed=5)
     monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
     pure = selective_scan(**x, delta_softplus=True)
@@ -109,9 +108,7 @@ def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
         (out**2).sum().backward()
         return (out, *(p.grad.clone() for p in layer.parameters()))
 
-    calls = []
-    original = cpu_kernel.selective_scan_compiled
-    monkeypatch.setattr(cpu_kernel, "selective_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_calls(monkeypatch, cpu_kernel, "selective_scan_compiled")
     monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
     pure = run()
     assert calls == []

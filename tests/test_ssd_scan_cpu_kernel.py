@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from spy import count_calls
 
 from blocks.ssm import Mamba2, cpu_kernel, ssd_scan
 from test_ssd_scan import loop_reference, make_inputs
@@ -82,9 +83,7 @@ def test_float32_against_float64_loop():
 
 
 def test_ssd_scan_uses_the_kernel_only_when_asked(monkeypatch):
-    calls = []
-    original = cpu_kernel.ssd_scan_compiled
-    monkeypatch.setattr(cpu_kernel, "ssd_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_calls(monkeypatch, cpu_kernel, "ssd_scan_compiled")
     x, dt, A, B, C = make_inputs(l=20, seed=6)
     monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
     pure = ssd_scan(x, dt, A, B, C, 8, dt_softplus=True)
@@ -100,9 +99,7 @@ def test_mamba2_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
     x = torch.randn(2, 70, 16, dtype=torch.float64)
     mask = torch.ones(2, 70, dtype=torch.bool)
     mask[0, :25] = False  # left padding
-    calls = []
-    original = cpu_kernel.ssd_scan_compiled
-    monkeypatch.setattr(cpu_kernel, "ssd_scan_compiled", lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_calls(monkeypatch, cpu_kernel, "ssd_scan_compiled")
 
     def run() -> tuple:
         layer.zero_grad()
