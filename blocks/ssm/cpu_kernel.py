@@ -94,8 +94,8 @@ def selective_scan_compiled(
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
     y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(),
                                         B_.contiguous(), C_.contiguous())
-    if D is not None:
-        y = y + D.to(dtype).unsqueeze(-1) * u_
+    if D is not None:  # in place: the kernel's output is not saved for backward; no (b, d, l) temporary
+        y = y.addcmul_(D.to(dtype).unsqueeze(-1), u_)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
@@ -158,8 +158,8 @@ def ssd_scan_compiled(
         initial_states = x_.new_zeros(batch, heads, headdim, B.shape[-1])
     tensors = (x_, step, A.to(dtype), B.to(dtype), C.to(dtype), initial_states.to(dtype))
     y, final_state = _CompiledSSD.apply(*(t.contiguous() for t in tensors))
-    if D is not None:
-        y = y + (D.unsqueeze(-1) if D.dim() == 1 else D).to(dtype) * x_
+    if D is not None:  # in place, as for the selective scan
+        y = y.addcmul_((D.unsqueeze(-1) if D.dim() == 1 else D).to(dtype), x_)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(x.dtype), final_state.to(x.dtype)
