@@ -50,6 +50,14 @@ inline void advance(T* __restrict h, const T* __restrict A, const T* __restrict 
 }
 
 template <typename T>
+inline T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+template <typename T>
 void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, at::Tensor& y, at::Tensor& last) {
   const auto s = shape_of(u, A, B);
@@ -67,16 +75,10 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
       T* y_bd = y_p + pair * s.length;
       T* h = last_p + pair * s.n;
       std::fill(h, h + s.n, T(0));
-      for (int64_t t = 0; t < s.length; ++t) {  // advance() and the read-out y_t = <C_t, h_t> in one pass
-        const T dt = delta_bd[t], dtu = dt * u_bd[t];
-        const T *Bt = B_bg + t * s.n, *Ct = C_bg + t * s.n;
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < s.n; ++i) {
-          h[i] = std::exp(dt * A_d[i]) * h[i] + dtu * Bt[i];
-          sum += h[i] * Ct[i];
-        }
-        y_bd[t] = sum;
+      for (int64_t t = 0; t < s.length; ++t) {
+        const T dt = delta_bd[t];
+        advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
+        y_bd[t] = dot(h, C_bg + t * s.n, s.n);
       }
     }
   });

@@ -79,19 +79,16 @@ void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
       const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
       T* S = final_p + pair * s.state_size();
       std::copy(init_p + pair * s.state_size(), init_p + (pair + 1) * s.state_size(), S);
-      for (int64_t t = 0; t < s.length; ++t) {  // advance() and the read-out y_t = S_t C_t in one pass
-        const T step = view.dt_at(t), decay = std::exp(step * A_p[h]);
-        const T *xt = view.x_at(t), *Bt = view.B_at(t), *Ct = view.C_at(t);
+      for (int64_t t = 0; t < s.length; ++t) {
+        const T step = view.dt_at(t);
+        advance(S, view.x_at(t), view.B_at(t), std::exp(step * A_p[h]), step, s.p, s.n);
+        const T* Ct = view.C_at(t);
         T* yt = y_p + ((b * s.length + t) * s.heads + h) * s.p;
         for (int64_t i = 0; i < s.p; ++i) {
-          T* row = S + i * s.n;
-          const T input = step * xt[i];
           T sum = 0;
+          const T* row = S + i * s.n;
 #pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < s.n; ++j) {
-            row[j] = decay * row[j] + input * Bt[j];
-            sum += row[j] * Ct[j];
-          }
+          for (int64_t j = 0; j < s.n; ++j) sum += row[j] * Ct[j];
           yt[i] = sum;
         }
       }
