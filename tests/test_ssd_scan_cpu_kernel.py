@@ -13,6 +13,7 @@ import torch
 from spy import count_calls
 
 from blocks.ssm import Mamba2, cpu_kernel, ssd_scan
+from blocks.ssm.ssd import discretize_dt
 from test_ssd_scan import loop_reference, make_inputs
 
 pytestmark = pytest.mark.skipif(
@@ -38,9 +39,9 @@ def all_inputs(l: int, g: int, d_shape: str, seed: int) -> dict:
 def outputs_and_gradients(fn, inputs: dict, seed: int, **options) -> tuple:
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     y, final = fn(**leaves, **options)
-    g = torch.Generator().manual_seed(seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
-    loss = loss + (final * torch.randn(final.shape, generator=g, dtype=final.dtype)).sum()
+    g = torch.Generator().manual_seed(seed)  # float64 weights, so float32 runs get the same ones
+    loss = (y * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)).sum()
+    loss = loss + (final * torch.randn(final.shape, generator=g, dtype=torch.float64).to(final.dtype)).sum()
     return (y, final, *torch.autograd.grad(loss, list(leaves.values())))
 
 
@@ -51,6 +52,52 @@ def test_forward_and_gradients_match_loop(l, g):
     options = dict(dt_softplus=True, dt_limit=(0.01, 3.0))
     got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=1, **options)
     want = outputs_and_gradients(loop_reference, inputs, seed=1, **options)
+    for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("options", [dict(dt_softplus=True, dt_limit=(0.5, 0.9)), dict(dt_limit=(0.0, 0.6))])
+def test_active_dt_limits_match_loop(options):
+    """Limits that clamp many steps at both ends (clamped steps pass no gradient to dt), with and without softplus."""
+    inputs = all_inputs(40, 2, "h", seed=8)
+    step = discretize_dt(inputs["dt"], inputs["dt_bias"], options.get("dt_softplus", False), options["dt_limit"])
+    assert (step == options["dt_limit"][0]).float().mean() > 0.1 and (step == options["dt_limit"][1]).float().mean() > 0.1
+    got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=2, **options)
+    want = outputs_and_gradients(loop_reference, inputs, seed=2, **options)
+    for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_gradients_through_the_final_state_only():
+    """No gradient reaches y (the kernel's backward gets no dy), only the final state."""
+    inputs = {k: v for k, v in all_inputs(30, 1, "h", seed=10).items() if k not in ("D", "z")}
+
+    def gradients(fn) -> tuple:
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        _, final = fn(**leaves, dt_softplus=True)
+        weight = torch.randn(final.shape, generator=torch.Generator().manual_seed(3), dtype=final.dtype)
+        # The final state does not depend on C: the loop gives None (materialised as zeros), the kernel zeros.
+        return torch.autograd.grad((final * weight).sum(), list(leaves.values()), allow_unused=True,
+                                   materialize_grads=True)
+
+    for name, a, b in zip(inputs, gradients(cpu_kernel.ssd_scan_compiled), gradients(loop_reference)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("threads", [3, 4])
+def test_gradients_with_more_threads_than_sequences(threads):
+    """One sequence, one group, more threads: the backward splits the group's 4 heads between tasks
+    (3 threads: splits of 2, 2 and 0 heads), each with its own dB/dC buffer; the sum equals the loop's."""
+    inputs = all_inputs(70, 1, "hp", seed=11)
+    inputs = {k: v[:1] if k in ("x", "dt", "B", "C", "z", "initial_states") else v for k, v in inputs.items()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert cpu_kernel._splits(4, 1) == min(4, threads)
+        got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=4, dt_softplus=True)
+    finally:
+        torch.set_num_threads(before)
+    want = outputs_and_gradients(loop_reference, inputs, seed=4, dt_softplus=True)
     for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
@@ -82,6 +129,18 @@ def test_float32_against_float64_loop():
     torch.testing.assert_close(final.double(), want_final, rtol=1e-4, atol=1e-4)
 
 
+def test_float32_gradients_against_float64_loop():
+    # The float32 instantiation of the backward: gradients of dt, A, B and C sum over up to 150 steps
+    # and the heads of a group in float32, hence 1e-3 (the float64 tests above hold 1e-10).
+    inputs = all_inputs(150, 2, "hp", seed=12)
+    want = outputs_and_gradients(loop_reference, inputs, seed=5, dt_softplus=True)
+    got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, {k: v.float() for k, v in inputs.items()}, seed=5,
+                                dt_softplus=True)
+    for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
+        assert a.dtype == torch.float32, name
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3, msg=name)
+
+
 def test_ssd_scan_uses_the_kernel_only_when_asked(monkeypatch):
     calls = count_calls(monkeypatch, cpu_kernel, "ssd_scan_compiled")
     x, dt, A, B, C = make_inputs(l=20, seed=6)
@@ -91,6 +150,9 @@ def test_ssd_scan_uses_the_kernel_only_when_asked(monkeypatch):
     monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
     torch.testing.assert_close(ssd_scan(x, dt, A, B, C, 8, dt_softplus=True), pure, rtol=1e-10, atol=1e-10)
     assert calls == [1]
+    init = torch.randn(2, 4, 3, 5, dtype=torch.float64)  # an empty sequence keeps the pure path: y empty, state kept
+    y, final = ssd_scan(x[:, :0], dt[:, :0], A, B[:, :0], C[:, :0], 8, initial_states=init, return_final_states=True)
+    assert calls == [1] and y.shape == (2, 0, 4, 3) and torch.equal(final, init)
 
 
 def test_mamba2_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
