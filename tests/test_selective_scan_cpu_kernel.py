@@ -46,6 +46,23 @@ def test_forward_and_gradients_match_loop(length, B_layout, C_layout):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("threads", [3, 4])
+def test_gradients_with_more_threads_than_sequences(threads):
+    """One sequence, one group of 4 channels, more threads: the backward splits the group's channels
+    between tasks (3 threads: 2, 2 and 0 channels), each with its own dB/dC buffer; the sum equals the loop's."""
+    x = make_inputs(70, "groups1", "groups1", seed=12)
+    x = {k: v[:1] if k in ("u", "delta", "z", "B", "C") else v for k, v in x.items()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = gradients(cpu_kernel.selective_scan_compiled, x, seed=2)
+    finally:
+        torch.set_num_threads(before)
+    want = gradients(loop_reference, x, seed=2)
+    for name, g, w in zip(["out", "last state", *(f"gradient of {k}" for k in x)], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("use_D,use_z,use_bias", [(False, False, False), (True, False, True), (False, True, False)])
 def test_optional_arguments_and_no_softplus(use_D, use_z, use_bias):
     x = make_inputs(40, "groups2", "batched", seed=2)
