@@ -19,7 +19,9 @@
 //
 // which needs S_{t-1} at every t: a first sweep keeps the state at each chunk start (kChunk steps),
 // and each chunk's states are recomputed into a small buffer just before the reverse sweep walks
-// through it, so the memory per task is O(p n (length / kChunk + kChunk)), never O(length p n).
+// through it, so the memory per head is O(p n (length / kChunk + kChunk)), never O(length p n).
+// Both passes go chunk by chunk over all heads a thread owns, so a chunk of B and C is read from
+// cache by every head of its group.
 
 #include <torch/extension.h>
 
@@ -74,22 +76,26 @@ void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
   const T* init_p = initial.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *final_p = final_state.data_ptr<T>();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / s.heads, h = pair % s.heads;
-      const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
-      T* S = final_p + pair * s.state_size();
-      std::copy(init_p + pair * s.state_size(), init_p + (pair + 1) * s.state_size(), S);
-      for (int64_t t = 0; t < s.length; ++t) {
-        const T step = view.dt_at(t);
-        advance(S, view.x_at(t), view.B_at(t), std::exp(step * A_p[h]), step, s.p, s.n);
-        const T* Ct = view.C_at(t);
-        T* yt = y_p + ((b * s.length + t) * s.heads + h) * s.p;
-        for (int64_t i = 0; i < s.p; ++i) {
-          T sum = 0;
-          const T* row = S + i * s.n;
+    std::copy(init_p + begin * s.state_size(), init_p + end * s.state_size(), final_p + begin * s.state_size());
+    // Chunk by chunk over all heads of the range: a group's B and C for one chunk stay in cache while
+    // its heads read them (walking each head through all of time would evict them at long lengths).
+    for (int64_t first = 0; first < s.length; first += kChunk) {
+      for (int64_t pair = begin; pair < end; ++pair) {
+        const int64_t b = pair / s.heads, h = pair % s.heads;
+        const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
+        T* S = final_p + pair * s.state_size();
+        for (int64_t t = first; t < std::min(s.length, first + kChunk); ++t) {
+          const T step = view.dt_at(t);
+          advance(S, view.x_at(t), view.B_at(t), std::exp(step * A_p[h]), step, s.p, s.n);
+          const T* Ct = view.C_at(t);
+          T* yt = y_p + ((b * s.length + t) * s.heads + h) * s.p;
+          for (int64_t i = 0; i < s.p; ++i) {
+            T sum = 0;
+            const T* row = S + i * s.n;
 #pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < s.n; ++j) sum += row[j] * Ct[j];
-          yt[i] = sum;
+            for (int64_t j = 0; j < s.n; ++j) sum += row[j] * Ct[j];
+            yt[i] = sum;
+          }
         }
       }
     }
@@ -102,67 +108,52 @@ struct Gradients {
   T *dx, *ddt, *dA, *dB, *dC, *dinitial;
 };
 
-// Gradients of head h of batch b. dA_bh is this pair's scalar; dB_bg / dC_bg are (length, n)
-// accumulators of its group (strided by groups * n), owned by the calling task alone.
+// One chunk [first, stop) of head h of batch b, in reverse: recompute its states from `start`
+// (S_{first-1}) into `states`, then walk back carrying the adjoint G (dL/dS_t, updated in place) and
+// adding to dA. dB_bg / dC_bg are (length, n) accumulators of the head's group (strided by groups * n),
+// owned by the calling task alone.
 template <typename T>
-void head_backward(const HeadView<T>& view, T A_h, const T* initial, const T* grad_y, const T* grad_final,
-                   const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& starts, std::vector<T>& states,
-                   std::vector<T>& adjoint) {
+void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop, const T* start, const T* grad_y,
+                    const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& states, T* G, T& dA) {
   const SsdShape& s = view.s;
-  const int64_t size = s.state_size(), chunks = (s.length + kChunk - 1) / kChunk, row_stride = s.groups * s.n;
-  const int64_t pair = view.b * s.heads + view.h;
-  T* S = adjoint.data();  // borrowed as the running state during the first sweep
-  std::copy(initial, initial + size, S);
-  for (int64_t c = 0; c < chunks; ++c) {
-    std::copy(S, S + size, starts.data() + c * size);
-    for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
-      advance(S, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
+  const int64_t size = s.state_size(), row_stride = s.groups * s.n;
+  std::copy(start, start + size, states.data());
+  for (int64_t t = first; t < stop; ++t) {
+    T* next = states.data() + (t - first + 1) * size;
+    std::copy(next - size, next, next);
+    advance(next, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
   }
-  T* G = adjoint.data();
-  std::copy(grad_final, grad_final + size, G);
-  T dA = 0;
-  for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
-    std::copy(starts.data() + c * size, starts.data() + (c + 1) * size, states.data());
-    for (int64_t t = first; t < stop; ++t) {
-      T* next = states.data() + (t - first + 1) * size;
-      std::copy(next - size, next, next);
-      advance(next, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
-    }
-    for (int64_t t = stop - 1; t >= first; --t) {
-      const T step = view.dt_at(t), decay = std::exp(step * A_h);
-      const T *xt = view.x_at(t), *Bt = view.B_at(t), *Ct = view.C_at(t);
-      const T* gy = grad_y + ((view.b * s.length + t) * s.heads + view.h) * s.p;
-      const T* previous = states.data() + (t - first) * size;  // S_{t-1}
-      const T* current = previous + size;                      // S_t
-      T *dBt = dB_bg + t * row_stride, *dCt = dC_bg + t * row_stride;
-      T* dxt = out.dx + ((view.b * s.length + t) * s.heads + view.h) * s.p;
-      T through_decay = 0, ddt = 0;
-      for (int64_t i = 0; i < s.p; ++i) {
-        T* g = G + i * s.n;
-        const T *prev = previous + i * s.n, *cur = current + i * s.n;
-        const T gyi = gy[i], input = step * xt[i];
-        T through_B = 0, row_decay = 0;
+  for (int64_t t = stop - 1; t >= first; --t) {
+    const T step = view.dt_at(t), decay = std::exp(step * A_h);
+    const T *xt = view.x_at(t), *Bt = view.B_at(t), *Ct = view.C_at(t);
+    const T* gy = grad_y + ((view.b * s.length + t) * s.heads + view.h) * s.p;
+    const T* previous = states.data() + (t - first) * size;  // S_{t-1}
+    const T* current = previous + size;                      // S_t
+    T *dBt = dB_bg + t * row_stride, *dCt = dC_bg + t * row_stride;
+    T* dxt = out.dx + ((view.b * s.length + t) * s.heads + view.h) * s.p;
+    T through_decay = 0, ddt = 0;
+    for (int64_t i = 0; i < s.p; ++i) {
+      T* g = G + i * s.n;
+      const T *prev = previous + i * s.n, *cur = current + i * s.n;
+      const T gyi = gy[i], input = step * xt[i];
+      T through_B = 0, row_decay = 0;
 #pragma omp simd reduction(+ : through_B, row_decay)
-        for (int64_t j = 0; j < s.n; ++j) {
-          const T gij = g[j] + gyi * Ct[j];  // dL/dS_t
-          dCt[j] += gyi * cur[j];
-          dBt[j] += gij * input;
-          row_decay += gij * prev[j];
-          through_B += gij * Bt[j];
-          g[j] = decay * gij;
-        }
-        through_decay += row_decay;
-        dxt[i] = step * through_B;
-        ddt += xt[i] * through_B;
+      for (int64_t j = 0; j < s.n; ++j) {
+        const T gij = g[j] + gyi * Ct[j];  // dL/dS_t
+        dCt[j] += gyi * cur[j];
+        dBt[j] += gij * input;
+        row_decay += gij * prev[j];
+        through_B += gij * Bt[j];
+        g[j] = decay * gij;
       }
-      // decay = exp(dt A): dL/d(dt) gains A decay sum(G_t * S_{t-1}), dL/dA gains dt decay sum(...).
-      out.ddt[(view.b * s.length + t) * s.heads + view.h] = ddt + A_h * decay * through_decay;
-      dA += step * decay * through_decay;
+      through_decay += row_decay;
+      dxt[i] = step * through_B;
+      ddt += xt[i] * through_B;
     }
+    // decay = exp(dt A): dL/d(dt) gains A decay sum(G_t * S_{t-1}), dL/dA gains dt decay sum(...).
+    out.ddt[(view.b * s.length + t) * s.heads + view.h] = ddt + A_h * decay * through_decay;
+    dA += step * decay * through_decay;
   }
-  out.dA[pair] = dA;
-  std::copy(G, G + size, out.dinitial + pair * size);
 }
 
 template <typename T>
@@ -179,9 +170,11 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
   const T *gy_p = grad_y.data_ptr<T>(), *gf_p = grad_final.data_ptr<T>();
   // Task (split, b, g) owns the group-g columns of dB[split, b] and dC[split, b]: no two tasks write
   // the same memory.
+  const int64_t size = s.state_size(), chunks = (s.length + kChunk - 1) / kChunk;
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> starts(((s.length + kChunk - 1) / kChunk) * s.state_size());
-    std::vector<T> states((kChunk + 1) * s.state_size()), adjoint(s.state_size());
+    // Per head of a task: its states at every chunk start, its adjoint, its dA.
+    std::vector<T> starts(per_split * chunks * size), adjoints(per_split * size), dA_heads(per_split);
+    std::vector<T> states((kChunk + 1) * size);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), b = (task / s.groups) % s.batch, g = task % s.groups;
       T* dB_bg = out.dB + (split * s.batch + b) * group_stride + g * s.n;
@@ -190,12 +183,44 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
         std::fill(dB_bg + t * s.groups * s.n, dB_bg + t * s.groups * s.n + s.n, T(0));
         std::fill(dC_bg + t * s.groups * s.n, dC_bg + t * s.groups * s.n + s.n, T(0));
       }
-      const int64_t first = split * per_split, last = std::min(per_group, first + per_split);
-      for (int64_t h = g * per_group + first; h < g * per_group + last; ++h) {
-        const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
-        const int64_t pair = b * s.heads + h;
-        head_backward<T>(view, A_p[h], init_p + pair * s.state_size(), gy_p, gf_p + pair * s.state_size(), out,
-                         dB_bg, dC_bg, starts, states, adjoint);
+      const int64_t head0 = g * per_group + split * per_split;
+      const int64_t count = std::max<int64_t>(0, std::min(per_group - split * per_split, per_split));
+      auto view_of = [&](int64_t k) {
+        return HeadView<T>{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, head0 + k};
+      };
+      // Chunk by chunk over the task's heads (see scan_forward): first the chunk-start states...
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t pair = b * s.heads + head0 + k;
+        std::copy(init_p + pair * size, init_p + (pair + 1) * size, adjoints.data() + k * size);
+      }
+      for (int64_t c = 0; c < chunks; ++c) {
+        for (int64_t k = 0; k < count; ++k) {
+          const auto view = view_of(k);
+          T* S = adjoints.data() + k * size;  // borrowed as the running state
+          std::copy(S, S + size, starts.data() + (k * chunks + c) * size);
+          const T A_h = A_p[view.h];
+          for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
+            advance(S, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
+        }
+      }
+      // ...then the reverse sweep, last chunk first.
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t pair = b * s.heads + head0 + k;
+        std::copy(gf_p + pair * size, gf_p + (pair + 1) * size, adjoints.data() + k * size);
+        dA_heads[k] = 0;
+      }
+      for (int64_t c = chunks - 1; c >= 0; --c) {
+        for (int64_t k = 0; k < count; ++k) {
+          const auto view = view_of(k);
+          chunk_backward<T>(view, A_p[view.h], c * kChunk, std::min(s.length, (c + 1) * kChunk),
+                            starts.data() + (k * chunks + c) * size, gy_p, out, dB_bg, dC_bg, states,
+                            adjoints.data() + k * size, dA_heads[k]);
+        }
+      }
+      for (int64_t k = 0; k < count; ++k) {
+        const int64_t pair = b * s.heads + head0 + k;
+        out.dA[pair] = dA_heads[k];
+        std::copy(adjoints.data() + k * size, adjoints.data() + (k + 1) * size, out.dinitial + pair * size);
       }
     }
   });
