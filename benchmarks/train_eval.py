@@ -215,8 +215,7 @@ def main() -> None:
         processes = json.loads(record.read_text()) if args.only and record.is_file() else {}
         for name, command in commands.items():
             if args.only in (None, name.split("-")[0]):
-                processes[name] = run_process(command, out / f"{name}.out")
-                out.mkdir(parents=True, exist_ok=True)
+                processes[name] = run_process(command, out / f"{name}.out")  # (makes ``out``)
                 record.write_text(json.dumps(processes, indent=2))
         if not set(commands) <= set(processes):
             sys.exit(f"{record} lacks {sorted(set(commands) - set(processes))}: run them with --only")
@@ -224,15 +223,16 @@ def main() -> None:
     recbole_log = read_log(out / "recbole" / "log.jsonl")
     target = max(normalise(e["valid"])["ndcg@10"] for e in recbole_log["epochs"])
     recbole_row = summarise(f"RecBole 1.2.1 SASRec (seed {args.seed})", recbole_log, processes["recbole"], target)
-    zoo_rows = [summarise(f"seqrec-zoo sasrec (seed {seed})", read_log(out / f"zoo-seed{seed}" / "log.jsonl"),
-                          processes[f"zoo-seed{seed}"], target) for seed in zoo_seeds]
+    zoo_logs = {seed: read_log(out / f"zoo-seed{seed}" / "log.jsonl") for seed in zoo_seeds}
+    zoo_rows = [summarise(f"seqrec-zoo sasrec (seed {seed})", log, processes[f"zoo-seed{seed}"], target)
+                for seed, log in zoo_logs.items()]
     rows = [recbole_row, *zoo_rows]
     verdict = goals(zoo_rows, recbole_row)
     table = markdown(rows, target)
     results = {"protocol": __doc__.split("\n\n")[1], "cpus": os.cpu_count(), "threads": args.threads,
                "recbole_seed": args.seed, "zoo_seeds": zoo_seeds, "target_valid_ndcg@10": target,
                "systems": rows, "goals": verdict, "recbole_config": recbole_log["setup"]["config"],
-               "zoo_config": read_log(out / f"zoo-seed{zoo_seeds[0]}" / "log.jsonl")["setup"]["config"],
+               "zoo_config": zoo_logs[zoo_seeds[0]]["setup"]["config"],
                "processes": processes}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(rows, target, out / "curves.png")

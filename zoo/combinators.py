@@ -33,8 +33,7 @@ class Sequential(nn.Module):
         """``forward(x, mask)[:, -1:]``: layers after the last one that mixes positions see only the newest."""
         if not self.layers:
             return x[:, -1:]
-        mixing = [i for i, layer in enumerate(self.layers) if layer.mixes_positions]
-        boundary = mixing[-1] if mixing else 0
+        boundary = max((i for i, layer in enumerate(self.layers) if layer.mixes_positions), default=0)
         for layer in self.layers[:boundary]:
             x = layer(x, mask)
         x = self.layers[boundary].forward_last(x, mask)

@@ -92,10 +92,15 @@ class SeqRecModel(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
 
-    def encode(self, item_ids: Tensor, timestamps: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per-position states ``(B, L, D)`` and the mask, for checked, truncated inputs."""
+    def encode(self, item_ids: Tensor, timestamps: Tensor | None = None, newest_only: bool = False) -> tuple[Tensor, Tensor]:
+        """Per-position states ``(B, L, D)`` and the mask, for checked, truncated inputs.
+
+        ``newest_only`` returns the newest position alone, ``(B, 1, D)`` and its mask: the encoder's
+        last layers then run only there (``forward_last``)."""
         mask = item_ids > 0
         x = self.item_encoder(item_ids, mask, timestamps)
+        if newest_only:
+            return self.encoder.forward_last(x, mask), mask[:, -1:]
         return self.encoder(x, mask), mask
 
     def item_logits(self, user: Tensor) -> Tensor:
@@ -106,11 +111,7 @@ class SeqRecModel(nn.Module):
     def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores ``(B, num_items + 1)`` of every item as the next one after each history."""
         item_ids, timestamps = self._append_mask_token(*self._check_ids(item_ids, timestamps))
-        if self.readout.newest_only:  # the encoder's last layers need run only at the newest position
-            mask = item_ids > 0
-            newest = self.encoder.forward_last(self.item_encoder(item_ids, mask, timestamps), mask)
-            return self.item_logits(self.readout(newest, mask[:, -1:]))
-        hidden, mask = self.encode(item_ids, timestamps)
+        hidden, mask = self.encode(item_ids, timestamps, newest_only=self.readout.newest_only)
         return self.item_logits(self.readout(hidden, mask))
 
     def _append_mask_token(self, item_ids: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor | None]:
