@@ -100,6 +100,39 @@ def test_all_objective_covers_every_target_once_with_its_previous_item(width):
     assert rows_of(batch["targets"]) == [r[1:][-width:] for r in ROWS if len(r) >= 2]
 
 
+def overlapping_windows_loop(row, width, step):
+    """(inputs, targets) of each window of ``row`` for objective ``all`` with ``window_step=step``, newest first."""
+    windows, end = [], len(row)
+    while end > 1:
+        first = 1 if end <= 1 + width else max(1, end - step)
+        history = max(0, end - 1 - width)
+        targets = [row[i] if i >= first else 0 for i in range(history + 1, end)]
+        windows.append((left(row[history:end - 1], width), left(targets, width)))
+        end = first if first > 1 else 0
+    return windows
+
+
+@pytest.mark.parametrize("width, step", [(3, 1), (3, 2), (4, 3), (4, 4), (5, 2), (20, 7)])
+def test_all_objective_with_overlapping_windows_trains_each_target_once_with_long_history(width, step):
+    samples = AllPositionSamples(sequences(), max_len=width, step=step)
+    batch = samples.batch(np.arange(samples.epoch_size(0)), 0, np.random.default_rng(0))
+    got = list(zip(batch["item_ids"].tolist(), batch["targets"].tolist()))
+    assert got == [w for r in ROWS for w in overlapping_windows_loop(r, width, step)]
+    if step == width:
+        disjoint = AllPositionSamples(sequences(), max_len=width)
+        assert torch.equal(disjoint.batch(np.arange(disjoint.epoch_size(0)), 0, np.random.default_rng(0))["targets"],
+                           batch["targets"])
+    with pytest.raises(ValueError, match="window step must be in 1..max_len"):
+        AllPositionSamples(sequences(), max_len=width, step=width + 1)
+
+
+def test_window_step_from_the_recipe_reaches_the_sample_set():
+    config = zoo.create("sasrec", num_items=V, **SMALL).recipe.train.model_copy(update={"window_step": 2})
+    samples = training_samples(model(max_len=4), sequences(), config)
+    assert isinstance(samples, AllPositionSamples)
+    assert samples.epoch_size(0) == sum(len(overlapping_windows_loop(r, 4, 2)) for r in ROWS) > len(ROWS)
+
+
 def test_masked_objective_hides_items_behind_the_mask_token():
     rows = [list(range(1, 41))] * 50
     seqs = Sequences.from_rows(rows)

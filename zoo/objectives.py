@@ -12,7 +12,8 @@ batch is a pure function of its sample indices and that generator):
   position ``t`` predicts the item after it (SASRec / GRU4Rec training; causal models with a
   position-wise readout only). The newest window ends at the user's last item; older windows
   follow back in steps of ``max_len`` (``windows="recent"`` keeps only the newest, like the
-  original SASRec).
+  original SASRec). ``window_step`` < ``max_len`` makes windows overlap so that targets keep
+  a long history: each window trains only its newest ``window_step`` targets.
 - ``masked`` -- :class:`MaskedItemSamples`: BERT4Rec's cloze task (Sun et al., CIKM 2019, §3.6):
   windows of up to ``max_len`` items covering every training sequence; each real item is
   replaced by the ``[MASK]`` token with probability ``mask_prob`` and predicted from both
@@ -111,23 +112,40 @@ class LastItemSamples(TrainingSamples):
 
 
 class AllPositionSamples(TrainingSamples):
-    """Objective ``all``: windows of inputs ``seq[i-1]`` -> targets ``seq[i]`` covering every training target."""
+    """Objective ``all``: windows of inputs ``seq[i-1]`` -> targets ``seq[i]`` covering every training target.
 
-    def __init__(self, train: Sequences, max_len: int, windows: Literal["cover", "recent"] = "cover") -> None:
+    With ``step < max_len`` the windows overlap: each still holds ``max_len`` inputs but trains
+    only its newest ``step`` targets, so every target sees at least ``max_len - step`` items of
+    history when the user has them (``step=1`` is every prefix, as objective ``last``). A user's
+    oldest ``max_len`` targets need no overlap and share one window.
+    """
+
+    def __init__(self, train: Sequences, max_len: int, windows: Literal["cover", "recent"] = "cover",
+                 step: int | None = None) -> None:
+        step = max_len if step is None else step
+        if not 1 <= step <= max_len:
+            raise ValueError(f"window step must be in 1..max_len={max_len}, got {step}")
         self.sequences = train
         self.max_len = max_len
         # Targets are every item but each user's first.
         target_starts = np.minimum(train.offsets[:-1] + 1, train.offsets[1:])
-        self.rows, self.starts, self.ends = covering_windows(target_starts, train.offsets[1:], max_len, windows == "recent")
+        rows, starts, ends = covering_windows(target_starts, train.offsets[1:], step, windows == "recent")
+        # Windows ending within max_len of the first target: keep the newest one, training from the first target.
+        first_target = target_starts[rows]
+        oldest = ends <= first_target + max_len
+        newer_also_oldest = np.concatenate([[False], oldest[:-1] & (rows[:-1] == rows[1:])])
+        keep = ~(oldest & newer_also_oldest)
+        starts = np.where(oldest & (windows == "cover"), first_target, starts)
+        self.rows, self.starts, self.ends, self.first_target = rows[keep], starts[keep], ends[keep], first_target[keep]
 
     def epoch_size(self, epoch: int) -> int:
         return len(self.rows)
 
     def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
-        starts, ends = self.starts[indices], self.ends[indices]
+        starts, ends, history = self.starts[indices], self.ends[indices], self.first_target[indices] - 1
         seqs = self.sequences
-        items = gather_windows(seqs.items, starts - 1, ends - 1, self.max_len).astype(np.int64)
-        times = gather_windows(seqs.timestamps, starts - 1, ends - 1, self.max_len, fill=0.0).astype(np.float64)
+        items = gather_windows(seqs.items, history, ends - 1, self.max_len).astype(np.int64)
+        times = gather_windows(seqs.timestamps, history, ends - 1, self.max_len, fill=0.0).astype(np.float64)
         targets = gather_windows(seqs.items, starts, ends, self.max_len).astype(np.int64)
         return {"item_ids": torch.from_numpy(items), "timestamps": torch.from_numpy(times), "targets": torch.from_numpy(targets)}
 
@@ -217,7 +235,7 @@ def training_samples(model: "SeqRecModel", train: Sequences, config: TrainConfig
     if config.objective == "last":
         return LastItemSamples(train, model.max_len)
     if config.objective == "all":
-        return AllPositionSamples(train, model.max_len, windows)
+        return AllPositionSamples(train, model.max_len, windows, config.window_step)
     if config.objective == "masked":
         return MaskedItemSamples(train, model.max_len, model.item_encoder.mask_token_id, config.mask_prob,
                                  config.mask_last_prob, windows)

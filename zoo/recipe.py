@@ -138,6 +138,12 @@ class TrainConfig(BaseModel):
         description="objectives all / masked: windows of max_len covering each whole training sequence ('cover'), "
         "or only its newest max_len items ('recent', the original SASRec)",
     )
+    window_step: int | None = Field(
+        None, ge=1,
+        description="objective all: a window trains only its newest window_step targets, the rest of its max_len "
+        "items being history, so windows overlap and each target sees at least max_len - window_step items "
+        "before it (1 = every prefix, as RecBole trains); default max_len (disjoint windows)",
+    )
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
