@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(
 NAMES = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
 
 
-def all_inputs(l: int, g: int, d_shape: str, seed: int) -> dict:
-    h, p, n = 4, 3, 5
+def all_inputs(l: int, g: int, d_shape: str, seed: int, p: int = 3, n: int = 5) -> dict:
+    h = 4
     x, dt, A, B, C = make_inputs(b=2, l=l, h=h, p=p, g=g, n=n, seed=seed)
     gen = torch.Generator().manual_seed(seed + 100)
     extra = dict(
@@ -52,6 +52,16 @@ def test_forward_and_gradients_match_loop(l, g):
     options = dict(dt_softplus=True, dt_limit=(0.01, 3.0))
     got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=1, **options)
     want = outputs_and_gradients(loop_reference, inputs, seed=1, **options)
+    for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("p, n", [(16, 16), (32, 32), (64, 64), (16, 128), (8, 64)])
+def test_head_and_state_sizes_the_kernel_specialises_match_loop(p, n):
+    # The kernel has compile-time variants for head sizes 16/32/64 and state sizes 16/32/64/128.
+    inputs = all_inputs(70, 2, "hp", seed=p + n, p=p, n=n)
+    got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=2, dt_softplus=True)
+    want = outputs_and_gradients(loop_reference, inputs, seed=2, dt_softplus=True)
     for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 

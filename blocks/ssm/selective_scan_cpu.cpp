@@ -12,18 +12,21 @@
 // B, C: (batch, groups, length, n); last state: (batch, dim, n).
 //
 // Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
-// on the intra-op threads. The backward pass is the reverse-time adjoint recurrence
+// on the intra-op threads, each thread going chunk by chunk through time over all of its channels
+// that share one B and C, so a chunk of B and C is read from cache by every channel of the group. The backward pass is the reverse-time adjoint recurrence
 //
 //     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
 //
 // from which every input gradient follows position by position. It needs h_{t-1} at every t: a
 // first forward sweep keeps only the state at each chunk start (kChunk positions), and each chunk's
 // states are recomputed into a small buffer just before the reverse sweep walks through it, so the
-// memory per channel is O(n * (length / kChunk + kChunk)), never O(length * n).
+// memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per thread, never O(length * n).
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+
+#include "group_runs.h"
 
 #include <algorithm>
 #include <cmath>
@@ -65,72 +68,67 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t pair = begin; pair < end; ++pair) {
-      const int64_t b = pair / s.dim, d = pair % s.dim, g = d / s.heads();
-      const T* u_bd = u_p + pair * s.length;
-      const T* delta_bd = delta_p + pair * s.length;
-      const T* A_d = A_p + d * s.n;
+    std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
+    // Chunk by chunk over the channels of one (b, g): a chunk of B and C stays in cache while every
+    // channel of the group reads it (walking each channel through all of time evicts them at long lengths).
+    for_each_group_run(s.heads(), begin, end, [&](int64_t first_pair, int64_t stop_pair) {
+      const int64_t b = first_pair / s.dim, g = (first_pair % s.dim) / s.heads();
       const T* B_bg = B_p + (b * s.groups + g) * s.length * s.n;
       const T* C_bg = C_p + (b * s.groups + g) * s.length * s.n;
-      T* y_bd = y_p + pair * s.length;
-      T* h = last_p + pair * s.n;
-      std::fill(h, h + s.n, T(0));
-      for (int64_t t = 0; t < s.length; ++t) {
-        const T dt = delta_bd[t];
-        advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
-        y_bd[t] = dot(h, C_bg + t * s.n, s.n);
+      for (int64_t first = 0; first < s.length; first += kChunk) {
+        const int64_t stop = std::min(s.length, first + kChunk);
+        for (int64_t pair = first_pair; pair < stop_pair; ++pair) {
+          const T* u_bd = u_p + pair * s.length;
+          const T* delta_bd = delta_p + pair * s.length;
+          const T* A_d = A_p + (pair % s.dim) * s.n;
+          T* y_bd = y_p + pair * s.length;
+          T* h = last_p + pair * s.n;
+          for (int64_t t = first; t < stop; ++t) {
+            const T dt = delta_bd[t];
+            advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
+            y_bd[t] = dot(h, C_bg + t * s.n, s.n);
+          }
+        }
       }
-    }
+    });
   });
 }
 
-// Gradients of one channel (b, d); dA_bd is this pair's (n,) slice, dB_bg / dC_bg the (length, n)
-// accumulators of its group (owned by the calling task alone).
+// One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
+// into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
+// ddelta and adding to dA. dB_bg / dC_bg are the (length, n) accumulators of the channel's group,
+// owned by the calling task alone.
 template <typename T>
-void channel_backward(const ScanShape& s, const T* u, const T* delta, const T* A, const T* B, const T* C,
-                      const T* grad_y, const T* grad_last, T* du, T* ddelta, T* dA, T* dB, T* dC,
-                      std::vector<T>& starts, std::vector<T>& states, std::vector<T>& adjoint) {
-  const int64_t n = s.n, chunks = (s.length + kChunk - 1) / kChunk;
-  T* h = adjoint.data();  // borrowed as the running state during the first sweep
-  std::fill(h, h + n, T(0));
-  for (int64_t c = 0; c < chunks; ++c) {
-    std::copy(h, h + n, starts.data() + c * n);
-    for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
-      advance(h, A, B + t * n, delta[t], delta[t] * u[t], n);
+void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* delta, const T* A, const T* B,
+                    const T* C, const T* grad_y, const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC,
+                    std::vector<T>& states, T* g) {
+  std::copy(start, start + n, states.data());
+  for (int64_t t = first; t < stop; ++t) {
+    T* next = states.data() + (t - first + 1) * n;
+    std::copy(next - n, next, next);
+    advance(next, A, B + t * n, delta[t], delta[t] * u[t], n);
   }
-  T* g = adjoint.data();
-  std::copy(grad_last, grad_last + n, g);
-  for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
-    T* chunk_states = states.data();
-    std::copy(starts.data() + c * n, starts.data() + (c + 1) * n, chunk_states);
-    for (int64_t t = first; t < stop; ++t) {
-      T* next = chunk_states + (t - first + 1) * n;
-      std::copy(next - n, next, next);
-      advance(next, A, B + t * n, delta[t], delta[t] * u[t], n);
-    }
-    for (int64_t t = stop - 1; t >= first; --t) {
-      const T dt = delta[t], ut = u[t], gy = grad_y[t];
-      const T* previous = chunk_states + (t - first) * n;  // h_{t-1}
-      const T* current = previous + n;                      // h_t
-      const T *Bt = B + t * n, *Ct = C + t * n;
-      T *dBt = dB + t * n, *dCt = dC + t * n;
-      T through_B = 0, through_decay = 0;
+  for (int64_t t = stop - 1; t >= first; --t) {
+    const T dt = delta[t], ut = u[t], gy = grad_y[t];
+    const T* previous = states.data() + (t - first) * n;  // h_{t-1}
+    const T* current = previous + n;                      // h_t
+    const T *Bt = B + t * n, *Ct = C + t * n;
+    T *dBt = dB + t * n, *dCt = dC + t * n;
+    T through_B = 0, through_decay = 0;
 #pragma omp simd reduction(+ : through_B, through_decay)
-      for (int64_t i = 0; i < n; ++i) {
-        const T gi = g[i] + gy * Ct[i];
-        const T decay = std::exp(dt * A[i]);
-        const T w = gi * decay * previous[i];  // dL/d(dt * A[i])
-        dCt[i] += gy * current[i];
-        dBt[i] += gi * dt * ut;
-        dA[i] += w * dt;
-        through_decay += w * A[i];
-        through_B += gi * Bt[i];
-        g[i] = decay * gi;
-      }
-      du[t] = dt * through_B;
-      ddelta[t] = ut * through_B + through_decay;
+    for (int64_t i = 0; i < n; ++i) {
+      const T gi = g[i] + gy * Ct[i];
+      const T decay = std::exp(dt * A[i]);
+      const T w = gi * decay * previous[i];  // dL/d(dt * A[i])
+      dCt[i] += gy * current[i];
+      dBt[i] += gi * dt * ut;
+      dA[i] += w * dt;
+      through_decay += w * A[i];
+      through_B += gi * Bt[i];
+      g[i] = decay * gi;
     }
+    du[t] = dt * through_B;
+    ddelta[t] = ut * through_B + through_decay;
   }
 }
 
@@ -139,34 +137,53 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
                    const at::Tensor& C, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
                    at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC) {
   const auto s = shape_of(u, A, B);
-  const int64_t splits = dB.size(0), heads = s.heads();
-  const int64_t per_split = (heads + splits - 1) / splits;
+  const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
+  const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>();
   const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
   const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
   T *dB_p = dB.data_ptr<T>(), *dC_p = dC.data_ptr<T>();
-  const int64_t group_size = s.length * s.n;
+  const int64_t group_size = s.length * n;
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> starts(((s.length + kChunk - 1) / kChunk) * s.n), states((kChunk + 1) * s.n), adjoint(s.n);
+    // Per channel of a task: its states at every chunk start and its adjoint.
+    std::vector<T> starts(per_split * chunks * n), adjoints(per_split * n), states((kChunk + 1) * n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
       const int64_t b = bg / s.groups, g = bg % s.groups;
       const int64_t offset = (split * s.batch + b) * s.groups + g;
+      const T *B_bg = B_p + bg * group_size, *C_bg = C_p + bg * group_size;
       T* dB_bg = dB_p + offset * group_size;
       T* dC_bg = dC_p + offset * group_size;
       std::fill(dB_bg, dB_bg + group_size, T(0));
       std::fill(dC_bg, dC_bg + group_size, T(0));
-      const int64_t first_head = split * per_split, last_head = std::min(heads, first_head + per_split);
-      for (int64_t d = g * heads + first_head; d < g * heads + last_head; ++d) {
-        const int64_t pair = b * s.dim + d;
-        T* dA_bd = dA_p + pair * s.n;
-        std::fill(dA_bd, dA_bd + s.n, T(0));
-        channel_backward<T>(s, u_p + pair * s.length, delta_p + pair * s.length, A_p + d * s.n,
-                            B_p + bg * group_size, C_p + bg * group_size, gy_p + pair * s.length,
-                            gl_p + pair * s.n, du_p + pair * s.length, ddelta_p + pair * s.length, dA_bd,
-                            dB_bg, dC_bg, starts, states, adjoint);
+      const int64_t d0 = g * heads + split * per_split;
+      const int64_t count = std::max<int64_t>(0, std::min(heads - split * per_split, per_split));
+      const int64_t pair0 = b * s.dim + d0;
+      // Chunk by chunk over the task's channels (see scan_forward): first the chunk-start states...
+      std::fill(adjoints.begin(), adjoints.end(), T(0));
+      for (int64_t c = 0; c < chunks; ++c) {
+        for (int64_t k = 0; k < count; ++k) {
+          const int64_t pair = pair0 + k;
+          const T *u_bd = u_p + pair * s.length, *delta_bd = delta_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
+          T* h = adjoints.data() + k * n;  // borrowed as the running state
+          std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
+          for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
+            advance(h, A_d, B_bg + t * n, delta_bd[t], delta_bd[t] * u_bd[t], n);
+        }
+      }
+      // ...then the reverse sweep, newest chunk first.
+      std::copy(gl_p + pair0 * n, gl_p + (pair0 + count) * n, adjoints.data());
+      std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
+      for (int64_t c = chunks - 1; c >= 0; --c) {
+        for (int64_t k = 0; k < count; ++k) {
+          const int64_t pair = pair0 + k, offset_l = pair * s.length;
+          chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
+                            delta_p + offset_l, A_p + (d0 + k) * n, B_bg, C_bg, gy_p + offset_l,
+                            starts.data() + (k * chunks + c) * n, du_p + offset_l, ddelta_p + offset_l,
+                            dA_p + pair * n, dB_bg, dC_bg, states, adjoints.data() + k * n);
+        }
       }
     }
   });

@@ -27,6 +27,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "group_runs.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -68,38 +70,84 @@ inline void advance(T* __restrict S, const T* __restrict x, const T* __restrict 
   }
 }
 
+// One forward step of a head whose state is held transposed, St = S^T of shape (n, p): every
+// update and the readout run along p, so y_t = S_t C_t accumulates over the n rows of St with no
+// horizontal sums (with S as p rows of n, each of the p outputs would end in one). P is p when it is
+// known at compile time, so that dt * x and the p outputs stay in registers across the n rows; with
+// P = 0 they live in `scratch` and y.
+template <typename T, int64_t P>
+inline void forward_step(T* __restrict St, const T* __restrict x, const T* __restrict Bt, const T* __restrict Ct,
+                         T decay, T dt, int64_t p, int64_t n, T* __restrict scratch, T* __restrict y) {
+  if constexpr (P > 0) p = P;
+  T local_input[P > 0 ? P : 1], local_acc[P > 0 ? P : 1];
+  T* __restrict input = P > 0 ? local_input : scratch;
+  T* __restrict acc = P > 0 ? local_acc : y;
+  for (int64_t i = 0; i < p; ++i) {
+    input[i] = dt * x[i];
+    acc[i] = 0;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    T* row = St + j * p;
+    const T b = Bt[j], c = Ct[j];
+#pragma omp simd
+    for (int64_t i = 0; i < p; ++i) {
+      row[i] = decay * row[i] + b * input[i];
+      acc[i] += c * row[i];
+    }
+  }
+  if constexpr (P > 0) std::copy(acc, acc + P, y);
+}
+
+// out (cols, rows) = in (rows, cols)^T
 template <typename T>
+void transpose(const T* in, T* out, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * cols + c];
+}
+
+template <typename T, int64_t P>
 void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const at::Tensor& initial, at::Tensor& y, at::Tensor& final_state) {
   const auto s = shape_of(x, B);
+  const int64_t size = s.state_size();
   const T* A_p = A.data_ptr<T>();
   const T* init_p = initial.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *final_p = final_state.data_ptr<T>();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
-    std::copy(init_p + begin * s.state_size(), init_p + end * s.state_size(), final_p + begin * s.state_size());
-    // Chunk by chunk over all heads of the range: a group's B and C for one chunk stay in cache while
+    std::vector<T> transposed(s.heads_per_group() * size), scratch(s.p);
+    // Chunk by chunk over the heads of one (b, g): a chunk of the group's B and C stays in cache while
     // its heads read them (walking each head through all of time would evict them at long lengths).
-    for (int64_t first = 0; first < s.length; first += kChunk) {
-      for (int64_t pair = begin; pair < end; ++pair) {
-        const int64_t b = pair / s.heads, h = pair % s.heads;
-        const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
-        T* S = final_p + pair * s.state_size();
-        for (int64_t t = first; t < std::min(s.length, first + kChunk); ++t) {
-          const T step = view.dt_at(t);
-          advance(S, view.x_at(t), view.B_at(t), std::exp(step * A_p[h]), step, s.p, s.n);
-          const T* Ct = view.C_at(t);
-          T* yt = y_p + ((b * s.length + t) * s.heads + h) * s.p;
-          for (int64_t i = 0; i < s.p; ++i) {
-            T sum = 0;
-            const T* row = S + i * s.n;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < s.n; ++j) sum += row[j] * Ct[j];
-            yt[i] = sum;
+    for_each_group_run(s.heads_per_group(), begin, end, [&](int64_t first_pair, int64_t stop_pair) {
+      for (int64_t pair = first_pair; pair < stop_pair; ++pair)
+        transpose(init_p + pair * size, transposed.data() + (pair - first_pair) * size, s.p, s.n);
+      for (int64_t first = 0; first < s.length; first += kChunk) {
+        for (int64_t pair = first_pair; pair < stop_pair; ++pair) {
+          const int64_t b = pair / s.heads, h = pair % s.heads;
+          const HeadView<T> view{s, x.data_ptr<T>(), dt.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), b, h};
+          T* St = transposed.data() + (pair - first_pair) * size;
+          for (int64_t t = first; t < std::min(s.length, first + kChunk); ++t) {
+            const T step = view.dt_at(t);
+            forward_step<T, P>(St, view.x_at(t), view.B_at(t), view.C_at(t), std::exp(step * A_p[h]), step, s.p, s.n,
+                               scratch.data(), y_p + ((b * s.length + t) * s.heads + h) * s.p);
           }
         }
       }
-    }
+      for (int64_t pair = first_pair; pair < stop_pair; ++pair)
+        transpose(transposed.data() + (pair - first_pair) * size, final_p + pair * size, s.n, s.p);
+    });
   });
+}
+
+// scan_forward with the head size as a compile-time constant for the common sizes.
+template <typename T>
+void scan_forward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                      const at::Tensor& C, const at::Tensor& initial, at::Tensor& y, at::Tensor& final_state) {
+  switch (x.size(3)) {
+    case 16: return scan_forward<T, 16>(x, dt, A, B, C, initial, y, final_state);
+    case 32: return scan_forward<T, 32>(x, dt, A, B, C, initial, y, final_state);
+    case 64: return scan_forward<T, 64>(x, dt, A, B, C, initial, y, final_state);
+    default: return scan_forward<T, 0>(x, dt, A, B, C, initial, y, final_state);
+  }
 }
 
 // Output pointers of the backward pass.
@@ -111,17 +159,22 @@ struct Gradients {
 // One chunk [first, stop) of head h of batch b, in reverse: recompute its states from `start`
 // (S_{first-1}) into `states`, then walk back carrying the adjoint G (dL/dS_t, updated in place) and
 // adding to dA. dB_bg / dC_bg are (length, n) accumulators of the head's group (strided by groups * n),
-// owned by the calling task alone.
-template <typename T>
+// owned by the calling task alone. Each step's dB_t, dC_t and the decay gradient are summed over the
+// p rows in `acc` (3 n values: registers when N, the state size, is a compile-time constant, else
+// `scratch`) before they touch memory.
+template <typename T, int64_t N>
 void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop, const T* start, const T* grad_y,
-                    const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& states, T* G, T& dA) {
+                    const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& states, T* G, T& dA, T* scratch) {
   const SsdShape& s = view.s;
-  const int64_t size = s.state_size(), row_stride = s.groups * s.n;
+  const int64_t n = N > 0 ? N : s.n, size = s.p * n, row_stride = s.groups * n;
+  T local[N > 0 ? 3 * N : 1];
+  T* __restrict acc = N > 0 ? local : scratch;
+  T *acc_B = acc, *acc_C = acc + n, *acc_decay = acc + 2 * n;
   std::copy(start, start + size, states.data());
   for (int64_t t = first; t < stop; ++t) {
     T* next = states.data() + (t - first + 1) * size;
     std::copy(next - size, next, next);
-    advance(next, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, s.n);
+    advance(next, view.x_at(t), view.B_at(t), std::exp(view.dt_at(t) * A_h), view.dt_at(t), s.p, n);
   }
   for (int64_t t = stop - 1; t >= first; --t) {
     const T step = view.dt_at(t), decay = std::exp(step * A_h);
@@ -131,24 +184,31 @@ void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop,
     const T* current = previous + size;                      // S_t
     T *dBt = dB_bg + t * row_stride, *dCt = dC_bg + t * row_stride;
     T* dxt = out.dx + ((view.b * s.length + t) * s.heads + view.h) * s.p;
-    T through_decay = 0, ddt = 0;
+    T ddt = 0;
+    std::fill(acc, acc + 3 * n, T(0));
     for (int64_t i = 0; i < s.p; ++i) {
-      T* g = G + i * s.n;
-      const T *prev = previous + i * s.n, *cur = current + i * s.n;
+      T* g = G + i * n;
+      const T *prev = previous + i * n, *cur = current + i * n;
       const T gyi = gy[i], input = step * xt[i];
-      T through_B = 0, row_decay = 0;
-#pragma omp simd reduction(+ : through_B, row_decay)
-      for (int64_t j = 0; j < s.n; ++j) {
+      T through_B = 0;
+#pragma omp simd reduction(+ : through_B)
+      for (int64_t j = 0; j < n; ++j) {
         const T gij = g[j] + gyi * Ct[j];  // dL/dS_t
-        dCt[j] += gyi * cur[j];
-        dBt[j] += gij * input;
-        row_decay += gij * prev[j];
+        acc_C[j] += gyi * cur[j];
+        acc_B[j] += gij * input;
+        acc_decay[j] += gij * prev[j];
         through_B += gij * Bt[j];
         g[j] = decay * gij;
       }
-      through_decay += row_decay;
       dxt[i] = step * through_B;
       ddt += xt[i] * through_B;
+    }
+    T through_decay = 0;
+#pragma omp simd reduction(+ : through_decay)
+    for (int64_t j = 0; j < n; ++j) {
+      dBt[j] += acc_B[j];
+      dCt[j] += acc_C[j];
+      through_decay += acc_decay[j];
     }
     // decay = exp(dt A): dL/d(dt) gains A decay sum(G_t * S_{t-1}), dL/dA gains dt decay sum(...).
     out.ddt[(view.b * s.length + t) * s.heads + view.h] = ddt + A_h * decay * through_decay;
@@ -156,7 +216,7 @@ void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop,
   }
 }
 
-template <typename T>
+template <typename T, int64_t N>
 void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
                    const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
@@ -174,7 +234,7 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
     // Per head of a task: its states at every chunk start, its adjoint, its dA.
     std::vector<T> starts(per_split * chunks * size), adjoints(per_split * size), dA_heads(per_split);
-    std::vector<T> states((kChunk + 1) * size);
+    std::vector<T> states((kChunk + 1) * size), scratch(3 * s.n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), b = (task / s.groups) % s.batch, g = task % s.groups;
       T* dB_bg = out.dB + (split * s.batch + b) * group_stride + g * s.n;
@@ -212,9 +272,9 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
       for (int64_t c = chunks - 1; c >= 0; --c) {
         for (int64_t k = 0; k < count; ++k) {
           const auto view = view_of(k);
-          chunk_backward<T>(view, A_p[view.h], c * kChunk, std::min(s.length, (c + 1) * kChunk),
-                            starts.data() + (k * chunks + c) * size, gy_p, out, dB_bg, dC_bg, states,
-                            adjoints.data() + k * size, dA_heads[k]);
+          chunk_backward<T, N>(view, A_p[view.h], c * kChunk, std::min(s.length, (c + 1) * kChunk),
+                               starts.data() + (k * chunks + c) * size, gy_p, out, dB_bg, dC_bg, states,
+                               adjoints.data() + k * size, dA_heads[k], scratch.data());
         }
       }
       for (int64_t k = 0; k < count; ++k) {
@@ -224,6 +284,21 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
       }
     }
   });
+}
+
+// scan_backward with the state size as a compile-time constant for the common sizes.
+template <typename T>
+void scan_backward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+                       const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
+                       const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
+                       at::Tensor& dC, at::Tensor& dinitial) {
+  switch (B.size(3)) {
+    case 16: return scan_backward<T, 16>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    case 32: return scan_backward<T, 32>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    case 64: return scan_backward<T, 64>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    case 128: return scan_backward<T, 128>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    default: return scan_backward<T, 0>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+  }
 }
 
 void check(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
@@ -248,7 +323,7 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& dt, const
   auto y = at::empty_like(x);
   auto final_state = at::empty_like(initial);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_forward",
-                             [&] { scan_forward<scalar_t>(x, dt, A, B, C, initial, y, final_state); });
+                             [&] { scan_forward_any<scalar_t>(x, dt, A, B, C, initial, y, final_state); });
   return {y, final_state};
 }
 
@@ -267,7 +342,7 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& dt, cons
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, x.options());
   auto dC = at::empty_like(dB);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    scan_backward_any<scalar_t>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
   });
   return {dx, ddt, dA, dB, dC, dinitial};
 }
