@@ -126,7 +126,7 @@ class _CompiledScan(torch.autograd.Function):
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
         du, ddelta, dA, dB, dC = load("selective_scan").backward(u, delta, A, B, C, grad_y, grad_last, splits)
-        return du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0)
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC)
 
 
 def ssd_scan_compiled(
@@ -170,6 +170,11 @@ def _splits(per_group: int, tasks: int) -> int:
     return min(per_group, math.ceil(torch.get_num_threads() / tasks))
 
 
+def _sum_splits(gradient: Tensor) -> Tensor:
+    """The kernel's per-split gradient buffers ``(splits, ...)`` summed; no copy when there is one split."""
+    return gradient[0] if gradient.shape[0] == 1 else gradient.sum(0)
+
+
 class _CompiledSSD(torch.autograd.Function):
     """``(y, S_last) = ssd(x, dt, A, B, C, S_initial)`` (dt already discretised); gradients from the kernel."""
 
@@ -187,4 +192,4 @@ class _CompiledSSD(torch.autograd.Function):
         batch, groups = x.shape[0], B.shape[2]
         splits = _splits(x.shape[2] // groups, batch * groups)
         dx, ddt, dA, dB, dC, dinitial = load("ssd_scan").backward(x, dt, A, B, C, initial, grad_y, grad_final, splits)
-        return dx, ddt, dA.sum(0), dB.sum(0), dC.sum(0), dinitial
+        return dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dinitial
