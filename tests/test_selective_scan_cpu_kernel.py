@@ -46,6 +46,20 @@ def test_forward_and_gradients_match_loop(length, B_layout, C_layout):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_softplus_on_both_sides_of_its_threshold_matches_loop():
+    # The kernel forms softplus(delta + bias) itself (delta + bias unchanged above 20, as torch does): steps from
+    # -30 to 30, some at the threshold to rounding.
+    x = make_inputs(100, "batched", "batched", seed=4)
+    gen = torch.Generator().manual_seed(5)
+    x["delta"] = torch.empty(x["delta"].shape, dtype=torch.float64).uniform_(-30.0, 30.0, generator=gen)
+    x["delta"][..., ::7] = 20.0 - x["delta_bias"].unsqueeze(-1)
+    x["A"] = x["A"] * 0.01  # keep exp(delta * A) away from 0 for steps near 30
+    got = gradients(cpu_kernel.selective_scan_compiled, x, seed=3)
+    want = gradients(loop_reference, x, seed=3)
+    for name, g, w in zip(["out", "last state", *(f"gradient of {k}" for k in x)], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("threads", [3, 4])
 def test_gradients_with_more_threads_than_sequences(threads):
     """One sequence, one group of 4 channels, more threads: the backward splits the group's channels

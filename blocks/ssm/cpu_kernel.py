@@ -84,16 +84,13 @@ def selective_scan_compiled(
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
-    if delta_bias is not None:
-        delta_ = delta_ + delta_bias.to(dtype).unsqueeze(-1)
-    if delta_softplus:
-        delta_ = F.softplus(delta_)
+    bias = u_.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.to(dtype)
     B_, C_ = (_time_last_to_state_last(t.to(dtype)) for t in (B, C))
     if B_.shape[1] != C_.shape[1]:  # one of them has groups, the other is shared: give both the groups
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
-    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(),
-                                        B_.contiguous(), C_.contiguous())
+    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_.contiguous(),
+                                        C_.contiguous(), bias.contiguous(), delta_softplus)
     if D is not None:  # in place: the kernel's output is not saved for backward; no (b, d, l) temporary
         y = y.addcmul_(D.to(dtype).unsqueeze(-1), u_)
     if z is not None:
@@ -108,25 +105,29 @@ def _time_last_to_state_last(t: Tensor) -> Tensor:
 
 
 class _CompiledScan(torch.autograd.Function):
-    """``(y, h_last) = scan(u, delta, A, B, C)`` with B, C as ``(b, g, l, n)``; gradients from the kernel."""
+    """``(y, h_last) = scan(u, delta, A, B, C)`` with B, C as ``(b, g, l, n)`` and the step
+    ``softplus(delta + bias)`` (or ``delta + bias``) formed inside the kernel; gradients from the kernel."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor):
-        y, last_state = load("selective_scan").forward(u, delta, A, B, C)
-        ctx.save_for_backward(u, delta, A, B, C)
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, bias: Tensor, softplus: bool):
+        y, last_state = load("selective_scan").forward(u, delta, A, B, C, bias, softplus)
+        ctx.save_for_backward(u, delta, A, B, C, bias)
+        ctx.softplus = softplus
         return y, last_state
 
     @staticmethod
     def backward(ctx, grad_y: Tensor | None, grad_last: Tensor | None):
-        u, delta, A, B, C = ctx.saved_tensors
+        u, delta, A, B, C, bias = ctx.saved_tensors
         grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
         batch, dim, _ = u.shape
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dA, dB, dC = load("selective_scan").backward(u, delta, A, B, C, grad_y, grad_last, splits)
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC)
+        du, ddelta, dA, dB, dC = load("selective_scan").backward(u, delta, A, B, C, bias, ctx.softplus, grad_y,
+                                                                 grad_last, splits)
+        dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[5] else None
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dbias, None
 
 
 def ssd_scan_compiled(

@@ -1,14 +1,15 @@
 // Mamba's selective scan as one fused CPU loop per channel (Gu & Dao 2023, "Mamba", eq. 2a-2b).
 //
 // Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
-// recurrence lives here; delta's bias and softplus, D and the z gate stay in PyTorch around it.
+// recurrence and delta's bias and softplus live here; D and the z gate stay in PyTorch around it.
 //
-// For batch b and channel d (in group g = d / (dim / groups)), with state h of size n:
+// For batch b and channel d (in group g = d / (dim / groups)), with state h of size n and the step
+// delta_t = softplus(raw_t + bias[d]) (or raw_t + bias[d] without softplus), raw being the input delta:
 //
 //     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, t]        h_{-1} = 0
 //     y_t = <C[b, g, t], h_t>
 //
-// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n);
+// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n); bias: (dim,);
 // B, C: (batch, groups, length, n); last state: (batch, dim, n).
 //
 // Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
@@ -35,6 +36,7 @@
 namespace {
 
 constexpr int64_t kChunk = 64;
+constexpr double kSoftplusThreshold = 20.0;  // softplus(x) = x above it, as torch.nn.functional.softplus
 
 struct ScanShape {
   int64_t batch, dim, length, n, groups;
@@ -60,15 +62,46 @@ inline T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
   return sum;
 }
 
+// The steps of channel positions [first, stop): out[t - first] = delta_t from the raw input delta
+// (bias added, then softplus when asked), vectorised over time.
+template <typename T>
+inline void discretize(const T* __restrict raw, T bias, bool softplus, int64_t first, int64_t stop, T* __restrict out) {
+  const T threshold = kSoftplusThreshold;
+  if (softplus) {
+#pragma omp simd
+    for (int64_t t = first; t < stop; ++t) {
+      const T x = raw[t] + bias;
+      out[t - first] = x > threshold ? x : std::log1p(std::exp(std::min(x, threshold)));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t t = first; t < stop; ++t) out[t - first] = raw[t] + bias;
+  }
+}
+
+// grad[t] *= d delta_t / d raw_t over [first, stop): the softplus's sigmoid (1 without softplus).
+template <typename T>
+inline void chain_through_softplus(const T* __restrict raw, T bias, bool softplus, int64_t first, int64_t stop,
+                                   T* __restrict grad) {
+  if (!softplus) return;
+  const T threshold = kSoftplusThreshold;
+#pragma omp simd
+  for (int64_t t = first; t < stop; ++t) {
+    const T x = raw[t] + bias;
+    grad[t] *= x > threshold ? T(1) : T(1) / (T(1) + std::exp(-x));
+  }
+}
+
 template <typename T>
 void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                  const at::Tensor& C, at::Tensor& y, at::Tensor& last) {
+                  const at::Tensor& C, const at::Tensor& bias, bool softplus, at::Tensor& y, at::Tensor& last) {
   const auto s = shape_of(u, A, B);
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>();
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
+    T steps[kChunk];
     // Chunk by chunk over the channels of one (b, g): a chunk of B and C stays in cache while every
     // channel of the group reads it (walking each channel through all of time evicts them at long lengths).
     for_each_group_run(s.heads(), begin, end, [&](int64_t first_pair, int64_t stop_pair) {
@@ -79,12 +112,13 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
         const int64_t stop = std::min(s.length, first + kChunk);
         for (int64_t pair = first_pair; pair < stop_pair; ++pair) {
           const T* u_bd = u_p + pair * s.length;
-          const T* delta_bd = delta_p + pair * s.length;
-          const T* A_d = A_p + (pair % s.dim) * s.n;
+          const int64_t d = pair % s.dim;
+          const T* A_d = A_p + d * s.n;
           T* y_bd = y_p + pair * s.length;
           T* h = last_p + pair * s.n;
+          discretize(delta_p + pair * s.length, bias_p[d], softplus, first, stop, steps);
           for (int64_t t = first; t < stop; ++t) {
-            const T dt = delta_bd[t];
+            const T dt = steps[t - first];
             advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
             y_bd[t] = dot(h, C_bg + t * s.n, s.n);
           }
@@ -96,20 +130,22 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
 // into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
-// ddelta and adding to dA. dB_bg / dC_bg are the (length, n) accumulators of the channel's group,
+// the raw delta's gradient and adding to dA. dB_bg / dC_bg are the (length, n) accumulators of the channel's group,
 // owned by the calling task alone.
 template <typename T>
-void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* delta, const T* A, const T* B,
-                    const T* C, const T* grad_y, const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC,
-                    std::vector<T>& states, T* g) {
+void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias, bool softplus,
+                    const T* A, const T* B, const T* C, const T* grad_y, const T* start, T* du, T* ddelta, T* dA,
+                    T* dB, T* dC, std::vector<T>& states, T* g) {
+  T steps[kChunk];
+  discretize(raw_delta, bias, softplus, first, stop, steps);
   std::copy(start, start + n, states.data());
   for (int64_t t = first; t < stop; ++t) {
     T* next = states.data() + (t - first + 1) * n;
     std::copy(next - n, next, next);
-    advance(next, A, B + t * n, delta[t], delta[t] * u[t], n);
+    advance(next, A, B + t * n, steps[t - first], steps[t - first] * u[t], n);
   }
   for (int64_t t = stop - 1; t >= first; --t) {
-    const T dt = delta[t], ut = u[t], gy = grad_y[t];
+    const T dt = steps[t - first], ut = u[t], gy = grad_y[t];
     const T* previous = states.data() + (t - first) * n;  // h_{t-1}
     const T* current = previous + n;                      // h_t
     const T *Bt = B + t * n, *Ct = C + t * n;
@@ -130,16 +166,17 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
     du[t] = dt * through_B;
     ddelta[t] = ut * through_B + through_decay;
   }
+  chain_through_softplus(raw_delta, bias, softplus, first, stop, ddelta);
 }
 
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
+                   const at::Tensor& C, const at::Tensor& bias, bool softplus, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
                    at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>();
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
   const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
@@ -149,6 +186,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
     // Per channel of a task: its states at every chunk start and its adjoint.
     std::vector<T> starts(per_split * chunks * n), adjoints(per_split * n), states((kChunk + 1) * n);
+    T steps[kChunk];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
       const int64_t b = bg / s.groups, g = bg % s.groups;
@@ -166,11 +204,12 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
       for (int64_t c = 0; c < chunks; ++c) {
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k;
-          const T *u_bd = u_p + pair * s.length, *delta_bd = delta_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
+          const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
+          const T *u_bd = u_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
           T* h = adjoints.data() + k * n;  // borrowed as the running state
           std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
-          for (int64_t t = c * kChunk; t < std::min(s.length, (c + 1) * kChunk); ++t)
-            advance(h, A_d, B_bg + t * n, delta_bd[t], delta_bd[t] * u_bd[t], n);
+          discretize(delta_p + pair * s.length, bias_p[d0 + k], softplus, first, stop, steps);
+          for (int64_t t = first; t < stop; ++t) advance(h, A_d, B_bg + t * n, steps[t - first], steps[t - first] * u_bd[t], n);
         }
       }
       // ...then the reverse sweep, newest chunk first.
@@ -180,7 +219,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
-                            delta_p + offset_l, A_p + (d0 + k) * n, B_bg, C_bg, gy_p + offset_l,
+                            delta_p + offset_l, bias_p[d0 + k], softplus, A_p + (d0 + k) * n, B_bg, C_bg, gy_p + offset_l,
                             starts.data() + (k * chunks + c) * n, du_p + offset_l, ddelta_p + offset_l,
                             dA_p + pair * n, dB_bg, dC_bg, states, adjoints.data() + k * n);
         }
@@ -190,34 +229,35 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
 }
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-           const at::Tensor& C) {
-  for (const at::Tensor* t : {&u, &delta, &A, &B, &C}) {
+           const at::Tensor& C, const at::Tensor& bias) {
+  for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &bias}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == u.scalar_type(),
                 "selective_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
   }
-  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1),
-              "selective_scan_cpu: u, delta (b, d, l) and A (d, n) expected");
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1) &&
+                  bias.dim() == 1 && bias.size(0) == u.size(1),
+              "selective_scan_cpu: u, delta (b, d, l), A (d, n) and the delta bias (d,) expected");
   TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == u.size(0) && B.size(2) == u.size(2) &&
                   B.size(3) == A.size(1) && u.size(1) % B.size(1) == 0,
               "selective_scan_cpu: B, C (b, g, l, n) expected");
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                const at::Tensor& B, const at::Tensor& C) {
-  check(u, delta, A, B, C);
+                                const at::Tensor& B, const at::Tensor& C, const at::Tensor& bias, bool softplus) {
+  check(u, delta, A, B, C, bias);
   auto y = at::empty_like(u);
   auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward",
-                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, y, last); });
+                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, bias, softplus, y, last); });
   return {y, last};
 }
 
-// Returns du, ddelta, dA per batch (b, d, n), and dB, dC per split of each group's channels
-// (splits, b, g, l, n); the caller sums over batch and splits.
+// Returns du, the raw delta's gradient, dA per batch (b, d, n), and dB, dC per split of each group's
+// channels (splits, b, g, l, n); the caller sums over batch and splits (and the bias's gradient).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& grad_y,
-                                 const at::Tensor& grad_last, int64_t splits) {
-  check(u, delta, A, B, C);
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& bias, bool softplus,
+                                 const at::Tensor& grad_y, const at::Tensor& grad_last, int64_t splits) {
+  check(u, delta, A, B, C, bias);
   TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
                   grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
               "selective_scan_cpu: gradients of y (b, d, l) and of the last state (b, d, n) expected");
@@ -227,7 +267,7 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
   auto dC = at::empty_like(dB);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(u, delta, A, B, C, grad_y, grad_last, du, ddelta, dA, dB, dC);
+    scan_backward<scalar_t>(u, delta, A, B, C, bias, softplus, grad_y, grad_last, du, ddelta, dA, dB, dC);
   });
   return {du, ddelta, dA, dB, dC};
 }

@@ -12,7 +12,8 @@
 // Layouts (all contiguous): x, y: (batch, length, heads, p); dt: (batch, length, heads); A: (heads,);
 // B, C: (batch, length, groups, n); initial and final states: (batch, heads, p, n).
 //
-// Each (b, h) pair is an independent recurrence, vectorised over the n states of each of the p rows.
+// Each (b, h) pair is an independent recurrence. The forward pass holds the state transposed (n rows
+// of p) and is vectorised along p; the backward pass holds it as p rows of n, vectorised along n.
 // The backward pass is the reverse-time adjoint recurrence
 //
 //     G_t = dy_t C_t^T + exp(dt_{t+1} A) G_{t+1}        (G_{L-1} also gets the final state's gradient)
