@@ -14,14 +14,16 @@
 //
 // Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
 // on the intra-op threads, each thread going chunk by chunk through time over all of its channels
-// that share one B and C, so a chunk of B and C is read from cache by every channel of the group. The backward pass is the reverse-time adjoint recurrence
+// that share one B and C, so a chunk of B and C is read from cache by every channel of the group.
+// The backward pass is the reverse-time adjoint recurrence
 //
 //     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
 //
 // from which every input gradient follows position by position. It needs h_{t-1} at every t: a
 // first forward sweep keeps only the state at each chunk start (kChunk positions), and each chunk's
 // states are recomputed into a small buffer just before the reverse sweep walks through it, so the
-// memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per thread, never O(length * n).
+// memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per thread, never
+// O(length * n).
 
 #include <torch/extension.h>
 
@@ -130,8 +132,8 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
 // into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
-// the raw delta's gradient and adding to dA. dB_bg / dC_bg are the (length, n) accumulators of the channel's group,
-// owned by the calling task alone.
+// the raw delta's gradient and adding to dA. dB / dC are the (length, n) accumulators of the
+// channel's group, owned by the calling task alone.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias, bool softplus,
                     const T* A, const T* B, const T* C, const T* grad_y, const T* start, T* du, T* ddelta, T* dA,
@@ -171,8 +173,9 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& bias, bool softplus, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
-                   at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC) {
+                   const at::Tensor& C, const at::Tensor& bias, bool softplus, const at::Tensor& grad_y,
+                   const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB,
+                   at::Tensor& dC) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
@@ -209,7 +212,8 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
           T* h = adjoints.data() + k * n;  // borrowed as the running state
           std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
           discretize(delta_p + pair * s.length, bias_p[d0 + k], softplus, first, stop, steps);
-          for (int64_t t = first; t < stop; ++t) advance(h, A_d, B_bg + t * n, steps[t - first], steps[t - first] * u_bd[t], n);
+          for (int64_t t = first; t < stop; ++t)
+            advance(h, A_d, B_bg + t * n, steps[t - first], steps[t - first] * u_bd[t], n);
         }
       }
       // ...then the reverse sweep, newest chunk first.
@@ -219,9 +223,9 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
-                            delta_p + offset_l, bias_p[d0 + k], softplus, A_p + (d0 + k) * n, B_bg, C_bg, gy_p + offset_l,
-                            starts.data() + (k * chunks + c) * n, du_p + offset_l, ddelta_p + offset_l,
-                            dA_p + pair * n, dB_bg, dC_bg, states, adjoints.data() + k * n);
+                            delta_p + offset_l, bias_p[d0 + k], softplus, A_p + (d0 + k) * n, B_bg, C_bg,
+                            gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
+                            ddelta_p + offset_l, dA_p + pair * n, dB_bg, dC_bg, states, adjoints.data() + k * n);
         }
       }
     }
