@@ -18,8 +18,9 @@ and forward+backward time of ours and of a plain loop over time written here (sa
 * SSD bound = FLOPs of the chunked algorithm (``ssd.ssd_flops``) / measured fp32 matmul GFLOP/s
   (1024×1024 square matmul).
 
-When the loop would take longer than ``--loop-timeout`` seconds, it is timed on a prefix of the
-steps and extrapolated linearly; such entries are marked ``~`` (estimated).
+When the loop would take longer than ``--loop-timeout`` seconds, or its backward graph would hold
+more than ``--loop-memory`` GiB, it is timed on a prefix of the steps and extrapolated linearly;
+such entries are marked ``~`` (estimated).
 
 Peak memory (``--memory``, default for l=4000): each case runs forward only in a fresh subprocess;
 the number is the growth of the process's peak resident set (``VmHWM`` from ``/proc/self/status``,
@@ -167,21 +168,34 @@ def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
     return fwd, bwd
 
 
-def time_loop(scan: str, b: int, l: int, repeats: int, timeout: float) -> tuple[float, float, bool]:
-    """Loop times (forward, forward+backward), and whether they were extrapolated from a prefix."""
+def loop_state_bytes(scan: str, t: dict) -> int:
+    """Bytes of one step's state in the loop (its autograd graph keeps a few of these per step)."""
+    if scan == "mamba":
+        return t["u"].shape[0] * t["A"].numel() * t["u"].element_size()
+    b, _, h, p = t["x"].shape
+    return b * h * p * t["B"].shape[-1] * t["x"].element_size()
+
+
+def time_loop(scan: str, b: int, l: int, repeats: int, timeout: float, memory_gb: float) -> tuple[float, float, bool]:
+    """Loop times (forward, forward+backward), and whether they were extrapolated from a prefix.
+
+    The loop runs in full when that fits in ``timeout`` seconds and its backward graph (about four
+    states per step) in ``memory_gb``; otherwise it is timed on a prefix and scaled to ``l`` steps.
+    """
     loop = LOOPS[scan]
     probe = min(l, 50)
     t = INPUTS[scan](b, l)
     tg = INPUTS[scan](b, l, requires_grad=True)
+    memory_steps = max(probe, int(memory_gb * 2**30 / (4 * loop_state_bytes(scan, t))))
     with torch.no_grad():
         fwd_probe = timed(lambda: loop(t, probe), 1)
     bwd_probe = timed(lambda: forward_backward(lambda s: loop(s, probe), tg), 1)
-    if (fwd_probe + bwd_probe) * l / probe * repeats <= timeout:
+    if (fwd_probe + bwd_probe) * l / probe * repeats <= timeout and l <= memory_steps:
         with torch.no_grad():
             fwd = timed(lambda: loop(t), repeats)
         return fwd, timed(lambda: forward_backward(loop, tg), repeats), False
     steps = max(probe, int(probe * timeout / 4 / (fwd_probe + bwd_probe)))
-    steps = min(steps, l)
+    steps = min(steps, l, memory_steps)
     with torch.no_grad():
         fwd = timed(lambda: loop(t, steps), 1) * l / steps
     bwd = timed(lambda: forward_backward(lambda s: loop(s, steps), tg), 1) * l / steps
@@ -250,8 +264,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--length", type=int, nargs="+", default=[50, 200, 1000, 4000])
     parser.add_argument("--quick", action="store_true", help="b in {1, 16}, l in {50, 200, 1000}")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs (1 for cases over 2 s)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs (the loop: 1 where ours takes over 2 s)")
     parser.add_argument("--loop-timeout", type=float, default=20.0, help="seconds before the loop is extrapolated")
+    parser.add_argument("--loop-memory", type=float, default=4.0,
+                        help="GiB the loop's backward graph may hold before the loop is extrapolated")
     parser.add_argument("--memory", choices=["auto", "all", "none"], default="auto",
                         help="peak-memory subprocess runs: auto = only l = 4000")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -286,9 +302,10 @@ def main() -> None:
         for b in args.batch:
             for l in args.length:
                 repeats = args.repeats
-                fwd, fb = time_ours(scan, b, l, 1 if b * l >= 256 * 1000 else repeats)
+                fwd, fb = time_ours(scan, b, l, repeats)
                 if (base(scan), b, l) not in loops:  # variants of one scan share its loop timing
-                    loops[base(scan), b, l] = time_loop(base(scan), b, l, 1 if fb > 2 else repeats, args.loop_timeout)
+                    loops[base(scan), b, l] = time_loop(base(scan), b, l, 1 if fb > 2 else repeats, args.loop_timeout,
+                                                            args.loop_memory)
                 loop_fwd, loop_fb, estimated = loops[base(scan), b, l]
                 floor = floor_seconds(scan, b, l, rate, gflops)
                 peak = None
