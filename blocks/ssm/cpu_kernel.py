@@ -85,14 +85,13 @@ def selective_scan_compiled(
     dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
     u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
     bias = u_.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.to(dtype)
+    D_ = u_.new_zeros(u.shape[1]) if D is None else D.to(dtype)
     B_, C_ = (_time_last_to_state_last(t.to(dtype)) for t in (B, C))
     if B_.shape[1] != C_.shape[1]:  # one of them has groups, the other is shared: give both the groups
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
     y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_.contiguous(),
-                                        C_.contiguous(), bias.contiguous(), delta_softplus)
-    if D is not None:  # in place: the kernel's output is not saved for backward; no (b, d, l) temporary
-        y = y.addcmul_(D.to(dtype).unsqueeze(-1), u_)
+                                        C_.contiguous(), D_.contiguous(), bias.contiguous(), delta_softplus)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
@@ -105,29 +104,30 @@ def _time_last_to_state_last(t: Tensor) -> Tensor:
 
 
 class _CompiledScan(torch.autograd.Function):
-    """``(y, h_last) = scan(u, delta, A, B, C)`` with B, C as ``(b, g, l, n)`` and the step
+    """``(y, h_last) = scan(u, delta, A, B, C) + D u`` with B, C as ``(b, g, l, n)`` and the step
     ``softplus(delta + bias)`` (or ``delta + bias``) formed inside the kernel; gradients from the kernel."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, bias: Tensor, softplus: bool):
-        y, last_state = load("selective_scan").forward(u, delta, A, B, C, bias, softplus)
-        ctx.save_for_backward(u, delta, A, B, C, bias)
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor,
+                softplus: bool):
+        y, last_state = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, bias)
         ctx.softplus = softplus
         return y, last_state
 
     @staticmethod
     def backward(ctx, grad_y: Tensor | None, grad_last: Tensor | None):
-        u, delta, A, B, C, bias = ctx.saved_tensors
+        u, delta, A, B, C, D, bias = ctx.saved_tensors
         grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
         batch, dim, _ = u.shape
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dA, dB, dC = load("selective_scan").backward(u, delta, A, B, C, bias, ctx.softplus, grad_y,
-                                                                 grad_last, splits)
-        dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[5] else None
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dbias, None
+        du, ddelta, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, ctx.softplus, grad_y,
+                                                                     grad_last, splits)
+        dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[6] else None
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, None
 
 
 def ssd_scan_compiled(
@@ -157,10 +157,11 @@ def ssd_scan_compiled(
     step = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)
     if initial_states is None:
         initial_states = x_.new_zeros(batch, heads, headdim, B.shape[-1])
-    tensors = (x_, step, A.to(dtype), B.to(dtype), C.to(dtype), initial_states.to(dtype))
+    if D is None:
+        D = x_.new_zeros(heads, headdim)
+    D_ = D.to(dtype).unsqueeze(-1).expand(heads, headdim) if D.dim() == 1 else D.to(dtype)
+    tensors = (x_, step, A.to(dtype), B.to(dtype), C.to(dtype), D_, initial_states.to(dtype))
     y, final_state = _CompiledSSD.apply(*(t.contiguous() for t in tensors))
-    if D is not None:  # in place, as for the selective scan
-        y = y.addcmul_((D.unsqueeze(-1) if D.dim() == 1 else D).to(dtype), x_)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(x.dtype), final_state.to(x.dtype)
@@ -177,20 +178,22 @@ def _sum_splits(gradient: Tensor) -> Tensor:
 
 
 class _CompiledSSD(torch.autograd.Function):
-    """``(y, S_last) = ssd(x, dt, A, B, C, S_initial)`` (dt already discretised); gradients from the kernel."""
+    """``(y, S_last) = ssd(x, dt, A, B, C, D, S_initial)`` (dt already discretised, D ``(h, p)``); gradients
+    from the kernel."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial: Tensor):
-        y, final_state = load("ssd_scan").forward(x, dt, A, B, C, initial)
-        ctx.save_for_backward(x, dt, A, B, C, initial)
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, initial: Tensor):
+        y, final_state = load("ssd_scan").forward(x, dt, A, B, C, D, initial)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial)
         return y, final_state
 
     @staticmethod
     def backward(ctx, grad_y: Tensor | None, grad_final: Tensor | None):
-        x, dt, A, B, C, initial = ctx.saved_tensors
+        x, dt, A, B, C, D, initial = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
         grad_final = torch.zeros_like(initial) if grad_final is None else grad_final.contiguous()
         batch, groups = x.shape[0], B.shape[2]
         splits = _splits(x.shape[2] // groups, batch * groups)
-        dx, ddt, dA, dB, dC, dinitial = load("ssd_scan").backward(x, dt, A, B, C, initial, grad_y, grad_final, splits)
-        return dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dinitial
+        dx, ddt, dA, dB, dC, dD, dinitial = load("ssd_scan").backward(x, dt, A, B, C, D, initial, grad_y, grad_final,
+                                                                      splits)
+        return dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dinitial

@@ -1,15 +1,15 @@
 // Mamba's selective scan as one fused CPU loop per channel (Gu & Dao 2023, "Mamba", eq. 2a-2b).
 //
 // Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
-// recurrence and delta's bias and softplus live here; D and the z gate stay in PyTorch around it.
+// recurrence, delta's bias and softplus and the skip term D u live here; the z gate stays in PyTorch.
 //
 // For batch b and channel d (in group g = d / (dim / groups)), with state h of size n and the step
 // delta_t = softplus(raw_t + bias[d]) (or raw_t + bias[d] without softplus), raw being the input delta:
 //
 //     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, t]        h_{-1} = 0
-//     y_t = <C[b, g, t], h_t>
+//     y_t = <C[b, g, t], h_t> + D[d] * u_t
 //
-// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n); bias: (dim,);
+// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n); bias, D: (dim,);
 // B, C: (batch, groups, length, n); last state: (batch, dim, n).
 //
 // Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
@@ -96,10 +96,11 @@ inline void chain_through_softplus(const T* __restrict raw, T bias, bool softplu
 
 template <typename T>
 void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                  const at::Tensor& C, const at::Tensor& bias, bool softplus, at::Tensor& y, at::Tensor& last) {
+                  const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus, at::Tensor& y,
+                  at::Tensor& last) {
   const auto s = shape_of(u, A, B);
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
-  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
@@ -122,7 +123,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
           for (int64_t t = first; t < stop; ++t) {
             const T dt = steps[t - first];
             advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
-            y_bd[t] = dot(h, C_bg + t * s.n, s.n);
+            y_bd[t] = dot(h, C_bg + t * s.n, s.n) + D_p[d] * u_bd[t];
           }
         }
       }
@@ -132,12 +133,12 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
 // into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
-// the raw delta's gradient and adding to dA. dB / dC are the (length, n) accumulators of the
+// the raw delta's gradient and adding to dA and dD. dB / dC are the (length, n) accumulators of the
 // channel's group, owned by the calling task alone.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias, bool softplus,
-                    const T* A, const T* B, const T* C, const T* grad_y, const T* start, T* du, T* ddelta, T* dA,
-                    T* dB, T* dC, std::vector<T>& states, T* g) {
+                    const T* A, const T* B, const T* C, T D, const T* grad_y, const T* start, T* du, T* ddelta,
+                    T* dA, T* dB, T* dC, T& dD, std::vector<T>& states, T* g) {
   T steps[kChunk];
   discretize(raw_delta, bias, softplus, first, stop, steps);
   std::copy(start, start + n, states.data());
@@ -165,7 +166,8 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
       through_B += gi * Bt[i];
       g[i] = decay * gi;
     }
-    du[t] = dt * through_B;
+    du[t] = dt * through_B + D * gy;
+    dD += gy * ut;
     ddelta[t] = ut * through_B + through_decay;
   }
   chain_through_softplus(raw_delta, bias, softplus, first, stop, ddelta);
@@ -173,17 +175,17 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& bias, bool softplus, const at::Tensor& grad_y,
-                   const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB,
-                   at::Tensor& dC) {
+                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus,
+                   const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta,
+                   at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
-  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
-  T *dB_p = dB.data_ptr<T>(), *dC_p = dC.data_ptr<T>();
+  T *dB_p = dB.data_ptr<T>(), *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
   const int64_t group_size = s.length * n;
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
@@ -219,13 +221,15 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
       // ...then the reverse sweep, newest chunk first.
       std::copy(gl_p + pair0 * n, gl_p + (pair0 + count) * n, adjoints.data());
       std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
+      std::fill(dD_p + pair0, dD_p + pair0 + count, T(0));
       for (int64_t c = chunks - 1; c >= 0; --c) {
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
                             delta_p + offset_l, bias_p[d0 + k], softplus, A_p + (d0 + k) * n, B_bg, C_bg,
-                            gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
-                            ddelta_p + offset_l, dA_p + pair * n, dB_bg, dC_bg, states, adjoints.data() + k * n);
+                            D_p[d0 + k], gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
+                            ddelta_p + offset_l, dA_p + pair * n, dB_bg, dC_bg, dD_p[pair], states,
+                            adjoints.data() + k * n);
         }
       }
     }
@@ -233,35 +237,38 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
 }
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-           const at::Tensor& C, const at::Tensor& bias) {
-  for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &bias}) {
+           const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias) {
+  for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &D, &bias}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == u.scalar_type(),
                 "selective_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
   }
-  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1) &&
-                  bias.dim() == 1 && bias.size(0) == u.size(1),
-              "selective_scan_cpu: u, delta (b, d, l), A (d, n) and the delta bias (d,) expected");
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1),
+              "selective_scan_cpu: u, delta (b, d, l) and A (d, n) expected");
+  TORCH_CHECK(D.dim() == 1 && D.size(0) == u.size(1) && bias.dim() == 1 && bias.size(0) == u.size(1),
+              "selective_scan_cpu: D and the delta bias (d,) expected");
   TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == u.size(0) && B.size(2) == u.size(2) &&
                   B.size(3) == A.size(1) && u.size(1) % B.size(1) == 0,
               "selective_scan_cpu: B, C (b, g, l, n) expected");
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                const at::Tensor& B, const at::Tensor& C, const at::Tensor& bias, bool softplus) {
-  check(u, delta, A, B, C, bias);
+                                const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
+                                bool softplus) {
+  check(u, delta, A, B, C, D, bias);
   auto y = at::empty_like(u);
   auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward",
-                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, bias, softplus, y, last); });
+                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, D, bias, softplus, y, last); });
   return {y, last};
 }
 
-// Returns du, the raw delta's gradient, dA per batch (b, d, n), and dB, dC per split of each group's
-// channels (splits, b, g, l, n); the caller sums over batch and splits (and the bias's gradient).
+// Returns du, the raw delta's gradient, dA per batch (b, d, n), dB, dC per split of each group's
+// channels (splits, b, g, l, n) and dD per batch (b, d); the caller sums over batch and splits (and
+// the bias's gradient).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& bias, bool softplus,
-                                 const at::Tensor& grad_y, const at::Tensor& grad_last, int64_t splits) {
-  check(u, delta, A, B, C, bias);
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
+                                 bool softplus, const at::Tensor& grad_y, const at::Tensor& grad_last, int64_t splits) {
+  check(u, delta, A, B, C, D, bias);
   TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
                   grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
               "selective_scan_cpu: gradients of y (b, d, l) and of the last state (b, d, n) expected");
@@ -270,15 +277,16 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dA = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
   auto dC = at::empty_like(dB);
+  auto dD = at::empty({u.size(0), u.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(u, delta, A, B, C, bias, softplus, grad_y, grad_last, du, ddelta, dA, dB, dC);
+    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, softplus, grad_y, grad_last, du, ddelta, dA, dB, dC, dD);
   });
-  return {du, ddelta, dA, dB, dC};
+  return {du, ddelta, dA, dB, dC, dD};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward: (y, last state)");
-  m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC)");
+  m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD)");
 }

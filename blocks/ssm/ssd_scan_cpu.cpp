@@ -1,16 +1,16 @@
 // Mamba2's SSD recurrence as one fused CPU loop per head (Dao & Gu 2024, "Transformers are SSMs",
 // §3 eq. (1)-(2) with the scalar-times-identity A of SSD, §6).
 //
-// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
-// recurrence lives here; dt's bias, softplus and limits, D and the z gate stay in PyTorch around it.
+// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). The recurrence
+// and the skip term D x live here; dt's bias, softplus and limits and the z gate stay in PyTorch.
 //
 // For batch b and head h (in group g = h / (heads / groups)), with a state S of shape (p, n):
 //
 //     S_t = exp(dt_t * A[h]) * S_{t-1} + (dt_t * x_t) B_t^T        S_{-1} = the initial state
-//     y_t = S_t C_t
+//     y_t = S_t C_t + D[h] * x_t        (D[h] a vector of p, elementwise with x_t)
 //
 // Layouts (all contiguous): x, y: (batch, length, heads, p); dt: (batch, length, heads); A: (heads,);
-// B, C: (batch, length, groups, n); initial and final states: (batch, heads, p, n).
+// B, C: (batch, length, groups, n); D: (heads, p); initial and final states: (batch, heads, p, n).
 //
 // Each (b, h) pair is an independent recurrence. The forward pass holds the state transposed (n rows
 // of p) and is vectorised along p; the backward pass holds it as p rows of n, vectorised along n.
@@ -78,7 +78,8 @@ inline void advance(T* __restrict S, const T* __restrict x, const T* __restrict 
 // P = 0 they live in `scratch` and y.
 template <typename T, int64_t P>
 inline void forward_step(T* __restrict St, const T* __restrict x, const T* __restrict Bt, const T* __restrict Ct,
-                         T decay, T dt, int64_t p, int64_t n, T* __restrict scratch, T* __restrict y) {
+                         const T* __restrict D, T decay, T dt, int64_t p, int64_t n, T* __restrict scratch,
+                         T* __restrict y) {
   if constexpr (P > 0) p = P;
   T local_input[P > 0 ? P : 1], local_acc[P > 0 ? P : 1];
   T* __restrict input = P > 0 ? local_input : scratch;
@@ -96,7 +97,7 @@ inline void forward_step(T* __restrict St, const T* __restrict x, const T* __res
       acc[i] += c * row[i];
     }
   }
-  if constexpr (P > 0) std::copy(acc, acc + P, y);
+  for (int64_t i = 0; i < p; ++i) y[i] = acc[i] + D[i] * x[i];
 }
 
 // out (cols, rows) = in (rows, cols)^T
@@ -108,11 +109,11 @@ void transpose(const T* in, T* out, int64_t rows, int64_t cols) {
 
 template <typename T, int64_t P>
 void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                  const at::Tensor& C, const at::Tensor& initial, at::Tensor& y, at::Tensor& final_state) {
+                  const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial, at::Tensor& y,
+                  at::Tensor& final_state) {
   const auto s = shape_of(x, B);
   const int64_t size = s.state_size();
-  const T* A_p = A.data_ptr<T>();
-  const T* init_p = initial.data_ptr<T>();
+  const T *A_p = A.data_ptr<T>(), *D_p = D.data_ptr<T>(), *init_p = initial.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *final_p = final_state.data_ptr<T>();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> transposed(s.heads_per_group() * size), scratch(s.p);
@@ -128,8 +129,8 @@ void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
           T* St = transposed.data() + (pair - first_pair) * size;
           for (int64_t t = first; t < std::min(s.length, first + kChunk); ++t) {
             const T step = view.dt_at(t);
-            forward_step<T, P>(St, view.x_at(t), view.B_at(t), view.C_at(t), std::exp(step * A_p[h]), step, s.p, s.n,
-                               scratch.data(), y_p + ((b * s.length + t) * s.heads + h) * s.p);
+            forward_step<T, P>(St, view.x_at(t), view.B_at(t), view.C_at(t), D_p + h * s.p, std::exp(step * A_p[h]),
+                               step, s.p, s.n, scratch.data(), y_p + ((b * s.length + t) * s.heads + h) * s.p);
           }
         }
       }
@@ -142,30 +143,32 @@ void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
 // scan_forward with the head size as a compile-time constant for the common sizes.
 template <typename T>
 void scan_forward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                      const at::Tensor& C, const at::Tensor& initial, at::Tensor& y, at::Tensor& final_state) {
+                      const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial, at::Tensor& y,
+                      at::Tensor& final_state) {
   switch (x.size(3)) {
-    case 16: return scan_forward<T, 16>(x, dt, A, B, C, initial, y, final_state);
-    case 32: return scan_forward<T, 32>(x, dt, A, B, C, initial, y, final_state);
-    case 64: return scan_forward<T, 64>(x, dt, A, B, C, initial, y, final_state);
-    default: return scan_forward<T, 0>(x, dt, A, B, C, initial, y, final_state);
+    case 16: return scan_forward<T, 16>(x, dt, A, B, C, D, initial, y, final_state);
+    case 32: return scan_forward<T, 32>(x, dt, A, B, C, D, initial, y, final_state);
+    case 64: return scan_forward<T, 64>(x, dt, A, B, C, D, initial, y, final_state);
+    default: return scan_forward<T, 0>(x, dt, A, B, C, D, initial, y, final_state);
   }
 }
 
 // Output pointers of the backward pass.
 template <typename T>
 struct Gradients {
-  T *dx, *ddt, *dA, *dB, *dC, *dinitial;
+  T *dx, *ddt, *dA, *dB, *dC, *dD, *dinitial;
 };
 
 // One chunk [first, stop) of head h of batch b, in reverse: recompute its states from `start`
 // (S_{first-1}) into `states`, then walk back carrying the adjoint G (dL/dS_t, updated in place) and
-// adding to dA. dB_bg / dC_bg are (length, n) accumulators of the head's group (strided by groups * n),
+// adding to dA and to the head's dD (p values). dB_bg / dC_bg are (length, n) accumulators of the head's group (strided by groups * n),
 // owned by the calling task alone. Each step's dB_t, dC_t and the decay gradient are summed over the
 // p rows in `acc` (3 n values: registers when N, the state size, is a compile-time constant, else
 // `scratch`) before they touch memory.
 template <typename T, int64_t N>
-void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop, const T* start, const T* grad_y,
-                    const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& states, T* G, T& dA, T* scratch) {
+void chunk_backward(const HeadView<T>& view, T A_h, const T* D_h, int64_t first, int64_t stop, const T* start,
+                    const T* grad_y, const Gradients<T>& out, T* dB_bg, T* dC_bg, std::vector<T>& states, T* G,
+                    T& dA, T* dD_h, T* scratch) {
   const SsdShape& s = view.s;
   const int64_t n = N > 0 ? N : s.n, size = s.p * n, row_stride = s.groups * n;
   T local[N > 0 ? 3 * N : 1];
@@ -201,7 +204,8 @@ void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop,
         through_B += gij * Bt[j];
         g[j] = decay * gij;
       }
-      dxt[i] = step * through_B;
+      dxt[i] = step * through_B + D_h[i] * gyi;
+      dD_h[i] += gyi * xt[i];
       ddt += xt[i] * through_B;
     }
     T through_decay = 0;
@@ -219,15 +223,15 @@ void chunk_backward(const HeadView<T>& view, T A_h, int64_t first, int64_t stop,
 
 template <typename T, int64_t N>
 void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
+                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial, const at::Tensor& grad_y,
                    const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
-                   at::Tensor& dC, at::Tensor& dinitial) {
+                   at::Tensor& dC, at::Tensor& dD, at::Tensor& dinitial) {
   const auto s = shape_of(x, B);
   const int64_t splits = dB.size(0), per_group = s.heads_per_group();
   const int64_t per_split = (per_group + splits - 1) / splits, group_stride = s.length * s.groups * s.n;
   const Gradients<T> out{dx.data_ptr<T>(), ddt.data_ptr<T>(), dA.data_ptr<T>(), dB.data_ptr<T>(),
-                         dC.data_ptr<T>(), dinitial.data_ptr<T>()};
-  const T *A_p = A.data_ptr<T>(), *init_p = initial.data_ptr<T>();
+                         dC.data_ptr<T>(), dD.data_ptr<T>(), dinitial.data_ptr<T>()};
+  const T *A_p = A.data_ptr<T>(), *D_p = D.data_ptr<T>(), *init_p = initial.data_ptr<T>();
   const T *gy_p = grad_y.data_ptr<T>(), *gf_p = grad_final.data_ptr<T>();
   // Task (split, b, g) owns the group-g columns of dB[split, b] and dC[split, b]: no two tasks write
   // the same memory.
@@ -268,14 +272,16 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
       for (int64_t k = 0; k < count; ++k) {
         const int64_t pair = b * s.heads + head0 + k;
         std::copy(gf_p + pair * size, gf_p + (pair + 1) * size, adjoints.data() + k * size);
+        std::fill(out.dD + pair * s.p, out.dD + (pair + 1) * s.p, T(0));  // this task's heads alone
         dA_heads[k] = 0;
       }
       for (int64_t c = chunks - 1; c >= 0; --c) {
         for (int64_t k = 0; k < count; ++k) {
           const auto view = view_of(k);
-          chunk_backward<T, N>(view, A_p[view.h], c * kChunk, std::min(s.length, (c + 1) * kChunk),
+          chunk_backward<T, N>(view, A_p[view.h], D_p + view.h * s.p, c * kChunk, std::min(s.length, (c + 1) * kChunk),
                                starts.data() + (k * chunks + c) * size, gy_p, out, dB_bg, dC_bg, states,
-                               adjoints.data() + k * size, dA_heads[k], scratch.data());
+                               adjoints.data() + k * size, dA_heads[k], out.dD + (b * s.heads + view.h) * s.p,
+                               scratch.data());
         }
       }
       for (int64_t k = 0; k < count; ++k) {
@@ -290,21 +296,21 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
 // scan_backward with the state size as a compile-time constant for the common sizes.
 template <typename T>
 void scan_backward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                       const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
+                       const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial, const at::Tensor& grad_y,
                        const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
-                       at::Tensor& dC, at::Tensor& dinitial) {
+                       at::Tensor& dC, at::Tensor& dD, at::Tensor& dinitial) {
   switch (B.size(3)) {
-    case 16: return scan_backward<T, 16>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
-    case 32: return scan_backward<T, 32>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
-    case 64: return scan_backward<T, 64>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
-    case 128: return scan_backward<T, 128>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
-    default: return scan_backward<T, 0>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    case 16: return scan_backward<T, 16>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
+    case 32: return scan_backward<T, 32>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
+    case 64: return scan_backward<T, 64>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
+    case 128: return scan_backward<T, 128>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
+    default: return scan_backward<T, 0>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
   }
 }
 
 void check(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
-           const at::Tensor& initial) {
-  for (const at::Tensor* t : {&x, &dt, &A, &B, &C, &initial}) {
+           const at::Tensor& D, const at::Tensor& initial) {
+  for (const at::Tensor* t : {&x, &dt, &A, &B, &C, &D, &initial}) {
     TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
                 "ssd_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
   }
@@ -314,26 +320,27 @@ void check(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const
   TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == x.size(0) && B.size(1) == x.size(1) &&
                   x.size(2) % B.size(2) == 0,
               "ssd_scan_cpu: B, C (b, l, g, n) expected");
+  TORCH_CHECK(D.sizes() == at::IntArrayRef({x.size(2), x.size(3)}), "ssd_scan_cpu: D (h, p) expected");
   TORCH_CHECK(initial.sizes() == at::IntArrayRef({x.size(0), x.size(2), x.size(3), B.size(3)}),
               "ssd_scan_cpu: initial state (b, h, p, n) expected");
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                                const at::Tensor& C, const at::Tensor& initial) {
-  check(x, dt, A, B, C, initial);
+                                const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial) {
+  check(x, dt, A, B, C, D, initial);
   auto y = at::empty_like(x);
   auto final_state = at::empty_like(initial);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_forward",
-                             [&] { scan_forward_any<scalar_t>(x, dt, A, B, C, initial, y, final_state); });
+                             [&] { scan_forward_any<scalar_t>(x, dt, A, B, C, D, initial, y, final_state); });
   return {y, final_state};
 }
 
 // Returns dx, ddt, dA per batch (b, h), dB and dC per split of each group's heads (splits, b, l, g, n),
-// and the initial state's gradient; the caller sums over batch and splits.
+// dD per batch (b, h, p) and the initial state's gradient; the caller sums over batch and splits.
 std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
-                                 const at::Tensor& C, const at::Tensor& initial, const at::Tensor& grad_y,
-                                 const at::Tensor& grad_final, int64_t splits) {
-  check(x, dt, A, B, C, initial);
+                                 const at::Tensor& C, const at::Tensor& D, const at::Tensor& initial,
+                                 const at::Tensor& grad_y, const at::Tensor& grad_final, int64_t splits) {
+  check(x, dt, A, B, C, D, initial);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.is_contiguous() && grad_final.sizes() == initial.sizes() &&
                   grad_final.is_contiguous(),
               "ssd_scan_cpu: gradients of y (b, l, h, p) and of the final state (b, h, p, n) expected");
@@ -342,15 +349,16 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& dt, cons
   auto dA = at::empty({x.size(0), x.size(2)}, x.options());
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, x.options());
   auto dC = at::empty_like(dB);
+  auto dD = at::empty({x.size(0), x.size(2), x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssd_scan_cpu_backward", [&] {
-    scan_backward_any<scalar_t>(x, dt, A, B, C, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dinitial);
+    scan_backward_any<scalar_t>(x, dt, A, B, C, D, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
   });
-  return {dx, ddt, dA, dB, dC, dinitial};
+  return {dx, ddt, dA, dB, dC, dD, dinitial};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "SSD scan forward: (y, final state)");
-  m.def("backward", &backward, "SSD scan backward: (dx, ddt, dA, dB, dC, dinitial)");
+  m.def("backward", &backward, "SSD scan backward: (dx, ddt, dA, dB, dC, dD, dinitial)");
 }
