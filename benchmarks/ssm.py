@@ -153,6 +153,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def forward_backward(fn, t: dict) -> None:
+    for leaf in t.values():  # every repetition does the same work: no accumulation into earlier gradients
+        leaf.grad = None
     y = fn(t)
     y.backward(torch.ones_like(y))
 
