@@ -76,7 +76,8 @@ def selective_scan_compiled(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """The selective scan with the recurrence in the compiled kernel; the rest in PyTorch (autograd-correct).
+    """The selective scan with the recurrence, delta's bias and softplus and D in the compiled kernel; the z
+    gate in PyTorch (autograd-correct).
 
     Same arguments and results as :func:`blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
     or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
@@ -143,7 +144,8 @@ def ssd_scan_compiled(
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> tuple[Tensor, Tensor]:
-    """The SSD scan with the recurrence in the compiled kernel; the rest in PyTorch (autograd-correct).
+    """The SSD scan with the recurrence and D in the compiled kernel; dt's discretisation and the z gate in
+    PyTorch (autograd-correct).
 
     :func:`blocks.ssm.ssd_scan`'s arguments (no chunk size: the recurrence has none) and semantics for
     a non-empty sequence; returns ``(y, final_state)`` in ``x``'s dtype, computed in float64 for float64

@@ -161,8 +161,8 @@ struct Gradients {
 
 // One chunk [first, stop) of head h of batch b, in reverse: recompute its states from `start`
 // (S_{first-1}) into `states`, then walk back carrying the adjoint G (dL/dS_t, updated in place) and
-// adding to dA and to the head's dD (p values). dB_bg / dC_bg are (length, n) accumulators of the head's group (strided by groups * n),
-// owned by the calling task alone. Each step's dB_t, dC_t and the decay gradient are summed over the
+// adding to dA and to the head's dD (p values). dB_bg / dC_bg are (length, n) accumulators of the
+// head's group (strided by groups * n), owned by the calling task alone. Each step's dB_t, dC_t and the decay gradient are summed over the
 // p rows in `acc` (3 n values: registers when N, the state size, is a compile-time constant, else
 // `scratch`) before they touch memory.
 template <typename T, int64_t N>
