@@ -166,6 +166,7 @@ def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
         run_ours(scan, t)  # warm-up
         fwd = timed(lambda: run_ours(scan, t), repeats)
     tg = INPUTS[base(scan)](b, l, requires_grad=True)
+    forward_backward(lambda s: run_ours(scan, s), tg)  # warm-up, as for the forward
     bwd = timed(lambda: forward_backward(lambda s: run_ours(scan, s), tg), repeats)
     return fwd, bwd
 
@@ -266,7 +267,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--length", type=int, nargs="+", default=[50, 200, 1000, 4000])
     parser.add_argument("--quick", action="store_true", help="b in {1, 16}, l in {50, 200, 1000}")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (the loop: 1 where ours takes over 2 s)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs (the loop: 1 where ours takes over 2 s)")
     parser.add_argument("--loop-timeout", type=float, default=20.0, help="seconds before the loop is extrapolated")
     parser.add_argument("--loop-memory", type=float, default=4.0,
                         help="GiB the loop's backward graph may hold before the loop is extrapolated")

@@ -78,6 +78,20 @@ def test_active_dt_limits_match_loop(options):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_softplus_on_both_sides_of_its_threshold_matches_loop():
+    # The kernel forms softplus(dt + dt_bias) itself (dt + dt_bias unchanged above 20, as torch does): raw steps
+    # from -30 to 30, some exactly at the threshold.
+    inputs = all_inputs(100, 2, "h", seed=12)
+    gen = torch.Generator().manual_seed(13)
+    inputs["dt"] = torch.empty(inputs["dt"].shape, dtype=torch.float64).uniform_(-30.0, 30.0, generator=gen)
+    inputs["dt"][:, ::7] = 20.0 - inputs["dt_bias"]
+    inputs["A"] = inputs["A"] * 0.01  # keep exp(dt * A) away from 0 for steps near 30
+    got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=5, dt_softplus=True)
+    want = outputs_and_gradients(loop_reference, inputs, seed=5, dt_softplus=True)
+    for name, a, b in zip(["y", "final state", *(f"gradient of {k}" for k in inputs)], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_gradients_through_the_final_state_only():
     """No gradient reaches y (the kernel's backward gets no dy), only the final state."""
     inputs = {k: v for k, v in all_inputs(30, 1, "h", seed=10).items() if k not in ("D", "z")}

@@ -144,26 +144,26 @@ def ssd_scan_compiled(
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> tuple[Tensor, Tensor]:
-    """The SSD scan with the recurrence and D in the compiled kernel; dt's discretisation and the z gate in
+    """The SSD scan with dt's discretisation, the recurrence and D in the compiled kernel; the z gate in
     PyTorch (autograd-correct).
 
     :func:`blocks.ssm.ssd_scan`'s arguments (no chunk size: the recurrence has none) and semantics for
     a non-empty sequence; returns ``(y, final_state)`` in ``x``'s dtype, computed in float64 for float64
     inputs, else float32.
     """
-    from blocks.ssm.ssd import discretize_dt
-
     dtype = torch.promote_types(x.dtype, torch.float32)
     batch, _, heads, headdim = x.shape
     x_ = x.to(dtype)
-    step = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)
+    bias = x_.new_zeros(heads) if dt_bias is None else dt_bias.to(dtype)
     if initial_states is None:
         initial_states = x_.new_zeros(batch, heads, headdim, B.shape[-1])
     if D is None:
         D = x_.new_zeros(heads, headdim)
     D_ = D.to(dtype).unsqueeze(-1).expand(heads, headdim) if D.dim() == 1 else D.to(dtype)
-    tensors = (x_, step, A.to(dtype), B.to(dtype), C.to(dtype), D_, initial_states.to(dtype))
-    y, final_state = _CompiledSSD.apply(*(t.contiguous() for t in tensors))
+    largest = torch.finfo(dtype).max  # the kernel is built with -ffast-math: an open limit is finite there
+    lo, hi = (min(max(limit, -largest), largest) for limit in dt_limit)
+    tensors = (x_, dt.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype), D_, bias, initial_states.to(dtype))
+    y, final_state = _CompiledSSD.apply(*(t.contiguous() for t in tensors), dt_softplus, lo, hi)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(x.dtype), final_state.to(x.dtype)
@@ -180,22 +180,26 @@ def _sum_splits(gradient: Tensor) -> Tensor:
 
 
 class _CompiledSSD(torch.autograd.Function):
-    """``(y, S_last) = ssd(x, dt, A, B, C, D, S_initial)`` (dt already discretised, D ``(h, p)``); gradients
-    from the kernel."""
+    """``(y, S_last) = ssd(x, dt, A, B, C, D, S_initial)`` with D ``(h, p)`` and the step
+    ``clamp(softplus?(dt + bias), lo, hi)`` formed inside the kernel; gradients from the kernel."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, initial: Tensor):
-        y, final_state = load("ssd_scan").forward(x, dt, A, B, C, D, initial)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial)
+    def forward(ctx, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor, initial: Tensor,
+                softplus: bool, lo: float, hi: float):
+        y, final_state = load("ssd_scan").forward(x, dt, A, B, C, D, bias, softplus, lo, hi, initial)
+        ctx.save_for_backward(x, dt, A, B, C, D, bias, initial)
+        ctx.step_rule = softplus, lo, hi
         return y, final_state
 
     @staticmethod
     def backward(ctx, grad_y: Tensor | None, grad_final: Tensor | None):
-        x, dt, A, B, C, D, initial = ctx.saved_tensors
+        x, dt, A, B, C, D, bias, initial = ctx.saved_tensors
         grad_y = torch.zeros_like(x) if grad_y is None else grad_y.contiguous()
         grad_final = torch.zeros_like(initial) if grad_final is None else grad_final.contiguous()
         batch, groups = x.shape[0], B.shape[2]
         splits = _splits(x.shape[2] // groups, batch * groups)
-        dx, ddt, dA, dB, dC, dD, dinitial = load("ssd_scan").backward(x, dt, A, B, C, D, initial, grad_y, grad_final,
-                                                                      splits)
-        return dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dinitial
+        dx, ddt, dA, dB, dC, dD, dinitial = load("ssd_scan").backward(x, dt, A, B, C, D, bias, *ctx.step_rule, initial,
+                                                                      grad_y, grad_final, splits)
+        dbias = ddt.sum((0, 1)) if ctx.needs_input_grad[6] else None
+        return (dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, dinitial, None, None,
+                None)

@@ -30,15 +30,16 @@
 #include <ATen/Parallel.h>
 
 #include "group_runs.h"
+#include "step_size.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
 
 constexpr int64_t kChunk = 64;
-constexpr double kSoftplusThreshold = 20.0;  // softplus(x) = x above it, as torch.nn.functional.softplus
 
 struct ScanShape {
   int64_t batch, dim, length, n, groups;
@@ -64,34 +65,27 @@ inline T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
   return sum;
 }
 
-// The steps of channel positions [first, stop): out[t - first] = delta_t from the raw input delta
-// (bias added, then softplus when asked), vectorised over time.
+// The steps of channel positions [first, stop): out[t - first] = delta_t from the raw input delta,
+// vectorised over time.
 template <typename T>
-inline void discretize(const T* __restrict raw, T bias, bool softplus, int64_t first, int64_t stop, T* __restrict out) {
-  const T threshold = kSoftplusThreshold;
-  if (softplus) {
+inline void discretize(const T* __restrict raw, T bias, const StepSize<T>& step, int64_t first, int64_t stop,
+                       T* __restrict out) {
 #pragma omp simd
-    for (int64_t t = first; t < stop; ++t) {
-      const T x = raw[t] + bias;
-      out[t - first] = x > threshold ? x : std::log1p(std::exp(std::min(x, threshold)));
-    }
-  } else {
-#pragma omp simd
-    for (int64_t t = first; t < stop; ++t) out[t - first] = raw[t] + bias;
-  }
+  for (int64_t t = first; t < stop; ++t) out[t - first] = step(raw[t] + bias);
 }
 
-// grad[t] *= d delta_t / d raw_t over [first, stop): the softplus's sigmoid (1 without softplus).
+// grad[t] *= d delta_t / d raw_t over [first, stop).
 template <typename T>
-inline void chain_through_softplus(const T* __restrict raw, T bias, bool softplus, int64_t first, int64_t stop,
-                                   T* __restrict grad) {
-  if (!softplus) return;
-  const T threshold = kSoftplusThreshold;
+inline void chain_through_step(const T* __restrict raw, T bias, const StepSize<T>& step, int64_t first, int64_t stop,
+                               T* __restrict grad) {
 #pragma omp simd
-  for (int64_t t = first; t < stop; ++t) {
-    const T x = raw[t] + bias;
-    grad[t] *= x > threshold ? T(1) : T(1) / (T(1) + std::exp(-x));
-  }
+  for (int64_t t = first; t < stop; ++t) grad[t] *= step.slope(raw[t] + bias);
+}
+
+// Mamba's step: softplus(raw + bias) or raw + bias, never clamped.
+template <typename T>
+StepSize<T> mamba_step(bool softplus) {
+  return {softplus, -std::numeric_limits<T>::max(), std::numeric_limits<T>::max()};
 }
 
 template <typename T>
@@ -119,7 +113,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
           const T* A_d = A_p + d * s.n;
           T* y_bd = y_p + pair * s.length;
           T* h = last_p + pair * s.n;
-          discretize(delta_p + pair * s.length, bias_p[d], softplus, first, stop, steps);
+          discretize(delta_p + pair * s.length, bias_p[d], mamba_step<T>(softplus), first, stop, steps);
           for (int64_t t = first; t < stop; ++t) {
             const T dt = steps[t - first];
             advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
@@ -136,11 +130,11 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 // the raw delta's gradient and adding to dA and dD. dB / dC are the (length, n) accumulators of the
 // channel's group, owned by the calling task alone.
 template <typename T>
-void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias, bool softplus,
-                    const T* A, const T* B, const T* C, T D, const T* grad_y, const T* start, T* du, T* ddelta,
-                    T* dA, T* dB, T* dC, T& dD, std::vector<T>& states, T* g) {
+void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
+                    const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_y,
+                    const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD, std::vector<T>& states, T* g) {
   T steps[kChunk];
-  discretize(raw_delta, bias, softplus, first, stop, steps);
+  discretize(raw_delta, bias, step, first, stop, steps);
   std::copy(start, start + n, states.data());
   for (int64_t t = first; t < stop; ++t) {
     T* next = states.data() + (t - first + 1) * n;
@@ -170,7 +164,7 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
     dD += gy * ut;
     ddelta[t] = ut * through_B + through_decay;
   }
-  chain_through_softplus(raw_delta, bias, softplus, first, stop, ddelta);
+  chain_through_step(raw_delta, bias, step, first, stop, ddelta);
 }
 
 template <typename T>
@@ -199,8 +193,6 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
       const T *B_bg = B_p + bg * group_size, *C_bg = C_p + bg * group_size;
       T* dB_bg = dB_p + offset * group_size;
       T* dC_bg = dC_p + offset * group_size;
-      std::fill(dB_bg, dB_bg + group_size, T(0));
-      std::fill(dC_bg, dC_bg + group_size, T(0));
       const int64_t d0 = g * heads + split * per_split;
       const int64_t count = std::max<int64_t>(0, std::min(heads - split * per_split, per_split));
       const int64_t pair0 = b * s.dim + d0;
@@ -213,7 +205,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
           const T *u_bd = u_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
           T* h = adjoints.data() + k * n;  // borrowed as the running state
           std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
-          discretize(delta_p + pair * s.length, bias_p[d0 + k], softplus, first, stop, steps);
+          discretize(delta_p + pair * s.length, bias_p[d0 + k], mamba_step<T>(softplus), first, stop, steps);
           for (int64_t t = first; t < stop; ++t)
             advance(h, A_d, B_bg + t * n, steps[t - first], steps[t - first] * u_bd[t], n);
         }
@@ -223,10 +215,14 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
       std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
       std::fill(dD_p + pair0, dD_p + pair0 + count, T(0));
       for (int64_t c = chunks - 1; c >= 0; --c) {
+        // The chunk's rows of dB and dC start from zero here, not all at once, so they are in cache.
+        const int64_t rows = c * kChunk * n, rows_end = std::min(s.length, (c + 1) * kChunk) * n;
+        std::fill(dB_bg + rows, dB_bg + rows_end, T(0));
+        std::fill(dC_bg + rows, dC_bg + rows_end, T(0));
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
-                            delta_p + offset_l, bias_p[d0 + k], softplus, A_p + (d0 + k) * n, B_bg, C_bg,
+                            delta_p + offset_l, bias_p[d0 + k], mamba_step<T>(softplus), A_p + (d0 + k) * n, B_bg, C_bg,
                             D_p[d0 + k], gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_bg, dC_bg, dD_p[pair], states,
                             adjoints.data() + k * n);
