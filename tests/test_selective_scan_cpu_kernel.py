@@ -46,6 +46,26 @@ def test_forward_and_gradients_match_loop(length, B_layout, C_layout):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_strided_B_and_C_are_read_as_they_are():
+    """B and C that are not contiguous (the Mamba layer's are slices of its x_proj output, stride 1 along n)."""
+    x = make_inputs(70, "batched", "groups2", seed=9)
+
+    def strided(fn):
+        def call(**inputs):
+            b, n, l = inputs["B"].shape
+            rows = torch.cat([inputs["B"].new_zeros(b, l, 3), inputs["B"].transpose(1, 2)], -1)  # (b, l, 3 + n)
+            B = rows[..., 3:].transpose(1, 2)
+            C = inputs["C"].transpose(-1, -2).contiguous().transpose(-1, -2)
+            assert B.stride() == (l * (3 + n), 1, 3 + n) and C.stride(-2) == 1
+            return fn(**{**inputs, "B": B, "C": C})
+        return call
+
+    got = gradients(strided(cpu_kernel.selective_scan_compiled), x, seed=2)
+    want = gradients(loop_reference, x, seed=2)
+    for name, g, w in zip(["out", "last state", *(f"gradient of {k}" for k in x)], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
 def test_softplus_on_both_sides_of_its_threshold_matches_loop():
     # The kernel forms softplus(delta + bias) itself (delta + bias unchanged above 20, as torch does): steps from
     # -30 to 30, some at the threshold to rounding.

@@ -87,25 +87,21 @@ def selective_scan_compiled(
     u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
     bias = u_.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.to(dtype)
     D_ = u_.new_zeros(u.shape[1]) if D is None else D.to(dtype)
-    B_, C_ = (_time_last_to_state_last(t.to(dtype)) for t in (B, C))
+    B_, C_ = (t.to(dtype).unsqueeze(1) if t.dim() == 3 else t.to(dtype) for t in (B, C))  # (b, g, n, l)
     if B_.shape[1] != C_.shape[1]:  # one of them has groups, the other is shared: give both the groups
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
-    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_.contiguous(),
-                                        C_.contiguous(), D_.contiguous(), bias.contiguous(), delta_softplus)
+    # B and C go in as they are: the kernel reads any strides (no copy of the Mamba layer's x_proj slices).
+    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_,
+                                        D_.contiguous(), bias.contiguous(), delta_softplus)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
     return (y, last_state) if return_last_state else y
 
 
-def _time_last_to_state_last(t: Tensor) -> Tensor:
-    """``(b, n, l)`` or ``(b, g, n, l)`` -> ``(b, g, l, n)`` (the kernel reads a position's n states together)."""
-    return (t.unsqueeze(1) if t.dim() == 3 else t).transpose(-1, -2)
-
-
 class _CompiledScan(torch.autograd.Function):
-    """``(y, h_last) = scan(u, delta, A, B, C) + D u`` with B, C as ``(b, g, l, n)`` and the step
+    """``(y, h_last) = scan(u, delta, A, B, C) + D u`` with B, C as ``(b, g, n, l)`` (any strides) and the step
     ``softplus(delta + bias)`` (or ``delta + bias``) formed inside the kernel; gradients from the kernel."""
 
     @staticmethod

@@ -6,15 +6,18 @@
 // For batch b and channel d (in group g = d / (dim / groups)), with state h of size n and the step
 // delta_t = softplus(raw_t + bias[d]) (or raw_t + bias[d] without softplus), raw being the input delta:
 //
-//     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, t]        h_{-1} = 0
-//     y_t = <C[b, g, t], h_t> + D[d] * u_t
+//     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, :, t]        h_{-1} = 0
+//     y_t = <C[b, g, :, t], h_t> + D[d] * u_t
 //
-// Layouts (all contiguous): u, delta, y: (batch, dim, length); A: (dim, n); bias, D: (dim,);
-// B, C: (batch, groups, length, n); last state: (batch, dim, n).
+// Layouts: u, delta, y: (batch, dim, length); A: (dim, n); bias, D: (dim,); last state: (batch, dim, n),
+// all contiguous; B, C: (batch, groups, n, length) with any strides, read in place (a contiguous
+// time-last tensor and the Mamba layer's strided slice of its x_proj output alike); their gradients
+// come out contiguous in that shape.
 //
 // Each (b, d) pair is an independent recurrence over time, vectorised over the n states; pairs run
 // on the intra-op threads, each thread going chunk by chunk through time over all of its channels
-// that share one B and C, so a chunk of B and C is read from cache by every channel of the group.
+// that share one B and C: a chunk of B and C is copied once into a small position-major tile that
+// every channel of the group then reads from cache.
 // The backward pass is the reverse-time adjoint recurrence
 //
 //     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
@@ -46,9 +49,36 @@ struct ScanShape {
   int64_t heads() const { return dim / groups; }
 };
 
-ScanShape shape_of(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B) {
+ScanShape shape_of(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B) {  // B: (b, g, n, l)
   return {u.size(0), u.size(1), u.size(2), A.size(1), B.size(1)};
 }
+
+// B or C (or a gradient of theirs) as (batch, groups, n, length) with its strides.
+template <typename T>
+struct StateInput {
+  T* data;
+  int64_t batch_stride, group_stride, state_stride, time_stride;
+
+  explicit StateInput(const at::Tensor& t)
+      : data(t.data_ptr<T>()), batch_stride(t.stride(0)), group_stride(t.stride(1)), state_stride(t.stride(2)),
+        time_stride(t.stride(3)) {}
+
+  T* at(int64_t b, int64_t g) const { return data + b * batch_stride + g * group_stride; }
+
+  // tile[(t - first) * n + j] = this[b, g, j, t] for t in [first, stop): one chunk, position-major.
+  void gather(int64_t b, int64_t g, int64_t first, int64_t stop, int64_t n, T* __restrict tile) const {
+    const T* bg = at(b, g);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t t = first; t < stop; ++t) tile[(t - first) * n + j] = bg[j * state_stride + t * time_stride];
+  }
+
+  // this[b, g, j, t] = tile[(t - first) * n + j]: the inverse of gather.
+  void scatter(int64_t b, int64_t g, int64_t first, int64_t stop, int64_t n, const T* __restrict tile) const {
+    T* bg = at(b, g);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t t = first; t < stop; ++t) bg[j * state_stride + t * time_stride] = tile[(t - first) * n + j];
+  }
+};
 
 // h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states.
 template <typename T>
@@ -94,19 +124,21 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
                   at::Tensor& last) {
   const auto s = shape_of(u, A, B);
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
-  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
+  const T* D_p = D.data_ptr<T>();
+  const StateInput<T> B_in(B), C_in(C);
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
     T steps[kChunk];
+    std::vector<T> B_tile(kChunk * s.n), C_tile(kChunk * s.n);
     // Chunk by chunk over the channels of one (b, g): a chunk of B and C stays in cache while every
     // channel of the group reads it (walking each channel through all of time evicts them at long lengths).
     for_each_group_run(s.heads(), begin, end, [&](int64_t first_pair, int64_t stop_pair) {
       const int64_t b = first_pair / s.dim, g = (first_pair % s.dim) / s.heads();
-      const T* B_bg = B_p + (b * s.groups + g) * s.length * s.n;
-      const T* C_bg = C_p + (b * s.groups + g) * s.length * s.n;
       for (int64_t first = 0; first < s.length; first += kChunk) {
         const int64_t stop = std::min(s.length, first + kChunk);
+        B_in.gather(b, g, first, stop, s.n, B_tile.data());
+        C_in.gather(b, g, first, stop, s.n, C_tile.data());
         for (int64_t pair = first_pair; pair < stop_pair; ++pair) {
           const T* u_bd = u_p + pair * s.length;
           const int64_t d = pair % s.dim;
@@ -116,8 +148,8 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
           discretize(delta_p + pair * s.length, bias_p[d], mamba_step<T>(softplus), first, stop, steps);
           for (int64_t t = first; t < stop; ++t) {
             const T dt = steps[t - first];
-            advance(h, A_d, B_bg + t * s.n, dt, dt * u_bd[t], s.n);
-            y_bd[t] = dot(h, C_bg + t * s.n, s.n) + D_p[d] * u_bd[t];
+            advance(h, A_d, B_tile.data() + (t - first) * s.n, dt, dt * u_bd[t], s.n);
+            y_bd[t] = dot(h, C_tile.data() + (t - first) * s.n, s.n) + D_p[d] * u_bd[t];
           }
         }
       }
@@ -127,8 +159,8 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
 // into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
-// the raw delta's gradient and adding to dA and dD. dB / dC are the (length, n) accumulators of the
-// channel's group, owned by the calling task alone.
+// the raw delta's gradient and adding to dA and dD. B, C are the chunk's tiles of the channel's group
+// (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
                     const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_y,
@@ -139,14 +171,14 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
   for (int64_t t = first; t < stop; ++t) {
     T* next = states.data() + (t - first + 1) * n;
     std::copy(next - n, next, next);
-    advance(next, A, B + t * n, steps[t - first], steps[t - first] * u[t], n);
+    advance(next, A, B + (t - first) * n, steps[t - first], steps[t - first] * u[t], n);
   }
   for (int64_t t = stop - 1; t >= first; --t) {
     const T dt = steps[t - first], ut = u[t], gy = grad_y[t];
     const T* previous = states.data() + (t - first) * n;  // h_{t-1}
     const T* current = previous + n;                      // h_t
-    const T *Bt = B + t * n, *Ct = C + t * n;
-    T *dBt = dB + t * n, *dCt = dC + t * n;
+    const T *Bt = B + (t - first) * n, *Ct = C + (t - first) * n;
+    T *dBt = dB + (t - first) * n, *dCt = dC + (t - first) * n;
     T through_B = 0, through_decay = 0;
 #pragma omp simd reduction(+ : through_B, through_decay)
     for (int64_t i = 0; i < n; ++i) {
@@ -176,38 +208,37 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
-  const T *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
+  const T* D_p = D.data_ptr<T>();
   const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
-  T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
-  T *dB_p = dB.data_ptr<T>(), *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
-  const int64_t group_size = s.length * n;
+  T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
+  const StateInput<T> B_in(B), C_in(C);
+  // dB, dC: (splits, b, g, n, l), viewed as (splits * b, g, n, l).
+  const StateInput<T> dB_out(dB.flatten(0, 1)), dC_out(dC.flatten(0, 1));
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
     // Per channel of a task: its states at every chunk start and its adjoint.
     std::vector<T> starts(per_split * chunks * n), adjoints(per_split * n), states((kChunk + 1) * n);
+    std::vector<T> B_tile(kChunk * n), C_tile(kChunk * n), dB_tile(kChunk * n), dC_tile(kChunk * n);
     T steps[kChunk];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
-      const int64_t b = bg / s.groups, g = bg % s.groups;
-      const int64_t offset = (split * s.batch + b) * s.groups + g;
-      const T *B_bg = B_p + bg * group_size, *C_bg = C_p + bg * group_size;
-      T* dB_bg = dB_p + offset * group_size;
-      T* dC_bg = dC_p + offset * group_size;
+      const int64_t b = bg / s.groups, g = bg % s.groups, b_out = split * s.batch + b;
       const int64_t d0 = g * heads + split * per_split;
       const int64_t count = std::max<int64_t>(0, std::min(heads - split * per_split, per_split));
       const int64_t pair0 = b * s.dim + d0;
       // Chunk by chunk over the task's channels (see scan_forward): first the chunk-start states...
       std::fill(adjoints.begin(), adjoints.end(), T(0));
       for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
+        B_in.gather(b, g, first, stop, n, B_tile.data());
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k;
-          const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
           const T *u_bd = u_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
           T* h = adjoints.data() + k * n;  // borrowed as the running state
           std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
           discretize(delta_p + pair * s.length, bias_p[d0 + k], mamba_step<T>(softplus), first, stop, steps);
           for (int64_t t = first; t < stop; ++t)
-            advance(h, A_d, B_bg + t * n, steps[t - first], steps[t - first] * u_bd[t], n);
+            advance(h, A_d, B_tile.data() + (t - first) * n, steps[t - first], steps[t - first] * u_bd[t], n);
         }
       }
       // ...then the reverse sweep, newest chunk first.
@@ -215,18 +246,21 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
       std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
       std::fill(dD_p + pair0, dD_p + pair0 + count, T(0));
       for (int64_t c = chunks - 1; c >= 0; --c) {
-        // The chunk's rows of dB and dC start from zero here, not all at once, so they are in cache.
-        const int64_t rows = c * kChunk * n, rows_end = std::min(s.length, (c + 1) * kChunk) * n;
-        std::fill(dB_bg + rows, dB_bg + rows_end, T(0));
-        std::fill(dC_bg + rows, dC_bg + rows_end, T(0));
+        const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
+        B_in.gather(b, g, first, stop, n, B_tile.data());
+        C_in.gather(b, g, first, stop, n, C_tile.data());
+        std::fill(dB_tile.begin(), dB_tile.end(), T(0));
+        std::fill(dC_tile.begin(), dC_tile.end(), T(0));
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
-          chunk_backward<T>(n, c * kChunk, std::min(s.length, (c + 1) * kChunk), u_p + offset_l,
-                            delta_p + offset_l, bias_p[d0 + k], mamba_step<T>(softplus), A_p + (d0 + k) * n, B_bg, C_bg,
-                            D_p[d0 + k], gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
-                            ddelta_p + offset_l, dA_p + pair * n, dB_bg, dC_bg, dD_p[pair], states,
+          chunk_backward<T>(n, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
+                            mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
+                            gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
+                            ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
                             adjoints.data() + k * n);
         }
+        dB_out.scatter(b_out, g, first, stop, n, dB_tile.data());  // every chunk, so a split with no
+        dC_out.scatter(b_out, g, first, stop, n, dC_tile.data());  // channels still writes its zeros
       }
     }
   });
@@ -235,16 +269,18 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
            const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias) {
   for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &D, &bias}) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == u.scalar_type(),
-                "selective_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type(),
+                "selective_scan_cpu: inputs must be CPU tensors of one dtype");
   }
+  for (const at::Tensor* t : {&u, &delta, &A, &D, &bias})
+    TORCH_CHECK(t->is_contiguous(), "selective_scan_cpu: u, delta, A, D and the bias must be contiguous");
   TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 && A.size(0) == u.size(1),
               "selective_scan_cpu: u, delta (b, d, l) and A (d, n) expected");
   TORCH_CHECK(D.dim() == 1 && D.size(0) == u.size(1) && bias.dim() == 1 && bias.size(0) == u.size(1),
               "selective_scan_cpu: D and the delta bias (d,) expected");
-  TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == u.size(0) && B.size(2) == u.size(2) &&
-                  B.size(3) == A.size(1) && u.size(1) % B.size(1) == 0,
-              "selective_scan_cpu: B, C (b, g, l, n) expected");
+  TORCH_CHECK(B.dim() == 4 && B.sizes() == C.sizes() && B.size(0) == u.size(0) && B.size(2) == A.size(1) &&
+                  B.size(3) == u.size(2) && u.size(1) % B.size(1) == 0,
+              "selective_scan_cpu: B, C (b, g, n, l) expected");
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
@@ -259,7 +295,7 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 }
 
 // Returns du, the raw delta's gradient, dA per batch (b, d, n), dB, dC per split of each group's
-// channels (splits, b, g, l, n) and dD per batch (b, d); the caller sums over batch and splits (and
+// channels (splits, b, g, n, l) and dD per batch (b, d); the caller sums over batch and splits (and
 // the bias's gradient).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
