@@ -84,6 +84,15 @@ def test_evaluator_runs_without_grad_in_eval_mode_and_restores_training():
     assert max(c["shape"][1] for c in model.calls) <= 3  # a DataSplit is cut to model.max_len
 
 
+def test_batches_hold_similar_lengths_so_padding_is_trimmed():
+    rows, data = toy_dataset()
+    model = FakeModel(max_len=20)
+    evaluate(model, data.split(), batch_size=5)
+    widths = [c["shape"][1] for c in model.calls]
+    histories = sorted(len(row) - 1 for row in rows)  # test histories, shortest first
+    assert widths == [max(histories[i:i + 5]) for i in range(0, len(rows), 5)]
+
+
 def test_sampled_negatives_exclude_history_and_target_and_repeat():
     rows, data = toy_dataset()
     samples = data.split().eval_samples("test", max_len=4)
