@@ -11,7 +11,12 @@ algorithms; ``mamba-compiled`` and ``ssd-compiled`` the same public functions wi
 CPU kernels (``SEQREC_ZOO_CPU_KERNEL=1``, :mod:`blocks.ssm.cpu_kernel`; built before timing). For
 each (scan, b, l) it prints forward
 and forward+backward time of ours and of a plain loop over time written here (same dtype, inputs
-``unbind``-ed once so its backward is linear in l), and the bounds measured in the same run:
+``unbind``-ed once so its backward is linear in l), and the bounds measured in the same run.
+Ours runs each (scan, b, l) in a fresh subprocess (best of ``--repeats`` after up to three warm-up
+calls, for the forward and for forward+backward), so whether its large buffers reuse freed memory or
+fault in fresh pages does not depend on the cases run before it (that alone moved b=256 times by up
+to 2x) and is measured in the steady state of a training or inference loop; the loop runs in this
+process. Bounds:
 
 * Mamba floor = 3 fp32 elementwise passes over b·d·l·n elements, from the elementwise rate
   measured on a 64M-element buffer (``torch.mul(a, b, out=c)``; time scaled by size);
@@ -143,12 +148,15 @@ INPUTS = {"mamba": mamba_inputs, "ssd": ssd_inputs}
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def timed(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
+def timed(fn, repeats: int, budget: float = 1.0) -> float:
+    """Best time of ``repeats`` calls, or of more (up to 100) while they fit in ``budget`` seconds: a
+    millisecond call's best of 5 still varies by a third here, its best of 50 much less."""
+    best, spent, calls = math.inf, 0.0, 0
+    while calls < repeats or (spent < budget and calls < 100):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
     return best
 
 
@@ -159,14 +167,24 @@ def forward_backward(fn, t: dict) -> None:
     y.backward(torch.ones_like(y))
 
 
+def warm_up(fn, calls: int = 3, seconds: float = 2.0) -> None:
+    """Call ``fn`` ``calls`` times, or once more after ``seconds`` have passed: glibc's heap settles only after
+    a few calls (buffers near its 32 MiB mmap threshold are first faulted in fresh, later reused)."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+        if time.perf_counter() - start > seconds:
+            return
+
+
 def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
     select_implementation(scan)
     t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
-        run_ours(scan, t)  # warm-up
+        warm_up(lambda: run_ours(scan, t))
         fwd = timed(lambda: run_ours(scan, t), repeats)
     tg = INPUTS[base(scan)](b, l, requires_grad=True)
-    forward_backward(lambda s: run_ours(scan, s), tg)  # warm-up, as for the forward
+    warm_up(lambda: forward_backward(lambda s: run_ours(scan, s), tg))
     bwd = timed(lambda: forward_backward(lambda s: run_ours(scan, s), tg), repeats)
     return fwd, bwd
 
@@ -250,14 +268,25 @@ def memory_child(scan: str, b: int, l: int) -> None:
     print(json.dumps({"peak_bytes": (peak - before) * 1024, "io_bytes": io_bytes}))
 
 
-def measure_memory(scan: str, b: int, l: int) -> float | None:
-    cmd = [sys.executable, __file__, "--memory-child", scan, str(b), str(l)]
+def timing_child(scan: str, b: int, l: int, repeats: int) -> None:
+    """Run in a fresh process: print JSON {fwd, fb}, the best times of :func:`time_ours`."""
+    fwd, fb = time_ours(scan, b, l, repeats)
+    print(json.dumps({"fwd": fwd, "fb": fb}))
+
+
+def run_child(kind: str, *args) -> dict | None:
+    """One ``--memory-child`` / ``--timing-child`` run in a fresh process with this one's thread count."""
+    cmd = [sys.executable, __file__, f"--{kind}-child", *map(str, args), "--threads", str(torch.get_num_threads())]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        print(f"  memory run failed for {scan} b={b} l={l}: {done.stderr.strip()[-300:]}")
+        print(f"  {kind} run failed for {args}: {done.stderr.strip()[-300:]}")
         return None
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["peak_bytes"] / result["io_bytes"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(scan: str, b: int, l: int) -> float | None:
+    result = run_child("memory", scan, b, l)
+    return None if result is None else result["peak_bytes"] / result["io_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -267,7 +296,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--length", type=int, nargs="+", default=[50, 200, 1000, 4000])
     parser.add_argument("--quick", action="store_true", help="b in {1, 16}, l in {50, 200, 1000}")
-    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs (the loop: 1 where ours takes over 2 s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="best of at least this many runs, more while they take under 1 s (the loop: 1 where ours takes over 2 s)")
     parser.add_argument("--loop-timeout", type=float, default=20.0, help="seconds before the loop is extrapolated")
     parser.add_argument("--loop-memory", type=float, default=4.0,
                         help="GiB the loop's backward graph may hold before the loop is extrapolated")
@@ -276,12 +306,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--plot", default=None, help="save a PNG of the times to this path")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--timing-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         scan, b, l = args.memory_child
         memory_child(scan, int(b), int(l))
+        return
+    if args.timing_child:
+        scan, b, l, repeats = args.timing_child
+        timing_child(scan, int(b), int(l), int(repeats))
         return
     if args.quick:
         args.batch, args.length = [1, 16], [50, 200, 1000]
@@ -305,7 +340,10 @@ def main() -> None:
         for b in args.batch:
             for l in args.length:
                 repeats = args.repeats
-                fwd, fb = time_ours(scan, b, l, repeats)
+                timing = run_child("timing", scan, b, l, repeats)  # a fresh process: no heap left by other cases
+                if timing is None:
+                    continue
+                fwd, fb = timing["fwd"], timing["fb"]
                 if (base(scan), b, l) not in loops:  # variants of one scan share its loop timing
                     loops[base(scan), b, l] = time_loop(base(scan), b, l, 1 if fb > 2 else repeats, args.loop_timeout,
                                                             args.loop_memory)
