@@ -261,7 +261,8 @@ def evaluate(
     ranks: list[Tensor] = []
     # Batches of similar history lengths, so that trim_padding drops the columns no row of a batch uses
     # (exact: a real item's state never depends on padding); ranks go back to example order below.
-    order = np.argsort(samples.history_lengths, kind="stable")
+    lengths = samples.history_lengths
+    order = np.argsort(lengths, kind="stable")
     try:
         for begin in range(0, len(samples), batch_size):
             indices = order[begin:begin + batch_size]
@@ -290,7 +291,6 @@ def evaluate(
     seconds = time.perf_counter() - start
     all_ranks = np.empty(len(samples), dtype=np.int64)
     all_ranks[order] = torch.cat(ranks).numpy()
-    lengths = samples.history_lengths
     return EvalResult(
         metrics=metrics_from_ranks(all_ranks, ks, metrics),
         groups=grouped_metrics(all_ranks, lengths, group_bounds, ks, metrics),

@@ -29,8 +29,9 @@ struct StepSize {
 
   // d step / dx: the softplus's sigmoid (1 without softplus or above the threshold), 0 where clamped.
   inline T slope(T x) const {
-    const T value = unclamped(x), e = std::exp(std::min(x, kThreshold));
+    const bool smooth = softplus && x <= kThreshold;
+    const T e = std::exp(std::min(x, kThreshold)), value = smooth ? std::log1p(e) : x;  // unclamped(x), one exp
     if (value < lo || value > hi) return T(0);
-    return softplus && x <= kThreshold ? e / (T(1) + e) : T(1);
+    return smooth ? e / (T(1) + e) : T(1);
   }
 };
