@@ -329,7 +329,7 @@ def main() -> None:
 
     rate, gflops = elementwise_rate(), matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', '-')}")
+          f"{os.environ.get('OMP_WAIT_POLICY', '-')}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '-')}")
     print(f"machine bounds (this run): elementwise {rate / 1e9:.2f} G fp32 elements/s per pass; "
           f"fp32 matmul {gflops:.1f} GFLOP/s (1024^2)")
     print(f"Mamba: d_inner={MAMBA['d_inner']}, d_state={MAMBA['d_state']}; "

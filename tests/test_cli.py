@@ -54,7 +54,12 @@ def test_train_writes_a_loadable_folder(trained, capsys):
 def test_eval_prints_metrics(trained, log_csv, capsys):
     assert main(["eval", str(trained), "--data", str(log_csv), "--k", "5", "10"]) == 0
     out = capsys.readouterr().out
-    assert "NDCG" in out and "@10" in out and "60 users" in out
+    assert "NDCG" in out and "@10" in out and "60 users, fp32" in out
+
+
+def test_eval_in_bf16(trained, log_csv, capsys):
+    assert main(["eval", str(trained), "--data", str(log_csv), "--precision", "bf16"]) == 0
+    assert "60 users, bf16" in capsys.readouterr().out
 
 
 def test_recommend_takes_and_returns_raw_ids(trained, capsys):

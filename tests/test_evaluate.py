@@ -27,7 +27,8 @@ class FakeModel(torch.nn.Module):
 
     def score(self, item_ids, timestamps=None):
         self.calls.append({"shape": tuple(item_ids.shape), "training": self.training,
-                           "grad": torch.is_grad_enabled(), "timestamps": timestamps is not None})
+                           "grad": torch.is_grad_enabled(), "timestamps": timestamps is not None,
+                           "autocast": torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")})
         item_ids = torch.nn.functional.pad(item_ids[:, -self.max_len:], (1, 0))  # at least 2 columns
         scores = self.table[item_ids[:, -1]] + 0.5 * self.table[item_ids[:, -2]] * (item_ids[:, -2:-1] > 0)
         scores = scores.clone()
@@ -82,6 +83,35 @@ def test_evaluator_runs_without_grad_in_eval_mode_and_restores_training():
     assert model.training
     assert all(not c["training"] and not c["grad"] and c["timestamps"] for c in model.calls)
     assert max(c["shape"][1] for c in model.calls) <= 3  # a DataSplit is cut to model.max_len
+
+
+def test_bf16_precision_scores_every_batch_under_autocast():
+    _, data = toy_dataset()
+    model = FakeModel()
+    fp32 = evaluate(model, data.split(), batch_size=10)
+    assert not any(c["autocast"] for c in model.calls)
+    model.calls.clear()
+    bf16 = evaluate(model, data.split(), batch_size=10, precision="bf16")
+    assert len(model.calls) == 3 and all(c["autocast"] == torch.bfloat16 for c in model.calls)
+    assert bf16.protocol["precision"] == "bf16" and fp32.protocol["precision"] == "fp32"
+    assert not torch.is_autocast_enabled("cpu")  # the context ends with the evaluation
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+        evaluate(model, data.split(), precision="fp16")
+
+
+def test_seqrec_model_scores_in_fp32_under_autocast():
+    """bf16 logits would tie most of 3000 items (8 mantissa bits); the zoo's scores stay fp32."""
+    model = zoo.create("sasrec", num_items=3000).eval()
+    items = torch.randint(1, 3001, (4, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = model.score(items)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.score(items)
+            rounded = model.item_logits(model.readout(*model.encode(items, newest_only=True)))
+    assert mixed.dtype == torch.float32
+    assert min(len(row[1:].unique()) for row in mixed) > 2990
+    assert max(len(row[1:].unique()) for row in rounded) < 2000  # what scoring in bf16 would give
+    torch.testing.assert_close(mixed[:, 1:], exact[:, 1:], atol=0.02 * float(exact[:, 1:].abs().max()), rtol=0)
 
 
 def test_batches_hold_similar_lengths_so_padding_is_trimmed():

@@ -128,6 +128,21 @@ def test_bf16_autocast_on_cpu(data, tmp_path):
     assert math.isfinite(result.history[0]["loss"]) and 0 <= result.test["ndcg@10"] <= 1
 
 
+def test_eval_precision_reaches_every_evaluation(data, tmp_path, monkeypatch):
+    import zoo.train as train_module
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["which"], kwargs["precision"]))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    train("sasrec", data, tmp_path, epochs=2, seed=0, overrides={**TINY, "train.eval_precision": "bf16"}, progress=False,
+          save_model=False, plot=False)
+    assert seen == [("valid", "bf16")] * 3 + [("test", "bf16")]  # each epoch, then the best model's valid and test
+
+
 def test_bad_settings_are_reported(data, tmp_path):
     with pytest.raises(ValueError, match="valid_metric 'ndcg10'"):
         parse_metric("ndcg10")

@@ -106,8 +106,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if stored is not None and list(stored.raw_ids) != list(dataset.item_vocab.raw_ids):
         raise ValueError(f"{args.data}'s items differ from the items {args.model} was trained on; evaluate on the same data")
     split = dataset.split(facts.get("split", {}).get("method", "loo"))
-    result = evaluate(model, split, which=args.split, mode=args.mode, ks=args.k, num_negatives=args.negatives, seed=args.seed)
-    print(f"{model.recipe.name} on {args.data} ({args.split} split, {args.mode} ranking, {len(result.ranks)} users)")
+    result = evaluate(model, split, which=args.split, mode=args.mode, ks=args.k, num_negatives=args.negatives, seed=args.seed,
+                      precision=args.precision)
+    print(f"{model.recipe.name} on {args.data} ({args.split} split, {args.mode} ranking, {len(result.ranks)} users, "
+          f"{args.precision})")
     print(result.table())
     return 0
 
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", type=int, default=100, help="with --mode sampled: negatives per user")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--seed", type=int, default=0, help="with --mode sampled: the negatives' seed")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the encoder under bf16 autocast (item scores stay fp32)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")

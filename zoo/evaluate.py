@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Protocol, Sequence
+from functools import cache
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -218,6 +219,25 @@ def _device_of(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def _rank_batch(model: Scorer, samples: NextItemSamples, indices: np.ndarray, device: torch.device, mask_history: bool,
+                negatives: Callable[[int], np.ndarray] | None) -> Tensor:
+    """Ranks of the targets of examples ``indices``: full ranking, or among ``negatives(num_items)[indices]``."""
+    batch = trim_padding(samples.batch(indices))
+    scores = model.score(batch["item_ids"].to(device), timestamps=batch["timestamps"].to(device))
+    if scores.dim() != 2 or scores.shape[0] != len(indices) or scores.shape[1] < 2:
+        raise ValueError(f"model.score returned shape {tuple(scores.shape)}; expected ({len(indices)}, num_items + 1)")
+    num_items = scores.shape[1] - 1
+    targets = batch["target"].to(scores.device)
+    if int(targets.max()) > num_items:
+        raise ValueError(f"target item {int(targets.max())} is beyond the model's {num_items} items")
+    if mask_history:
+        scores = scores.masked_fill(history_mask(samples, indices, num_items, scores.device), -math.inf)
+    if negatives is None:
+        return full_ranks(scores, targets).cpu()
+    chosen = torch.from_numpy(negatives(num_items)[indices]).to(scores.device)
+    return sampled_ranks(scores, targets, chosen).cpu()
+
+
 @torch.no_grad()
 def evaluate(
     model: Scorer,
@@ -231,8 +251,9 @@ def evaluate(
     seed: int = 0,
     mask_history: bool = False,
     group_bounds: Sequence[int] = (5, 20),
-    batch_size: int = 256,
+    batch_size: int = 128,
     device: torch.device | str | None = None,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> EvalResult:
     """Rank each example's target with ``model.score`` and average the metrics.
 
@@ -242,11 +263,17 @@ def evaluate(
     ``torch.no_grad()`` with the model in eval mode (restored afterwards), on ``device``
     (default: the model's parameters' device, else CPU). Examples are batched shortest history
     first, so each batch is only as wide as its longest history; ranks come back in example order.
+
+    ``precision="bf16"`` runs ``model.score`` under bf16 autocast (one context for all batches, so
+    each weight is cast once); the zoo's models still compute the final item scores in fp32, so
+    ranks differ from fp32 evaluation only by the encoder's rounding.
     """
     if mode not in ("full", "sampled"):
         raise ValueError(f"mode must be 'full' or 'sampled', got {mode!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     ks = sorted({int(k) for k in ks})
     if isinstance(samples, DataSplit):
         samples = samples.eval_samples(which, model.max_len)
@@ -257,34 +284,16 @@ def evaluate(
     if was_training is not None:
         model.eval()
     start = time.perf_counter()
-    negatives: np.ndarray | None = None
-    ranks: list[Tensor] = []
     # Batches of similar history lengths, so that trim_padding drops the columns no row of a batch uses
     # (exact: a real item's state never depends on padding); ranks go back to example order below.
     lengths = samples.history_lengths
     order = np.argsort(lengths, kind="stable")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    negatives = None if mode == "full" else cache(lambda num_items: sample_negatives(samples, num_items, num_negatives, seed))
     try:
-        for begin in range(0, len(samples), batch_size):
-            indices = order[begin:begin + batch_size]
-            batch = trim_padding(samples.batch(indices))
-            scores = model.score(batch["item_ids"].to(device), timestamps=batch["timestamps"].to(device))
-            if scores.dim() != 2 or scores.shape[0] != len(indices) or scores.shape[1] < 2:
-                raise ValueError(
-                    f"model.score returned shape {tuple(scores.shape)}; expected ({len(indices)}, num_items + 1)"
-                )
-            num_items = scores.shape[1] - 1
-            targets = batch["target"].to(scores.device)
-            if int(targets.max()) > num_items:
-                raise ValueError(f"target item {int(targets.max())} is beyond the model's {num_items} items")
-            if mask_history:
-                scores = scores.masked_fill(history_mask(samples, indices, num_items, scores.device), -math.inf)
-            if mode == "full":
-                ranks.append(full_ranks(scores, targets).cpu())
-            else:
-                if negatives is None:
-                    negatives = sample_negatives(samples, num_items, num_negatives, seed)
-                chosen = torch.from_numpy(negatives[indices]).to(scores.device)
-                ranks.append(sampled_ranks(scores, targets, chosen).cpu())
+        with autocast:
+            ranks = [_rank_batch(model, samples, order[begin:begin + batch_size], device, mask_history, negatives)
+                     for begin in range(0, len(samples), batch_size)]
     finally:
         if was_training:
             model.train()
@@ -297,7 +306,8 @@ def evaluate(
         num_examples=len(all_ranks),
         protocol={"mode": mode, "ks": ks, "metrics": list(metrics), "num_negatives": num_negatives if mode == "sampled" else None,
                   "seed": seed if mode == "sampled" else None, "mask_history": mask_history,
-                  "group_bounds": list(group_bounds), "ties": "pessimistic", "max_len": samples.max_len},
+                  "group_bounds": list(group_bounds), "ties": "pessimistic", "max_len": samples.max_len,
+                  "precision": precision},
         seconds=seconds,
         ranks=all_ranks,
         history_lengths=lengths,

@@ -109,10 +109,17 @@ class SeqRecModel(nn.Module):
         return logits.index_fill(-1, self._all_items[:1], float("-inf"))
 
     def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
-        """Scores ``(B, num_items + 1)`` of every item as the next one after each history."""
+        """Scores ``(B, num_items + 1)`` of every item as the next one after each history.
+
+        Under ``torch.autocast`` the encoder runs in the autocast dtype; the final item scores are
+        always computed in fp32."""
         item_ids, timestamps = self._append_mask_token(*self._check_ids(item_ids, timestamps))
         hidden, mask = self.encode(item_ids, timestamps, newest_only=self.readout.newest_only)
-        return self.item_logits(self.readout(hidden, mask))
+        user = self.readout(hidden, mask)
+        # Scores stay fp32 under autocast: bf16's 8-bit mantissa would tie many items' scores, and ranks
+        # (ties are pessimistic) would then depend on rounding rather than on the model.
+        with torch.autocast(user.device.type, enabled=False):
+            return self.item_logits(user.float())
 
     def _append_mask_token(self, item_ids: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """A cloze model (item encoder with a ``[MASK]`` token) predicts the next item at a ``[MASK]``

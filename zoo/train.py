@@ -391,7 +391,7 @@ class _Run:
 
     def evaluate(self, which: Literal["valid", "test"]) -> tuple[dict[str, float], float]:
         result = evaluate(self.model, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
-                          device=self.device)
+                          device=self.device, precision=self.config.eval_precision)
         return _lower(result.metrics), result.seconds
 
     def end_epoch(self) -> None:
