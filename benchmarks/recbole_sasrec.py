@@ -4,7 +4,8 @@ Runs in ``benchmarks/.recbole-venv`` (made by ``recbole_env.sh``): it imports on
 never the zoo. It trains with RecBole's own ``Trainer.fit`` (early stopping included) and
 records, per epoch, when training and validation ended (seconds since ``fit`` started), the
 validation NDCG@10 and how long validation took; then it evaluates the best checkpoint on the
-test split, and times five more validation evaluations of it alone (median users per second). Everything goes to ``OUT/log.jsonl`` (one JSON object per line).
+test split, and times five more validation evaluations of it alone (median users per second).
+Everything goes to ``OUT/log.jsonl`` (one JSON object per line).
 
 Usage: python recbole_sasrec.py OUT --threads 2 --seed 2020 [--set key=value ...]
 """

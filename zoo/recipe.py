@@ -154,7 +154,7 @@ class TrainConfig(BaseModel):
     patience: int = Field(10, ge=1)
     grad_clip: float | None = Field(None, gt=0.0)
     valid_metric: str = "ndcg@10"
-    eval_batch_size: int = Field(128, ge=1)  # length-sorted batches: 1.3x faster than 256 and 2x than 1024 on ml-100k
+    eval_batch_size: int = Field(128, ge=1)  # ml-100k, length-sorted: 128 ~ 256 (within noise), 1.7x the users/s of 1024
     eval_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="validation and test evaluation under bf16 autocast ('bf16'; item scores stay fp32) or fp32")
 
