@@ -111,7 +111,8 @@ def test_seqrec_model_scores_in_fp32_under_autocast():
     assert mixed.dtype == torch.float32
     assert min(len(row[1:].unique()) for row in mixed) > 2990
     assert max(len(row[1:].unique()) for row in rounded) < 2000  # what scoring in bf16 would give
-    torch.testing.assert_close(mixed[:, 1:], exact[:, 1:], atol=0.02 * float(exact[:, 1:].abs().max()), rtol=0)
+    # bf16 rounds to 8 significant bits (0.4% each time); through two layers, well under 1% of the scale
+    torch.testing.assert_close(mixed[:, 1:], exact[:, 1:], atol=0.01 * float(exact[:, 1:].abs().max()), rtol=0)
 
 
 def test_batches_hold_similar_lengths_so_padding_is_trimmed():
