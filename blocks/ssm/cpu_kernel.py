@@ -107,22 +107,25 @@ class _CompiledScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor,
                 softplus: bool):
-        y, last_state = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus)
-        ctx.save_for_backward(u, delta, A, B, C, D, bias)
+        # With gradients ahead, the kernel also keeps each channel's state at every chunk start (b, d, l / 64, n),
+        # so that the backward pass reads the inputs once instead of sweeping forward through them again.
+        y, last_state, starts = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus,
+                                                               any(ctx.needs_input_grad))
+        ctx.save_for_backward(u, delta, A, B, C, D, bias, starts)
         ctx.softplus = softplus
         return y, last_state
 
     @staticmethod
     def backward(ctx, grad_y: Tensor | None, grad_last: Tensor | None):
-        u, delta, A, B, C, D, bias = ctx.saved_tensors
+        u, delta, A, B, C, D, bias, starts = ctx.saved_tensors
         grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
         batch, dim, _ = u.shape
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, ctx.softplus, grad_y,
-                                                                     grad_last, splits)
+        du, ddelta, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, ctx.softplus, starts,
+                                                                     grad_y, grad_last, splits)
         dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[6] else None
         return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, None
 

@@ -22,11 +22,11 @@
 //
 //     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
 //
-// from which every input gradient follows position by position. It needs h_{t-1} at every t: a
-// first forward sweep keeps only the state at each chunk start (kChunk positions), and each chunk's
-// states are recomputed into a small buffer just before the reverse sweep walks through it, so the
-// memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per thread, never
-// O(length * n).
+// from which every input gradient follows position by position. It needs h_{t-1} at every t: the
+// forward pass, when gradients will be wanted, keeps the state at each chunk start (kChunk positions),
+// and each chunk's states are recomputed into a small buffer just before the reverse sweep walks
+// through it, so the memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per
+// thread, never O(length * n), and the backward reads its inputs once.
 
 #include <torch/extension.h>
 
@@ -121,8 +121,10 @@ StepSize<T> mamba_step(bool softplus) {
 template <typename T>
 void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus, at::Tensor& y,
-                  at::Tensor& last) {
+                  at::Tensor& last, at::Tensor& starts) {
   const auto s = shape_of(u, A, B);
+  const int64_t chunks = (s.length + kChunk - 1) / kChunk;
+  T* starts_p = starts.numel() ? starts.data_ptr<T>() : nullptr;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T* D_p = D.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
@@ -145,6 +147,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
           const T* A_d = A_p + d * s.n;
           T* y_bd = y_p + pair * s.length;
           T* h = last_p + pair * s.n;
+          if (starts_p) std::copy(h, h + s.n, starts_p + (pair * chunks + first / kChunk) * s.n);
           discretize(delta_p + pair * s.length, bias_p[d], mamba_step<T>(softplus), first, stop, steps);
           for (int64_t t = first; t < stop; ++t) {
             const T dt = steps[t - first];
@@ -202,46 +205,30 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus,
-                   const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta,
+                   const at::Tensor& starts, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta,
                    at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T* D_p = D.data_ptr<T>();
-  const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>();
+  const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>(), *starts_p = starts.data_ptr<T>();
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
   // dB, dC: (splits, b, g, n, l), viewed as (splits * b, g, n, l).
   const StateInput<T> dB_out(dB.flatten(0, 1)), dC_out(dC.flatten(0, 1));
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
-    // Per channel of a task: its states at every chunk start and its adjoint.
-    std::vector<T> starts(per_split * chunks * n), adjoints(per_split * n), states((kChunk + 1) * n);
+    // Per channel of a task: its adjoint.
+    std::vector<T> adjoints(per_split * n), states((kChunk + 1) * n);
     std::vector<T> B_tile(kChunk * n), C_tile(kChunk * n), dB_tile(kChunk * n), dC_tile(kChunk * n);
-    T steps[kChunk];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
       const int64_t b = bg / s.groups, g = bg % s.groups, b_out = split * s.batch + b;
       const int64_t d0 = g * heads + split * per_split;
       const int64_t count = std::max<int64_t>(0, std::min(heads - split * per_split, per_split));
       const int64_t pair0 = b * s.dim + d0;
-      // Chunk by chunk over the task's channels (see scan_forward): first the chunk-start states...
-      std::fill(adjoints.begin(), adjoints.end(), T(0));
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
-        B_in.gather(b, g, first, stop, n, B_tile.data());
-        for (int64_t k = 0; k < count; ++k) {
-          const int64_t pair = pair0 + k;
-          const T *u_bd = u_p + pair * s.length, *A_d = A_p + (d0 + k) * n;
-          T* h = adjoints.data() + k * n;  // borrowed as the running state
-          std::copy(h, h + n, starts.data() + (k * chunks + c) * n);
-          discretize(delta_p + pair * s.length, bias_p[d0 + k], mamba_step<T>(softplus), first, stop, steps);
-          for (int64_t t = first; t < stop; ++t)
-            advance(h, A_d, B_tile.data() + (t - first) * n, steps[t - first], steps[t - first] * u_bd[t], n);
-        }
-      }
-      // ...then the reverse sweep, newest chunk first.
+      // The reverse sweep, newest chunk first, each chunk's states recomputed from the start the forward kept.
       std::copy(gl_p + pair0 * n, gl_p + (pair0 + count) * n, adjoints.data());
       std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
       std::fill(dD_p + pair0, dD_p + pair0 + count, T(0));
@@ -255,7 +242,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
                             mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
-                            gy_p + offset_l, starts.data() + (k * chunks + c) * n, du_p + offset_l,
+                            gy_p + offset_l, starts_p + (pair * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
                             adjoints.data() + k * n);
         }
@@ -285,13 +272,15 @@ void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, co
 
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
-                                bool softplus) {
+                                bool softplus, bool keep_starts) {
   check(u, delta, A, B, C, D, bias);
   auto y = at::empty_like(u);
   auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
+  const int64_t chunks = keep_starts ? (u.size(2) + kChunk - 1) / kChunk : 0;
+  auto starts = at::empty({u.size(0), u.size(1), chunks, A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward",
-                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, D, bias, softplus, y, last); });
-  return {y, last};
+                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, D, bias, softplus, y, last, starts); });
+  return {y, last, starts};
 }
 
 // Returns du, the raw delta's gradient, dA per batch (b, d, n), dB, dC per split of each group's
@@ -299,8 +288,12 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 // the bias's gradient).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
-                                 bool softplus, const at::Tensor& grad_y, const at::Tensor& grad_last, int64_t splits) {
+                                 bool softplus, const at::Tensor& starts, const at::Tensor& grad_y,
+                                 const at::Tensor& grad_last, int64_t splits) {
   check(u, delta, A, B, C, D, bias);
+  TORCH_CHECK(starts.is_contiguous() && starts.dim() == 4 && starts.size(0) == u.size(0) && starts.size(1) == u.size(1) &&
+                  starts.size(2) == (u.size(2) + kChunk - 1) / kChunk && starts.size(3) == A.size(1),
+              "selective_scan_cpu: the chunk-start states kept by forward (b, d, chunks, n) expected");
   TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
                   grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
               "selective_scan_cpu: gradients of y (b, d, l) and of the last state (b, d, n) expected");
@@ -311,7 +304,8 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dC = at::empty_like(dB);
   auto dD = at::empty({u.size(0), u.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, softplus, grad_y, grad_last, du, ddelta, dA, dB, dC, dD);
+    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, softplus, starts, grad_y, grad_last, du, ddelta, dA, dB, dC,
+                            dD);
   });
   return {du, ddelta, dA, dB, dC, dD};
 }
@@ -319,6 +313,6 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "selective scan forward: (y, last state)");
+  m.def("forward", &forward, "selective scan forward: (y, last state, chunk-start states or an empty tensor)");
   m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD)");
 }
