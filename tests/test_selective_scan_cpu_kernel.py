@@ -169,6 +169,30 @@ def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
     assert calls == [1]
 
 
+def test_chunk_starts_are_kept_only_for_a_call_autograd_records(monkeypatch):
+    """The forward keeps the states the backward needs, (b, d, l/64, n), only when a backward can follow."""
+    kernel, kept = cpu_kernel.load("selective_scan"), []
+
+    class Spy:
+        def forward(self, *args):
+            out = kernel.forward(*args)
+            kept.append(out[2].numel() > 0)
+            return out
+
+        def backward(self, *args):
+            return kernel.backward(*args)
+
+    monkeypatch.setattr(cpu_kernel, "load", lambda name: Spy())
+    x = make_inputs(100, "groups1", "groups1", seed=0)
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    with torch.no_grad():
+        cpu_kernel.selective_scan_compiled(**leaves)  # parameters that require grad, inference mode
+    cpu_kernel.selective_scan_compiled(**x)  # nothing requires grad
+    cpu_kernel.selective_scan_compiled(**leaves).sum().backward()
+    assert kept == [False, False, True]
+    assert all(v.grad is not None for v in leaves.values())
+
+
 def test_failed_build_says_how_to_fall_back(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a fresh build folder, so it must compile
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

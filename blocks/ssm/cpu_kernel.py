@@ -92,8 +92,10 @@ def selective_scan_compiled(
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
     # B and C go in as they are: the kernel reads any strides (no copy of the Mamba layer's x_proj slices).
+    # Only a call that autograd records needs the chunk-start states (inference under no_grad does not).
+    keep_starts = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_,
-                                        D_.contiguous(), bias.contiguous(), delta_softplus)
+                                        D_.contiguous(), bias.contiguous(), delta_softplus, keep_starts)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
@@ -106,11 +108,10 @@ class _CompiledScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor,
-                softplus: bool):
+                softplus: bool, keep_starts: bool):
         # With gradients ahead, the kernel also keeps each channel's state at every chunk start (b, d, l / 64, n),
         # so that the backward pass reads the inputs once instead of sweeping forward through them again.
-        y, last_state, starts = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus,
-                                                               any(ctx.needs_input_grad))
+        y, last_state, starts = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus, keep_starts)
         ctx.save_for_backward(u, delta, A, B, C, D, bias, starts)
         ctx.softplus = softplus
         return y, last_state
@@ -127,7 +128,7 @@ class _CompiledScan(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, ctx.softplus, starts,
                                                                      grad_y, grad_last, splits)
         dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[6] else None
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, None
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, None, None
 
 
 def ssd_scan_compiled(
