@@ -205,7 +205,8 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus,
-                   const at::Tensor& starts, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta,
+                   const at::Tensor& starts, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
+                   at::Tensor& ddelta,
                    at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
