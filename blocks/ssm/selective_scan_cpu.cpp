@@ -292,8 +292,8 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
                                  bool softplus, const at::Tensor& starts, const at::Tensor& grad_y,
                                  const at::Tensor& grad_last, int64_t splits) {
   check(u, delta, A, B, C, D, bias);
-  TORCH_CHECK(starts.is_contiguous() && starts.sizes() == at::IntArrayRef({u.size(0), u.size(1),
-                                                                          (u.size(2) + kChunk - 1) / kChunk, A.size(1)}),
+  const int64_t chunks = (u.size(2) + kChunk - 1) / kChunk;
+  TORCH_CHECK(starts.is_contiguous() && starts.sizes() == at::IntArrayRef({u.size(0), u.size(1), chunks, A.size(1)}),
               "selective_scan_cpu: the chunk-start states kept by forward (b, d, chunks, n) expected");
   TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
                   grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
