@@ -92,10 +92,10 @@ def selective_scan_compiled(
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
     # B and C go in as they are: the kernel reads any strides (no copy of the Mamba layer's x_proj slices).
+    inputs = (u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous())
     # Only a call that autograd records needs the chunk-start states (inference under no_grad does not).
-    keep_starts = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, last_state = _CompiledScan.apply(u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_,
-                                        D_.contiguous(), bias.contiguous(), delta_softplus, keep_starts)
+    keep_starts = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    y, last_state = _CompiledScan.apply(*inputs, delta_softplus, keep_starts)
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)

@@ -19,19 +19,21 @@ struct StepSize {
 
   static constexpr T kThreshold = T(20);
 
-  // x = raw + bias. exp never sees more than the threshold, so no infinity arises in either branch of a
-  // vectorised select.
-  inline T unclamped(T x) const {
-    return softplus && x <= kThreshold ? std::log1p(std::exp(std::min(x, kThreshold))) : x;
-  }
+  inline bool smooth(T x) const { return softplus && x <= kThreshold; }
 
-  inline T operator()(T x) const { return std::min(std::max(unclamped(x), lo), hi); }
+  // exp(x) capped at the threshold: exp never sees more, so no infinity arises in either branch of a
+  // vectorised select.
+  static inline T capped_exp(T x) { return std::exp(std::min(x, kThreshold)); }
+
+  // x = raw + bias; e = capped_exp(x).
+  inline T unclamped(T x, T e) const { return smooth(x) ? std::log1p(e) : x; }
+
+  inline T operator()(T x) const { return std::min(std::max(unclamped(x, capped_exp(x)), lo), hi); }
 
   // d step / dx: the softplus's sigmoid (1 without softplus or above the threshold), 0 where clamped.
   inline T slope(T x) const {
-    const bool smooth = softplus && x <= kThreshold;
-    const T e = std::exp(std::min(x, kThreshold)), value = smooth ? std::log1p(e) : x;  // unclamped(x), one exp
+    const T e = capped_exp(x), value = unclamped(x, e);
     if (value < lo || value > hi) return T(0);
-    return smooth ? e / (T(1) + e) : T(1);
+    return smooth(x) ? e / (T(1) + e) : T(1);
   }
 };
