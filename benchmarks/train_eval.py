@@ -273,11 +273,13 @@ def main() -> None:
         if args.only != "zoo" and not RECBOLE_PYTHON.is_file():
             sys.exit(f"RecBole's environment is missing: create it with `bash {HERE / 'recbole_env.sh'}`")
         record = out / "processes.json"
-        processes = json.loads(record.read_text()) if args.only and record.is_file() else {}
+        processes = {}
         for name, command in commands.items():
             if args.only in (None, name.split("-")[0]):
                 processes[name] = run_process(command, out / f"{name}.out")  # (makes ``out``)
-                record.write_text(json.dumps(processes, indent=2))
+                # With --only, keep the runs already recorded, re-read now: another --only run may share the folder.
+                earlier = json.loads(record.read_text()) if args.only and record.is_file() else {}
+                record.write_text(json.dumps(earlier | processes, indent=2))
     processes = json.loads((out / "processes.json").read_text())
     if not set(runs) <= set(processes):
         sys.exit(f"{out / 'processes.json'} lacks {sorted(set(runs) - set(processes))}: run them with --only")
