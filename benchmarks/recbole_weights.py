@@ -49,11 +49,6 @@ def zoo_state_dict(weights: dict[str, np.ndarray], item_order: np.ndarray, layer
     return out
 
 
-def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
-    hit = ranks <= k
-    return float(np.mean(hit / np.log2(ranks + 1.0))), float(np.mean(hit))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a RecBole run folder of train_eval.py (with saved/*.pth)")
@@ -67,7 +62,7 @@ def main() -> None:
 
     import zoo
     from zoo.data import load_dataset
-    from zoo.evaluate import evaluate
+    from zoo.evaluate import evaluate, metrics_from_ranks
 
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "recbole.npz"
@@ -95,7 +90,8 @@ def main() -> None:
         rank_of_row = dict(zip(split.eval_samples(which, model.max_len).rows.tolist(), result.ranks.tolist()))
         recbole_ranks = arrays[f"{which}_ranks"]
         zoo_ranks = np.array([rank_of_row[row] for row in user_rows[arrays[f"{which}_users"] - 1]])
-        (rb_ndcg, rb_hr), (zoo_ndcg, zoo_hr) = ndcg_hr(recbole_ranks), ndcg_hr(zoo_ranks)
+        (rb_ndcg, rb_hr), (zoo_ndcg, zoo_hr) = (metrics_from_ranks(r, (10,), ("ndcg", "hr")).values()
+                                                for r in (recbole_ranks, zoo_ranks))
         same = float(np.mean(recbole_ranks == zoo_ranks))
         print(f"{which:<6} {rb_ndcg:>16.4f} {zoo_ndcg:>18.4f} {rb_hr:>14.4f} {zoo_hr:>10.4f} {same:>10.3f}")
         report[which] = {"recbole": {"ndcg@10": rb_ndcg, "hr@10": rb_hr}, "zoo": {"ndcg@10": zoo_ndcg, "hr@10": zoo_hr},
