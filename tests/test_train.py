@@ -155,3 +155,65 @@ def test_bad_settings_are_reported(data, tmp_path):
         train(model, data, tmp_path, epochs=1, progress=False)
     with pytest.raises(ValueError, match="architecture"):
         train(zoo.create("sasrec", num_items=30, **TINY), data, tmp_path, overrides={"d_model": 8}, progress=False)
+
+
+def _record_weights_after_every_step(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    import zoo.train as train_module
+
+    after_steps, step = [], train_module._Run._step
+
+    def recording(self, batch):
+        out = step(self, batch)
+        after_steps.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(train_module._Run, "_step", recording)
+    return after_steps
+
+
+def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path, monkeypatch):
+    after_steps = _record_weights_after_every_step(monkeypatch)
+    decay = 0.8
+    result = train("sasrec", data, tmp_path, epochs=3, seed=0, overrides={**TINY, "train.ema_decay": decay},
+                   progress=False, save_model=False, plot=False)
+    steps_per_epoch = len(after_steps) // result.epochs_run
+    # Reference: the average by hand, ema_1 = w_1 and ema_t = decay * ema_{t-1} + (1 - decay) * w_t.
+    average = dict(after_steps[0])
+    for weights in after_steps[1:result.best_epoch * steps_per_epoch]:
+        average = {k: decay * average[k] + (1 - decay) * weights[k] if weights[k].is_floating_point() else weights[k]
+                   for k in weights}
+    kept, raw = result.model.state_dict(), after_steps[result.best_epoch * steps_per_epoch - 1]
+    assert kept.keys() == average.keys()
+    for name in kept:
+        torch.testing.assert_close(kept[name], average[name], rtol=1e-5, atol=1e-6)  # float32 rounding of the updates
+    assert any(not torch.allclose(kept[k], raw[k]) for k in kept if kept[k].is_floating_point())  # not the raw weights
+    assert result.valid["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["valid"]["ndcg@10"], abs=1e-12)
+
+
+def test_moving_average_resumes_exactly_after_a_crash(data, tmp_path, monkeypatch):
+    import zoo.train as train_module
+
+    settings = dict(epochs=2, seed=0, overrides={**TINY, "train.ema_decay": 0.8}, checkpoint_every=2, progress=False,
+                    save_model=False, plot=False)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        reference = train("sasrec", data, tmp_path / "reference", **settings)
+        step, taken = train_module._Run._step, []
+
+        def crashing(self, batch):
+            if len(taken) == 5:  # after a checkpoint at step 4 of the first epoch
+                raise KeyboardInterrupt
+            taken.append(1)
+            return step(self, batch)
+
+        monkeypatch.setattr(train_module._Run, "_step", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train("sasrec", data, tmp_path / "crashed", **settings)
+        monkeypatch.setattr(train_module._Run, "_step", step)
+        resumed = train("sasrec", data, tmp_path / "crashed", **settings)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert [r["valid"] for r in resumed.history] == [r["valid"] for r in reference.history]
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name

@@ -4,6 +4,7 @@ A checkpoint is a folder ``checkpoints/step-<global step>/`` holding
 
 - ``model.safetensors`` -- the model's weights (tied tensors stored once);
 - ``optimizer.safetensors`` -- every tensor of the optimiser state (``"<param index>.<name>"``);
+- ``ema.safetensors`` -- the moving average of the weights, when training keeps one;
 - ``best.safetensors`` -- the best weights so far (a hard link to the previous checkpoint's
   file when they did not change, so an unchanged best costs no disk writes);
 - ``trainer_state.json`` -- everything else: the optimiser's param groups and non-tensor state,
@@ -38,6 +39,7 @@ LATEST = "latest"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 BEST_FILE = "best.safetensors"
+EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
 
@@ -199,12 +201,14 @@ def save_checkpoint(
     state: dict[str, Any],
     best: dict[str, torch.Tensor] | None = None,
     keep: int = 1,
+    ema: nn.Module | None = None,
 ) -> Path:
     """Write checkpoint ``root/name`` (see the module docstring) and point ``root/latest`` at it.
 
     ``state`` is the JSON-able trainer state; ``best`` the best weights (a state dict) when they
     changed since the previous checkpoint, else None to link the previous file. Names must sort
-    in the order they were written (``step-000000123``); the ``keep`` newest are kept.
+    in the order they were written (``step-000000123``); the ``keep`` newest are kept. ``ema``: the
+    module holding the moving average of the weights, when training keeps one.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -214,6 +218,8 @@ def save_checkpoint(
         save_model(model, str(staging / MODEL_FILE))
         tensors, rest = split_optimizer_state(optimizer.state_dict())
         save_file(tensors, str(staging / OPTIMIZER_FILE))
+        if ema is not None:
+            save_model(ema, str(staging / EMA_FILE))
         if best is not None:
             save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(staging / BEST_FILE))
         elif previous is not None and (previous / BEST_FILE).is_file():
@@ -252,6 +258,14 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optimizer: torc
     tensors = {k: v.to(device) if v.dim() > 0 else v for k, v in load_file(str(folder / OPTIMIZER_FILE)).items()}
     optimizer.load_state_dict(join_optimizer_state(tensors, document.pop("optimizer"), optimizer.state_dict()))
     return document
+
+
+def load_moving_average(folder: str | os.PathLike, ema: nn.Module) -> None:
+    """Restore the moving average of the weights (``ema``, a copy of the model) from a checkpoint folder."""
+    path = Path(folder) / EMA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {EMA_FILE}: it was written by a run without a moving average")
+    load_weights(ema, path)
 
 
 def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:

@@ -153,6 +153,12 @@ class TrainConfig(BaseModel):
     epochs: int = Field(200, ge=1)
     patience: int = Field(10, ge=1)
     grad_clip: float | None = Field(None, gt=0.0)
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="keep an exponential moving average of the weights, ema = decay * ema + (1 - decay) * weights after "
+        "every optimiser step (timm's ModelEmaV3; the first step copies), and validate, test and publish it instead of "
+        "the raw weights; None: no average",
+    )
     valid_metric: str = "ndcg@10"
     eval_batch_size: int = Field(128, ge=1)  # ml-100k, length-sorted: 128 ~ 256 (within noise), 1.7x the users/s of 1024
     eval_precision: Literal["fp32", "bf16"] = Field(

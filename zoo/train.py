@@ -21,6 +21,10 @@ seeded with ``(seed, epoch, step, rank)``; dropout uses torch's global generator
 steps already done and continues exactly as the uninterrupted run would have (bit for bit on
 CPU with the same thread count; see ``tests/test_train_resume.py``).
 
+Moving average: with ``train.ema_decay`` a copy of the model (timm's ``ModelEmaV3``) follows the
+weights after every optimiser step; it is what validation, early stopping, the test and the
+trained folder see, and every checkpoint holds it.
+
 Data parallelism: under ``torchrun`` each process takes a contiguous part of every global batch
 of ``batch_size`` samples, computes the *sum* of its losses divided by the global number of
 targets, and the gradients are summed across processes (:mod:`zoo.distributed`), which equals
@@ -198,6 +202,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
     return scheduler
 
 
+def build_moving_average(model: SeqRecModel, decay: float | None) -> Any:
+    """timm's ``ModelEmaV3`` copy of ``model`` averaged with ``decay`` per update, or None without a decay."""
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -242,6 +255,9 @@ class _Run:
         self.steps_per_epoch = math.ceil(self.epoch_size / config.batch_size)
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.moving_average = build_moving_average(model, config.ema_decay)
+        # What validation, early stopping and the published weights see: the average when there is one.
+        self.evaluated = model if self.moving_average is None else self.moving_average.module
         self.autocast, fp16 = _autocast(device, precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.needs_negatives = config.loss in ("sampled_softmax", "bce")
@@ -290,7 +306,8 @@ class _Run:
         }
         name = f"step-{self.global_step:09d}-{self.epoch:05d}-{self.step:06d}"
         ckpt.save_checkpoint(self.checkpoint_root, name, self.model, self.optimizer, state,
-                             best=self.best_state if self.best_changed else None)
+                             best=self.best_state if self.best_changed else None,
+                             ema=None if self.moving_average is None else self.evaluated)
         self.best_changed = False
         ckpt.atomic_write_text(self.out_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
 
@@ -316,6 +333,8 @@ class _Run:
         rngs = state["rng"]
         ckpt.set_rng_state(rngs[self.context.rank % len(rngs)])
         self.best_state = ckpt.load_best_weights(folder)
+        if self.moving_average is not None:
+            ckpt.load_moving_average(folder, self.evaluated)
         if self.scheduler is not None and self.config.scheduler != "plateau":
             self.scheduler.step_update(self.global_step)
 
@@ -350,6 +369,8 @@ class _Run:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        if self.moving_average is not None:
+            self.moving_average.update(self.model, step=self.global_step)  # step 1 copies the weights
         if self.scheduler is not None and self.config.scheduler != "plateau":
             self.scheduler.step_update(self.global_step)
         return (None if total is None else total.detach()), count
@@ -390,7 +411,7 @@ class _Run:
     # ------------------------------------------------------------ validation and early stopping
 
     def evaluate(self, which: Literal["valid", "test"]) -> tuple[dict[str, float], float]:
-        result = evaluate(self.model, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
+        result = evaluate(self.evaluated, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
                           device=self.device, precision=self.config.eval_precision)
         return _lower(result.metrics), result.seconds
 
@@ -403,7 +424,7 @@ class _Run:
             value = valid[self.metric_key]
             if value > self.best_metric:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-                self.best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().clone().cpu() for k, v in self.evaluated.state_dict().items()}
                 self.best_changed = True
             else:
                 self.bad_epochs += 1
@@ -536,6 +557,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
         if run.best_state is None:
             raise RuntimeError("no epoch was trained (epochs must be >= 1)")
         model.load_state_dict({k: v.to(run.device) for k, v in run.best_state.items()})
+        run.evaluated = model
         valid, _ = run.evaluate("valid")
         test, _ = run.evaluate("test")
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)
@@ -545,7 +567,9 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
             notes = (f"Trained with `zoo.train` for {len(run.history)} epochs (best validation {run.metric_key} "
                      f"{run.best_metric:.4f} at epoch {run.best_epoch + 1}; seed {run.seed}; objective "
                      f"{run.config.objective}, loss {run.config.loss}, {run.config.optimizer} lr {run.config.lr}, "
-                     f"batch {run.config.batch_size}).")
+                     f"batch {run.config.batch_size}"
+                     + ("" if run.config.ema_decay is None else f"; weights: moving average, decay {run.config.ema_decay}")
+                     + ").")
             model.save_pretrained(out, dataset_facts=run.split, metrics={"valid": valid, "test": test},
                                   card={"notes": notes})
             paths["model"] = out
