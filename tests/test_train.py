@@ -190,30 +190,25 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path, mon
     assert result.valid["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["valid"]["ndcg@10"], abs=1e-12)
 
 
-def test_moving_average_resumes_exactly_after_a_crash(data, tmp_path, monkeypatch):
+def test_moving_average_resumes_exactly_after_a_crash(data, tmp_path, monkeypatch, deterministic):
     import zoo.train as train_module
 
     settings = dict(epochs=2, seed=0, overrides={**TINY, "train.ema_decay": 0.8}, checkpoint_every=2, progress=False,
                     save_model=False, plot=False)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        reference = train("sasrec", data, tmp_path / "reference", **settings)
-        step, taken = train_module._Run._step, []
+    reference = train("sasrec", data, tmp_path / "reference", **settings)
+    step, taken = train_module._Run._step, []
 
-        def crashing(self, batch):
-            if len(taken) == 5:  # after a checkpoint at step 4 of the first epoch
-                raise KeyboardInterrupt
-            taken.append(1)
-            return step(self, batch)
+    def crashing(self, batch):
+        if len(taken) == 5:  # after a checkpoint at step 4 of the first epoch
+            raise KeyboardInterrupt
+        taken.append(1)
+        return step(self, batch)
 
-        monkeypatch.setattr(train_module._Run, "_step", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train("sasrec", data, tmp_path / "crashed", **settings)
-        monkeypatch.setattr(train_module._Run, "_step", step)
-        resumed = train("sasrec", data, tmp_path / "crashed", **settings)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    monkeypatch.setattr(train_module._Run, "_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train("sasrec", data, tmp_path / "crashed", **settings)
+    monkeypatch.setattr(train_module._Run, "_step", step)
+    resumed = train("sasrec", data, tmp_path / "crashed", **settings)
     assert [r["valid"] for r in resumed.history] == [r["valid"] for r in reference.history]
     for name, value in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name

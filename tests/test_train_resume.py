@@ -44,16 +44,6 @@ def dataset():
     return generate_dataset(num_users=80, num_items=30, length=(6, 16), seed=0).split("loo")
 
 
-@pytest.fixture
-def deterministic():
-    threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(flag)
-
-
 def without_timing(history):
     timing = {"train_seconds", "eval_seconds", "targets_per_second", "wall"}
     return [{k: v for k, v in record.items() if k not in timing} for record in history]

@@ -256,8 +256,6 @@ class _Run:
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.moving_average = build_moving_average(model, config.ema_decay)
-        # What validation, early stopping and the published weights see: the average when there is one.
-        self.evaluated = model if self.moving_average is None else self.moving_average.module
         self.autocast, fp16 = _autocast(device, precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.needs_negatives = config.loss in ("sampled_softmax", "bce")
@@ -280,6 +278,11 @@ class _Run:
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------ checkpoints
+
+    @property
+    def evaluated(self) -> SeqRecModel:
+        """What validation, early stopping and the published weights see: the average when there is one."""
+        return self.model if self.moving_average is None else self.moving_average.module
 
     @property
     def checkpoint_root(self) -> Path:
@@ -307,7 +310,7 @@ class _Run:
         name = f"step-{self.global_step:09d}-{self.epoch:05d}-{self.step:06d}"
         ckpt.save_checkpoint(self.checkpoint_root, name, self.model, self.optimizer, state,
                              best=self.best_state if self.best_changed else None,
-                             ema=None if self.moving_average is None else self.evaluated)
+                             ema=None if self.moving_average is None else self.moving_average.module)
         self.best_changed = False
         ckpt.atomic_write_text(self.out_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
 
@@ -334,7 +337,7 @@ class _Run:
         ckpt.set_rng_state(rngs[self.context.rank % len(rngs)])
         self.best_state = ckpt.load_best_weights(folder)
         if self.moving_average is not None:
-            ckpt.load_moving_average(folder, self.evaluated)
+            ckpt.load_moving_average(folder, self.moving_average.module)
         if self.scheduler is not None and self.config.scheduler != "plateau":
             self.scheduler.step_update(self.global_step)
 
@@ -410,8 +413,8 @@ class _Run:
 
     # ------------------------------------------------------------ validation and early stopping
 
-    def evaluate(self, which: Literal["valid", "test"]) -> tuple[dict[str, float], float]:
-        result = evaluate(self.evaluated, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
+    def evaluate(self, model: SeqRecModel, which: Literal["valid", "test"]) -> tuple[dict[str, float], float]:
+        result = evaluate(model, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
                           device=self.device, precision=self.config.eval_precision)
         return _lower(result.metrics), result.seconds
 
@@ -420,7 +423,7 @@ class _Run:
         loss_count = dist_utils.all_reduce_sum(self.loss_count, self.context, self.device)
         record: dict[str, Any] | None = None
         if self.context.is_main:
-            valid, eval_seconds = self.evaluate("valid")
+            valid, eval_seconds = self.evaluate(self.evaluated, "valid")
             value = valid[self.metric_key]
             if value > self.best_metric:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
@@ -557,9 +560,8 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
         if run.best_state is None:
             raise RuntimeError("no epoch was trained (epochs must be >= 1)")
         model.load_state_dict({k: v.to(run.device) for k, v in run.best_state.items()})
-        run.evaluated = model
-        valid, _ = run.evaluate("valid")
-        test, _ = run.evaluate("test")
+        valid, _ = run.evaluate(model, "valid")
+        test, _ = run.evaluate(model, "test")
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)
         summary = {"valid": valid, "test": test, "train_seconds": train_seconds, "best_epoch": run.best_epoch + 1,
                    "history": run.history}
