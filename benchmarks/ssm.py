@@ -3,6 +3,7 @@
     OMP_WAIT_POLICY=PASSIVE python benchmarks/ssm.py                 # the issue's full grid
     python benchmarks/ssm.py --quick --scan ssd ssd-compiled         # a small subset
     python benchmarks/ssm.py --batch 1 16 --length 200 1000 --plot ssm.png
+    python benchmarks/ssm.py --scan mamba-compiled ssd-compiled --paired 2 --processes 2   # linearity only
 
 Scans: Mamba ``blocks.ssm.selective_scan.selective_scan`` with d_inner=128, d_state=32 (B, C input-
 dependent ``(b, n, l)``, D, delta_bias, softplus); Mamba2 ``blocks.ssm.ssd.ssd_scan`` with 8 heads ×
@@ -34,6 +35,10 @@ the number is the growth of the process's peak resident set (``VmHWM`` from ``/p
 reset through ``/proc/self/clear_refs``) over its resident set just before the inputs were created,
 divided by the bytes of inputs + outputs. It therefore counts inputs, outputs and every temporary
 that was resident at the peak.
+
+Linearity (l=4000 time / l=1000 time) is printed under the table. ``--paired ROUNDS`` prints only
+that, measured so that a drift of the machine's speed between cells cannot enter it: each fresh
+process times l=1000 and l=4000 in turn, ROUNDS times, and keeps the best of each.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ def ssd_inputs(b: int, l: int, requires_grad: bool = False, seed: int = 0) -> di
 
 
 SCANS = ["mamba", "mamba-compiled", "ssd", "ssd-compiled"]
+LINEARITY_LENGTHS = (1000, 4000)  # time linear in l: the second within 4.5x of the first (issue 3)
 
 
 def base(scan: str) -> str:
@@ -276,6 +282,20 @@ def timing_child(scan: str, b: int, l: int, repeats: int) -> None:
     print(json.dumps({"fwd": fwd, "fb": fb}))
 
 
+def pair_child(scan: str, b: int, repeats: int, rounds: int) -> None:
+    """Run in a fresh process: time l=1000 and l=4000 in turn, ``rounds`` times; print JSON of the best times.
+
+    Alternating the two lengths within one process and a minute or so puts both under the same
+    machine speed, which on a shared VM drifts by a quarter between the cells of a full table.
+    """
+    best = {l: [math.inf, math.inf] for l in LINEARITY_LENGTHS}
+    for _ in range(rounds):
+        for l in LINEARITY_LENGTHS:
+            fwd, fb = time_ours(scan, b, l, repeats)
+            best[l] = [min(best[l][0], fwd), min(best[l][1], fb)]
+    print(json.dumps({str(l): times for l, times in best.items()}))
+
+
 def run_child(kind: str, *args) -> dict | None:
     """One ``--memory-child`` / ``--timing-child`` run in a fresh process with this one's thread count."""
     cmd = [sys.executable, __file__, f"--{kind}-child", *map(str, args), "--threads", str(torch.get_num_threads())]
@@ -292,6 +312,16 @@ def measure_memory(scan: str, b: int, l: int) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+def malloc_library() -> str:
+    """Which malloc this process runs on: a preloaded jemalloc or tcmalloc, else glibc's."""
+    with open("/proc/self/maps") as maps:
+        mapped = maps.read()
+    for name in ("jemalloc", "tcmalloc"):
+        if f"lib{name}" in mapped:
+            return name
+    return "glibc"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scan", choices=SCANS, nargs="+", default=SCANS)
@@ -310,6 +340,10 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="save a PNG of the times to this path")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--timing-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--pair-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--paired", type=int, default=None, metavar="ROUNDS",
+                        help="only the linearity check: per (scan, b), one fresh process per --processes times "
+                        "l=1000 and l=4000 alternately for ROUNDS rounds (no table, no loop)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -321,6 +355,10 @@ def main() -> None:
         scan, b, l, repeats = args.timing_child
         timing_child(scan, int(b), int(l), int(repeats))
         return
+    if args.pair_child:
+        scan, b, repeats, rounds = args.pair_child
+        pair_child(scan, int(b), int(repeats), int(rounds))
+        return
     if args.quick:
         args.batch, args.length = [1, 16], [50, 200, 1000]
     scans = args.scan
@@ -329,11 +367,15 @@ def main() -> None:
 
     rate, gflops = elementwise_rate(), matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', '-')}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '-')}")
+          f"{os.environ.get('OMP_WAIT_POLICY', '-')}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '-')}, "
+          f"allocator {malloc_library()}, MALLOC_CONF={os.environ.get('MALLOC_CONF', '-')}")
     print(f"machine bounds (this run): elementwise {rate / 1e9:.2f} G fp32 elements/s per pass; "
           f"fp32 matmul {gflops:.1f} GFLOP/s (1024^2)")
     print(f"Mamba: d_inner={MAMBA['d_inner']}, d_state={MAMBA['d_state']}; "
           f"SSD: {SSD['nheads']} heads x {SSD['headdim']}, d_state={SSD['d_state']}, {SSD['ngroups']} group")
+    if args.paired:
+        paired_linearity(scans, args.batch, args.repeats, args.paired, args.processes)
+        return
     header = (f"{'scan':14} {'b':>4} {'l':>5} | {'ours fwd':>9} {'loop fwd':>10} {'loop/ours':>9} | "
               f"{'ours f+b':>9} {'loop f+b':>10} {'loop/ours':>9} | {'floor':>8} {'fwd/floor':>9} | {'peak/io':>7}")
     print(header)
@@ -374,12 +416,29 @@ def main() -> None:
 
 
 def print_ratios(rows: list[dict]) -> None:
+    short, long = LINEARITY_LENGTHS
     by_key = {(r["scan"], r["b"], r["l"]): r for r in rows}
-    print("\nlinearity (l=4000 time / l=1000 time; 4.0 = linear):")
+    print(f"\nlinearity (l={long} time / l={short} time; 4.0 = linear):")
     for (scan, b, l), r in by_key.items():
-        if l == 4000 and (scan, b, 1000) in by_key:
-            ref = by_key[(scan, b, 1000)]
+        if l == long and (scan, b, short) in by_key:
+            ref = by_key[(scan, b, short)]
             print(f"  {scan:14} b={b:>3}: fwd {r['fwd'] / ref['fwd']:.2f}, fwd+bwd {r['fb'] / ref['fb']:.2f}")
+
+
+def paired_linearity(scans: list[str], batches: list[int], repeats: int, rounds: int, processes: int) -> None:
+    """Print l=4000 / l=1000 from :func:`pair_child` runs (best of ``processes`` fresh processes per length)."""
+    short, long = LINEARITY_LENGTHS
+    print(f"\npaired linearity (l={long} time / l={short} time, both timed in turn in the same process, "
+          f"{rounds} rounds, best of {processes} processes; 4.0 = linear):")
+    for scan in scans:
+        for b in batches:
+            runs = [r for r in (run_child("pair", scan, b, repeats, rounds) for _ in range(processes)) if r is not None]
+            if not runs:
+                continue
+            fwd = {l: min(r[str(l)][0] for r in runs) for l in LINEARITY_LENGTHS}
+            fb = {l: min(r[str(l)][1] for r in runs) for l in LINEARITY_LENGTHS}
+            print(f"  {scan:14} b={b:>3}: fwd {fwd[long] / fwd[short]:.2f} ({fwd[short]:.4f} -> {fwd[long]:.4f} s), "
+                  f"fwd+bwd {fb[long] / fb[short]:.2f} ({fb[short]:.4f} -> {fb[long]:.4f} s)", flush=True)
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -69,6 +69,15 @@ def test_covering_windows_match_loop():
         rows, ws, we = covering_windows(starts, ends, width, newest_only=True)
         assert list(zip(rows.tolist(), ws.tolist(), we.tolist())) == [(u, max(s, e - width), e)
                                                                      for u, (s, e) in enumerate(zip(starts, ends)) if e > s]
+        newest = rng.integers(1, width + 1, size=len(starts))
+        rows, ws, we = covering_windows(starts, ends, width, newest_width=newest)
+        expected = []
+        for u, (s, e) in enumerate(zip(starts, ends)):
+            end, size = e, newest[u]
+            while end > s:
+                expected.append((u, max(s, end - size), end))
+                end, size = end - size, width
+        assert list(zip(rows.tolist(), ws.tolist(), we.tolist())) == expected
 
 
 def test_last_objective_is_every_prefix():
@@ -100,15 +109,16 @@ def test_all_objective_covers_every_target_once_with_its_previous_item(width):
     assert rows_of(batch["targets"]) == [r[1:][-width:] for r in ROWS if len(r) >= 2]
 
 
-def overlapping_windows_loop(row, width, step):
-    """(inputs, targets) of each window of ``row`` for objective ``all`` with ``window_step=step``, newest first."""
-    windows, end = [], len(row)
+def overlapping_windows_loop(row, width, step, newest=None):
+    """(inputs, targets) of each window of ``row`` for objective ``all`` with ``window_step=step``, newest first;
+    the newest window trains ``newest`` targets (default ``step``)."""
+    windows, end, size = [], len(row), newest or step
     while end > 1:
-        first = 1 if end <= 1 + width else max(1, end - step)
+        first = 1 if end <= 1 + width else max(1, end - size)
         history = max(0, end - 1 - width)
         targets = [row[i] if i >= first else 0 for i in range(history + 1, end)]
         windows.append((left(row[history:end - 1], width), left(targets, width)))
-        end = first if first > 1 else 0
+        end, size = (first if first > 1 else 0), step
     return windows
 
 
@@ -126,11 +136,37 @@ def test_all_objective_with_overlapping_windows_trains_each_target_once_with_lon
         AllPositionSamples(sequences(), max_len=width, step=width + 1)
 
 
+@pytest.mark.parametrize("width, step", [(4, 4), (5, 2), (6, 6)])
+def test_shifted_windows_move_every_epoch_and_still_train_each_target_once(width, step):
+    rows = ROWS + [list(range(1, n + 1)) for n in (13, 17, 30)]
+    samples = AllPositionSamples(Sequences.from_rows(rows), max_len=width, step=step, shift=True, seed=3)
+    grids = set()
+    for epoch in range(12):
+        batch = samples.batch(np.arange(samples.epoch_size(epoch)), epoch, np.random.default_rng(0))
+        got = list(zip(batch["item_ids"].tolist(), batch["targets"].tolist()))
+        # The newest window of each user: the first of its windows (windows come user by user, newest first).
+        starts, ends, first_target = samples.windows_of(epoch)
+        first_window = np.unique(first_target, return_index=True)[1]
+        newest = ends[first_window] - starts[first_window]
+        long_rows = [r for r in rows if len(r) >= 2]
+        assert got == [w for r, n in zip(long_rows, newest) for w in overlapping_windows_loop(r, width, step, int(n))]
+        assert newest.min() >= 1 and all(n <= step for r, n in zip(long_rows, newest) if len(r) > width + 1)
+        grids.add(tuple(newest.tolist()))
+        again = AllPositionSamples(Sequences.from_rows(rows), max_len=width, step=step, shift=True, seed=3)
+        assert torch.equal(again.batch(np.arange(again.epoch_size(epoch)), epoch, np.random.default_rng(1))["targets"],
+                           batch["targets"])
+    assert len(grids) > 1
+    with pytest.raises(ValueError, match="needs windows='cover'"):
+        AllPositionSamples(sequences(), max_len=width, windows="recent", shift=True)
+
+
 def test_window_step_from_the_recipe_reaches_the_sample_set():
     config = zoo.create("sasrec", num_items=V, **SMALL).recipe.train.model_copy(update={"window_step": 2})
     samples = training_samples(model(max_len=4), sequences(), config)
     assert isinstance(samples, AllPositionSamples)
     assert samples.epoch_size(0) == sum(len(overlapping_windows_loop(r, 4, 2)) for r in ROWS) > len(ROWS)
+    shifted = training_samples(model(max_len=4), sequences(), config.model_copy(update={"window_shift": True}), seed=5)
+    assert shifted.shift and shifted.seed == 5
 
 
 def test_masked_objective_hides_items_behind_the_mask_token():

@@ -190,10 +190,12 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path, mon
     assert result.valid["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["valid"]["ndcg@10"], abs=1e-12)
 
 
-def test_moving_average_resumes_exactly_after_a_crash(data, tmp_path, monkeypatch, deterministic):
+@pytest.mark.parametrize("overrides", [{"train.ema_decay": 0.8}, {"train.window_shift": True}])
+def test_resumes_exactly_after_a_crash_with_a_moving_average_or_shifted_windows(data, tmp_path, monkeypatch,
+                                                                                  deterministic, overrides):
     import zoo.train as train_module
 
-    settings = dict(epochs=2, seed=0, overrides={**TINY, "train.ema_decay": 0.8}, checkpoint_every=2, progress=False,
+    settings = dict(epochs=2, seed=0, overrides={**TINY, **overrides}, checkpoint_every=2, progress=False,
                     save_model=False, plot=False)
     reference = train("sasrec", data, tmp_path / "reference", **settings)
     step, taken = train_module._Run._step, []

@@ -13,7 +13,9 @@ batch is a pure function of its sample indices and that generator):
   position-wise readout only). The newest window ends at the user's last item; older windows
   follow back in steps of ``max_len`` (``windows="recent"`` keeps only the newest, like the
   original SASRec). ``window_step`` < ``max_len`` makes windows overlap so that targets keep
-  a long history: each window trains only its newest ``window_step`` targets.
+  a long history: each window trains only its newest ``window_step`` targets. ``window_shift``
+  moves each user's grid of windows by a random amount every epoch, so a target's history
+  length changes from epoch to epoch.
 - ``masked`` -- :class:`MaskedItemSamples`: BERT4Rec's cloze task (Sun et al., CIKM 2019, §3.6):
   windows of up to ``max_len`` items covering every training sequence; each real item is
   replaced by the ``[MASK]`` token with probability ``mask_prob`` and predicted from both
@@ -65,20 +67,25 @@ TARGET_KEYS = ("target", "targets", "masked_targets")
 # ---------------------------------------------------------------------------- sample sets
 
 
-def covering_windows(row_starts: np.ndarray, row_ends: np.ndarray, width: int, newest_only: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def covering_windows(row_starts: np.ndarray, row_ends: np.ndarray, width: int, newest_only: bool = False,
+                     newest_width: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows ``[start, end)`` of at most ``width`` positions covering each range ``[row_starts[u], row_ends[u])``.
 
-    The first window of a range ends at its end; the next ones step back by ``width``. Empty
-    ranges give no window. Returns ``(rows, starts, ends)``.
+    The first window of a range ends at its end and spans ``newest_width[u]`` positions (``width``
+    when not given); the next ones step back by ``width``. Empty ranges give no window. Returns
+    ``(rows, starts, ends)``, each range's windows newest first.
     """
-    lengths = np.maximum(np.asarray(row_ends, np.int64) - np.asarray(row_starts, np.int64), 0)
-    counts = np.minimum(lengths, 1) if newest_only else -(-lengths // width)
+    row_starts, row_ends = np.asarray(row_starts, np.int64), np.asarray(row_ends, np.int64)
+    first_width = np.full(len(row_ends), width, np.int64) if newest_width is None else np.asarray(newest_width, np.int64)
+    lengths = np.maximum(row_ends - row_starts, 0)
+    older = 0 if newest_only else -(-np.maximum(lengths - first_width, 0) // width)
+    counts = np.minimum(lengths, 1) * (1 + older)
     rows = np.repeat(np.arange(len(lengths), dtype=np.int64), counts)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
-    ends = np.asarray(row_ends, np.int64)[rows] - k * width
-    starts = np.maximum(np.asarray(row_starts, np.int64)[rows], ends - width)
+    newest = k == 0
+    ends = row_ends[rows] - np.where(newest, 0, first_width[rows] + (k - 1) * width)
+    starts = np.maximum(row_starts[rows], ends - np.where(newest, first_width[rows], width))
     return rows, starts, ends
 
 
@@ -118,34 +125,56 @@ class AllPositionSamples(TrainingSamples):
     only its newest ``step`` targets, so every target sees at least ``max_len - step`` items of
     history when the user has them (``step=1`` is every prefix, as objective ``last``). A user's
     oldest ``max_len`` targets need no overlap and share one window.
+
+    With ``shift=True`` each user's newest window trains a number of targets drawn uniformly
+    from ``1..step`` every epoch (from ``(seed, epoch)``), and the older windows follow back from
+    it in steps of ``step``: the grid moves between epochs, so a target is trained with a
+    different amount of history each epoch instead of always the same one, and the number of
+    windows (the epoch's size) varies a little.
     """
 
     def __init__(self, train: Sequences, max_len: int, windows: Literal["cover", "recent"] = "cover",
-                 step: int | None = None) -> None:
+                 step: int | None = None, shift: bool = False, seed: int = 0) -> None:
         step = max_len if step is None else step
         if not 1 <= step <= max_len:
             raise ValueError(f"window step must be in 1..max_len={max_len}, got {step}")
-        self.sequences = train
-        self.max_len = max_len
+        if shift and windows == "recent":
+            raise ValueError("window_shift moves the grid of windows covering each sequence; "
+                             "it needs windows='cover', not 'recent' (one window per user)")
+        self.sequences, self.max_len, self.windows, self.step = train, max_len, windows, step
+        self.shift, self.seed = shift, seed
         # Targets are every item but each user's first.
-        target_starts = np.minimum(train.offsets[:-1] + 1, train.offsets[1:])
-        rows, starts, ends = covering_windows(target_starts, train.offsets[1:], step, windows == "recent")
+        self.target_starts = np.minimum(train.offsets[:-1] + 1, train.offsets[1:])
+        self._cached: tuple[int | None, tuple[np.ndarray, ...]] = (None, self._cut(None))
+
+    def _cut(self, newest_width: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """``(starts, ends, first_target)`` of every window, given each user's newest window width."""
+        rows, starts, ends = covering_windows(self.target_starts, self.sequences.offsets[1:], self.step,
+                                              self.windows == "recent", newest_width)
         # Windows ending within max_len of the first target: keep the newest one, training from the first target.
-        first_target = target_starts[rows]
-        oldest = ends <= first_target + max_len
+        first_target = self.target_starts[rows]
+        oldest = ends <= first_target + self.max_len
         newer_also_oldest = np.concatenate([[False], oldest[:-1] & (rows[:-1] == rows[1:])])
         keep = ~(oldest & newer_also_oldest)
-        starts = np.where(oldest & (windows == "cover"), first_target, starts)
-        self.rows, self.starts, self.ends, self.first_target = rows[keep], starts[keep], ends[keep], first_target[keep]
+        starts = np.where(oldest & (self.windows == "cover"), first_target, starts)
+        return starts[keep], ends[keep], first_target[keep]
+
+    def windows_of(self, epoch: int) -> tuple[np.ndarray, ...]:
+        """``(starts, ends, first_target)`` of the windows of ``epoch``."""
+        if self.shift and self._cached[0] != epoch:
+            users = len(self.target_starts)
+            newest = np.random.default_rng([self.seed, epoch, 0xA11]).integers(1, self.step + 1, size=users)
+            self._cached = (epoch, self._cut(newest))
+        return self._cached[1]
 
     def epoch_size(self, epoch: int) -> int:
-        return len(self.rows)
+        return len(self.windows_of(epoch)[0])
 
     def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
-        starts, ends, history = self.starts[indices], self.ends[indices], self.first_target[indices] - 1
+        starts, ends, first_target = (column[indices] for column in self.windows_of(epoch))
         seqs = self.sequences
-        items = gather_windows(seqs.items, history, ends - 1, self.max_len).astype(np.int64)
-        times = gather_windows(seqs.timestamps, history, ends - 1, self.max_len, fill=0.0).astype(np.float64)
+        items = gather_windows(seqs.items, first_target - 1, ends - 1, self.max_len).astype(np.int64)
+        times = gather_windows(seqs.timestamps, first_target - 1, ends - 1, self.max_len, fill=0.0).astype(np.float64)
         targets = gather_windows(seqs.items, starts, ends, self.max_len).astype(np.int64)
         return {"item_ids": torch.from_numpy(items), "timestamps": torch.from_numpy(times), "targets": torch.from_numpy(targets)}
 
@@ -235,7 +264,7 @@ def training_samples(model: "SeqRecModel", train: Sequences, config: TrainConfig
     if config.objective == "last":
         return LastItemSamples(train, model.max_len)
     if config.objective == "all":
-        return AllPositionSamples(train, model.max_len, windows, config.window_step)
+        return AllPositionSamples(train, model.max_len, windows, config.window_step, config.window_shift, seed)
     if config.objective == "masked":
         return MaskedItemSamples(train, model.max_len, model.item_encoder.mask_token_id, config.mask_prob,
                                  config.mask_last_prob, windows)

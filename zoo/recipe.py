@@ -144,6 +144,12 @@ class TrainConfig(BaseModel):
         "items being history, so windows overlap and each target sees at least max_len - window_step items "
         "before it (1 = every prefix, as RecBole trains); default max_len (disjoint windows)",
     )
+    window_shift: bool = Field(
+        False,
+        description="objective all with windows 'cover': every epoch, each user's newest window trains a random "
+        "1..window_step of the newest targets and the older windows follow back from it, so a target's place in its "
+        "window (the history it is trained with) changes from epoch to epoch; False: the grid ends at the last item",
+    )
     optimizer: str = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

@@ -248,13 +248,11 @@ class _Run:
         self.metric_key = f"{metric_name}@{metric_k}"
         self.eval_ks = tuple(sorted({*eval_ks, metric_k}))
         self.samples: TrainingSamples = training_samples(model, split.train, config, seed)
-        self.epoch_size = self.samples.epoch_size(0)
-        if self.epoch_size == 0:
+        if self.samples.epoch_size(0) == 0:
             raise ValueError(f"objective {config.objective!r} finds no training samples in {split.dataset.name!r} "
                              "(every training sequence is too short)")
-        self.steps_per_epoch = math.ceil(self.epoch_size / config.batch_size)
         self.optimizer = build_optimizer(model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, config, self.steps_in(0))
         self.moving_average = build_moving_average(model, config.ema_decay)
         self.autocast, fp16 = _autocast(device, precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
@@ -378,16 +376,21 @@ class _Run:
             self.scheduler.step_update(self.global_step)
         return (None if total is None else total.detach()), count
 
+    def steps_in(self, epoch: int) -> int:
+        """Optimiser steps of ``epoch`` (its sample count may vary between epochs, e.g. with ``window_shift``)."""
+        return math.ceil(self.samples.epoch_size(epoch) / self.config.batch_size)
+
     def train_epoch(self) -> None:
         from tqdm.auto import tqdm
 
         self.model.train()
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.samples.epoch_size(self.epoch))
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+        steps = self.steps_in(self.epoch)
+        bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                    disable=not (self.progress and self.context.is_main), leave=False, dynamic_ncols=True)
         running = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, begun = 0, time.perf_counter()
-        while self.step < self.steps_per_epoch:
+        while self.step < steps:
             batch = self._batch(order, self.step)
             total, count = self._step(batch)
             if total is not None:
@@ -396,12 +399,12 @@ class _Run:
             seen += count
             self.step += 1
             bar.update(1)
-            if bar.n % 10 == 0 or self.step == self.steps_per_epoch:
+            if bar.n % 10 == 0 or self.step == steps:
                 elapsed = time.perf_counter() - begun
                 rate = seen * self.context.world_size / elapsed if elapsed > 0 else 0.0
                 bar.set_postfix(loss=f"{(self.loss_sum + float(running)) / max(self.loss_count, 1):.4f}",
                                 targets_per_s=f"{rate:,.0f}", refresh=False)
-            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < self.steps_per_epoch:
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and self.step < steps:
                 self.loss_sum += float(running)
                 running.zero_()
                 self.epoch_seconds += time.perf_counter() - begun
