@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,7 +191,27 @@ def test_moving_average_of_the_weights_is_validated_and_kept(data, tmp_path, mon
     assert result.valid["ndcg@10"] == pytest.approx(result.history[result.best_epoch - 1]["valid"]["ndcg@10"], abs=1e-12)
 
 
-@pytest.mark.parametrize("overrides", [{"train.ema_decay": 0.8}, {"train.window_shift": True}])
+def test_shifted_windows_train_every_target_once_in_epochs_of_varying_size(data, tmp_path, monkeypatch):
+    import zoo.train as train_module
+
+    step, targets, sizes = train_module._Run._step, {}, {}
+
+    def counting(self, batch):
+        total, count = step(self, batch)
+        targets[self.epoch] = targets.get(self.epoch, 0) + count
+        sizes[self.epoch] = self.samples.epoch_size(self.epoch)
+        return total, count
+
+    monkeypatch.setattr(train_module._Run, "_step", counting)
+    overrides = {**TINY, "max_len": 4, "train.window_shift": True, "train.batch_size": 1}  # a step per window
+    train("sasrec", data, tmp_path / "run", epochs=3, seed=0, overrides=overrides, progress=False, save_model=False,
+          plot=False)
+    every_target = int(np.maximum(data.train.lengths - 1, 0).sum())
+    assert targets == {epoch: every_target for epoch in range(3)}
+    assert len(set(sizes.values())) > 1
+
+
+@pytest.mark.parametrize("overrides", [{"train.ema_decay": 0.8}, {"train.window_shift": True, "max_len": 4}])
 def test_resumes_exactly_after_a_crash_with_a_moving_average_or_shifted_windows(data, tmp_path, monkeypatch,
                                                                                   deterministic, overrides):
     import zoo.train as train_module
