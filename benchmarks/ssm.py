@@ -297,7 +297,7 @@ def pair_child(scan: str, b: int, repeats: int, rounds: int) -> None:
 
 
 def run_child(kind: str, *args) -> dict | None:
-    """One ``--memory-child`` / ``--timing-child`` run in a fresh process with this one's thread count."""
+    """One ``--memory-child`` / ``--timing-child`` / ``--pair-child`` run in a fresh process with this one's thread count."""
     cmd = [sys.executable, __file__, f"--{kind}-child", *map(str, args), "--threads", str(torch.get_num_threads())]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
