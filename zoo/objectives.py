@@ -145,7 +145,7 @@ class AllPositionSamples(TrainingSamples):
         self.shift, self.seed = shift, seed
         # Targets are every item but each user's first.
         self.target_starts = np.minimum(train.offsets[:-1] + 1, train.offsets[1:])
-        self._cached: tuple[int | None, tuple[np.ndarray, ...]] = (None, self._cut(None))
+        self._cached: tuple[int, tuple[np.ndarray, ...]] | None = None  # (grid's epoch, its windows)
 
     def _cut(self, newest_width: np.ndarray | None) -> tuple[np.ndarray, ...]:
         """``(starts, ends, first_target)`` of every window, given each user's newest window width."""
@@ -161,10 +161,12 @@ class AllPositionSamples(TrainingSamples):
 
     def windows_of(self, epoch: int) -> tuple[np.ndarray, ...]:
         """``(starts, ends, first_target)`` of the windows of ``epoch``."""
-        if self.shift and self._cached[0] != epoch:
+        grid = epoch if self.shift else 0  # without shift every epoch has epoch 0's windows
+        if self._cached is None or self._cached[0] != grid:
             users = len(self.target_starts)
-            newest = np.random.default_rng([self.seed, epoch, 0xA11]).integers(1, self.step + 1, size=users)
-            self._cached = (epoch, self._cut(newest))
+            newest = (np.random.default_rng([self.seed, epoch, 0xA11]).integers(1, self.step + 1, size=users)
+                      if self.shift else None)
+            self._cached = (grid, self._cut(newest))
         return self._cached[1]
 
     def epoch_size(self, epoch: int) -> int:
