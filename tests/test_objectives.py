@@ -161,7 +161,9 @@ def test_shifted_windows_move_every_epoch_and_still_train_each_target_once(width
 
 
 def test_window_step_from_the_recipe_reaches_the_sample_set():
-    config = zoo.create("sasrec", num_items=V, **SMALL).recipe.train.model_copy(update={"window_step": 2})
+    recipe = zoo.create("sasrec", num_items=V, **SMALL).recipe.train
+    assert recipe.window_shift  # sasrec's recipe trains shifted windows
+    config = recipe.model_copy(update={"window_step": 2, "window_shift": False})
     samples = training_samples(model(max_len=4), sequences(), config)
     assert isinstance(samples, AllPositionSamples)
     assert samples.epoch_size(0) == sum(len(overlapping_windows_loop(r, 4, 2)) for r in ROWS) > len(ROWS)

@@ -140,7 +140,8 @@ class AllPositionSamples(TrainingSamples):
             raise ValueError(f"window step must be in 1..max_len={max_len}, got {step}")
         if shift and windows == "recent":
             raise ValueError("window_shift moves the grid of windows covering each sequence; "
-                             "it needs windows='cover', not 'recent' (one window per user)")
+                             "it needs windows='cover', not 'recent' (one window per user); "
+                             "set train.window_shift=false to train on the newest window only")
         self.sequences, self.max_len, self.windows, self.step = train, max_len, windows, step
         self.shift, self.seed = shift, seed
         # Targets are every item but each user's first.
