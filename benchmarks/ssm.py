@@ -19,6 +19,7 @@ the best: whether its large buffers reuse freed memory or fault in fresh pages t
 on the cases run before it (that alone moved b=256 times by up to 2x), it is measured in the steady
 state of a training or inference loop, and one process's unlucky memory layout (the same call took
 0.015-0.026 s in different processes) does not decide the number. The loop runs in this process.
+Every timed call of ours and of the loop starts with the CPU caches evicted (``CacheFlush``).
 Bounds:
 
 * Mamba floor = 3 fp32 elementwise passes over b·d·l·n elements, from the elementwise rate
@@ -44,6 +45,7 @@ process times l=1000 and l=4000 in turn, ROUNDS times, and keeps the best of eac
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -156,11 +158,50 @@ INPUTS = {"mamba": mamba_inputs, "ssd": ssd_inputs}
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def timed(fn, repeats: int, budget: float = 1.0) -> float:
+def largest_cache_bytes(default: int = 32 * 2**20) -> int:
+    """Size of the CPU's largest cache (Linux sysfs, e.g. ``32768K``); ``default`` where it cannot be read."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        with open(path) as f:
+            text = f.read().strip()
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
+    return max(sizes, default=default)
+
+
+class CacheFlush:
+    """Evicts the CPU caches before a timed call by writing a buffer four times the largest cache
+    (untimed), as Triton's ``do_bench`` clears the GPU's L2 between runs.
+
+    Without it, calling a scan again on the same inputs finds them still in this machine's 32 MiB L3
+    when they fit (b = 16, l = 1000: 28 MB) and in memory when they do not (l = 4000: 112 MB), so a
+    best-of-repeats time grows faster than l for a reason no caller sees: in a model the scan's inputs
+    come fresh from the layer before it. ``--warm-cache`` turns it off.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes, self.enabled = nbytes, True
+        self.buffer: torch.Tensor | None = None  # made on first use, so it is not counted by the memory runs
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            return
+        if self.buffer is None:
+            self.buffer = torch.zeros(self.nbytes // 4)
+        self.buffer.add_(1.0)
+
+
+flush_caches = CacheFlush(4 * largest_cache_bytes())
+
+
+def timed(fn, repeats: int, budget: float = 1.0, cold: bool = True) -> float:
     """Best time of ``repeats`` calls, or of more (up to 100) while they fit in ``budget`` seconds: a
-    millisecond call's best of 5 still varies by a third here, its best of 50 much less."""
+    millisecond call's best of 5 still varies by a third here, its best of 50 much less. ``cold``: each
+    call starts from evicted caches (:class:`CacheFlush`, not timed)."""
     best, spent, calls = math.inf, 0.0, 0
     while calls < repeats or (spent < budget and calls < 100):
+        if cold:
+            flush_caches()
         start = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - start
@@ -236,13 +277,13 @@ def elementwise_rate() -> float:
     n = 1 << 26
     a, b, c = torch.randn(n), torch.randn(n), torch.empty(n)
     torch.mul(a, b, out=c)
-    return n / timed(lambda: torch.mul(a, b, out=c), 5)
+    return n / timed(lambda: torch.mul(a, b, out=c), 5, cold=False)
 
 
 def matmul_gflops() -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     a @ b
-    return 2 * 1024**3 / timed(lambda: a @ b, 10) / 1e9
+    return 2 * 1024**3 / timed(lambda: a @ b, 10, cold=False) / 1e9
 
 
 def floor_seconds(scan: str, b: int, l: int, rate: float, gflops: float) -> float:
@@ -298,7 +339,8 @@ def pair_child(scan: str, b: int, repeats: int, rounds: int) -> None:
 
 def run_child(kind: str, *args) -> dict | None:
     """One ``--memory-child`` / ``--timing-child`` / ``--pair-child`` run in a fresh process with this one's thread count."""
-    cmd = [sys.executable, __file__, f"--{kind}-child", *map(str, args), "--threads", str(torch.get_num_threads())]
+    cmd = [sys.executable, __file__, f"--{kind}-child", *map(str, args), "--threads", str(torch.get_num_threads()),
+           *([] if flush_caches.enabled else ["--warm-cache"])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"  {kind} run failed for {args}: {done.stderr.strip()[-300:]}")
@@ -337,6 +379,8 @@ def main() -> None:
     parser.add_argument("--memory", choices=["auto", "all", "none"], default="auto",
                         help="peak-memory subprocess runs: auto = only l = 4000")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="time repeated calls without evicting the caches between them (see CacheFlush)")
     parser.add_argument("--plot", default=None, help="save a PNG of the times to this path")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--timing-child", nargs=4, help=argparse.SUPPRESS)
@@ -347,6 +391,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    flush_caches.enabled = not args.warm_cache
     if args.memory_child:
         scan, b, l = args.memory_child
         memory_child(scan, int(b), int(l))
@@ -368,7 +413,8 @@ def main() -> None:
     rate, gflops = elementwise_rate(), matmul_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '-')}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '-')}, "
-          f"allocator {malloc_library()}, MALLOC_CONF={os.environ.get('MALLOC_CONF', '-')}")
+          f"allocator {malloc_library()}, MALLOC_CONF={os.environ.get('MALLOC_CONF', '-')}, "
+          f"caches {'evicted before each timed call' if flush_caches.enabled else 'warm (--warm-cache)'}")
     print(f"machine bounds (this run): elementwise {rate / 1e9:.2f} G fp32 elements/s per pass; "
           f"fp32 matmul {gflops:.1f} GFLOP/s (1024^2)")
     print(f"Mamba: d_inner={MAMBA['d_inner']}, d_state={MAMBA['d_state']}; "
