@@ -160,11 +160,11 @@ INPUTS = {"mamba": mamba_inputs, "ssd": ssd_inputs}
 # ---------------------------------------------------------------------------------------------- timing
 def largest_cache_bytes(default: int = 32 * 2**20) -> int:
     """Size of the CPU's largest cache (Linux sysfs, e.g. ``32768K``); ``default`` where it cannot be read."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
     sizes = []
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
         with open(path) as f:
             text = f.read().strip()
-        units = {"K": 2**10, "M": 2**20, "G": 2**30}
         sizes.append(int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text))
     return max(sizes, default=default)
 
