@@ -37,9 +37,12 @@ reset through ``/proc/self/clear_refs``) over its resident set just before the i
 divided by the bytes of inputs + outputs. It therefore counts inputs, outputs and every temporary
 that was resident at the peak.
 
-Linearity (l=4000 time / l=1000 time) is printed under the table. ``--paired ROUNDS`` prints only
-that, measured so that a drift of the machine's speed between cells cannot enter it: each fresh
-process times l=1000 and l=4000 in turn, ROUNDS times, and keeps the best of each.
+Linearity (l=4000 time / l=1000 time) is printed under the table. Both times are the best of the same
+number of calls: each l=4000 process makes as many calls as the corresponding l=1000 process did
+within its budget (the best of more calls is lower, so unequal counts would inflate the ratio by
+themselves). ``--paired ROUNDS`` prints only that, measured so that a drift of the machine's speed
+between cells cannot enter it: each fresh process times l=1000 and l=4000 in turn, ROUNDS times, and
+keeps the best of each.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -194,10 +198,11 @@ class CacheFlush:
 flush_caches = CacheFlush(4 * largest_cache_bytes())
 
 
-def timed(fn, repeats: int, budget: float = 1.0, cold: bool = True) -> float:
-    """Best time of ``repeats`` calls, or of more (up to 100) while they fit in ``budget`` seconds: a
-    millisecond call's best of 5 still varies by a third here, its best of 50 much less. ``cold``: each
-    call starts from evicted caches (:class:`CacheFlush`, not timed)."""
+def best_of(fn, repeats: int, budget: float = 1.0, cold: bool = True) -> tuple[float, int]:
+    """Best time of ``repeats`` calls, or of more (up to 100) while they fit in ``budget`` seconds, and
+    the number of calls made: a millisecond call's best of 5 still varies by a third here, its best of
+    50 much less. ``budget=0`` makes exactly ``repeats`` calls. ``cold``: each call starts from evicted
+    caches (:class:`CacheFlush`, not timed)."""
     best, spent, calls = math.inf, 0.0, 0
     while calls < repeats or (spent < budget and calls < 100):
         if cold:
@@ -206,7 +211,12 @@ def timed(fn, repeats: int, budget: float = 1.0, cold: bool = True) -> float:
         fn()
         elapsed = time.perf_counter() - start
         best, spent, calls = min(best, elapsed), spent + elapsed, calls + 1
-    return best
+    return best, calls
+
+
+def timed(fn, repeats: int, budget: float = 1.0, cold: bool = True) -> float:
+    """Best time of :func:`best_of`."""
+    return best_of(fn, repeats, budget, cold)[0]
 
 
 def forward_backward(fn, t: dict) -> None:
@@ -226,16 +236,26 @@ def warm_up(fn, calls: int = 3, seconds: float = 2.0) -> None:
             return
 
 
-def time_ours(scan: str, b: int, l: int, repeats: int) -> tuple[float, float]:
+def time_ours(scan: str, b: int, l: int, repeats: int, calls: Sequence[int] | None = None) -> dict:
+    """Best forward and forward+backward times, ``{"fwd", "fb", "calls": [forward calls, f+b calls]}``.
+
+    ``calls`` fixes how many calls each is the best of (else: ``repeats``, more within the budget).
+    The linearity ratio passes the shorter length's counts to the longer one: the best of more calls is
+    lower (here the best of 75 was 10-40% below the best of 5 of the same call), so unequal counts
+    would inflate l=4000 / l=1000 by themselves.
+    """
     select_implementation(scan)
+    fixed = calls is not None
+    counts = calls if fixed else (repeats, repeats)
     t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
         warm_up(lambda: run_ours(scan, t))
-        fwd = timed(lambda: run_ours(scan, t), repeats)
+        fwd, fwd_calls = best_of(lambda: run_ours(scan, t), counts[0], budget=0.0 if fixed else 1.0)
     tg = INPUTS[base(scan)](b, l, requires_grad=True)
     warm_up(lambda: forward_backward(lambda s: run_ours(scan, s), tg))
-    bwd = timed(lambda: forward_backward(lambda s: run_ours(scan, s), tg), repeats)
-    return fwd, bwd
+    fb, fb_calls = best_of(lambda: forward_backward(lambda s: run_ours(scan, s), tg), counts[1],
+                           budget=0.0 if fixed else 1.0)
+    return {"fwd": fwd, "fb": fb, "calls": [fwd_calls, fb_calls]}
 
 
 def loop_state_bytes(scan: str, t: dict) -> int:
@@ -317,10 +337,9 @@ def memory_child(scan: str, b: int, l: int) -> None:
     print(json.dumps({"peak_bytes": (peak - before) * 1024, "io_bytes": io_bytes}))
 
 
-def timing_child(scan: str, b: int, l: int, repeats: int) -> None:
-    """Run in a fresh process: print JSON {fwd, fb}, the best times of :func:`time_ours`."""
-    fwd, fb = time_ours(scan, b, l, repeats)
-    print(json.dumps({"fwd": fwd, "fb": fb}))
+def timing_child(scan: str, b: int, l: int, repeats: int, calls: Sequence[int] | None) -> None:
+    """Run in a fresh process: print JSON of :func:`time_ours`."""
+    print(json.dumps(time_ours(scan, b, l, repeats, calls)))
 
 
 def pair_child(scan: str, b: int, repeats: int, rounds: int) -> None:
@@ -330,10 +349,12 @@ def pair_child(scan: str, b: int, repeats: int, rounds: int) -> None:
     machine speed, which on a shared VM drifts by a quarter between the cells of a full table.
     """
     best = {l: [math.inf, math.inf] for l in LINEARITY_LENGTHS}
+    short, long = LINEARITY_LENGTHS
     for _ in range(rounds):
-        for l in LINEARITY_LENGTHS:
-            fwd, fb = time_ours(scan, b, l, repeats)
-            best[l] = [min(best[l][0], fwd), min(best[l][1], fb)]
+        first = time_ours(scan, b, short, repeats)
+        second = time_ours(scan, b, long, repeats, calls=first["calls"])  # as many calls as l=1000 made
+        for l, timing in ((short, first), (long, second)):
+            best[l] = [min(best[l][0], timing["fwd"]), min(best[l][1], timing["fb"])]
     print(json.dumps({str(l): times for l, times in best.items()}))
 
 
@@ -383,7 +404,7 @@ def main() -> None:
                         help="time repeated calls without evicting the caches between them (see CacheFlush)")
     parser.add_argument("--plot", default=None, help="save a PNG of the times to this path")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--timing-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--timing-child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--pair-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--paired", type=int, default=None, metavar="ROUNDS",
                         help="only the linearity check: per (scan, b), one fresh process per --processes times "
@@ -397,8 +418,9 @@ def main() -> None:
         memory_child(scan, int(b), int(l))
         return
     if args.timing_child:
-        scan, b, l, repeats = args.timing_child
-        timing_child(scan, int(b), int(l), int(repeats))
+        scan, b, l, repeats, fwd_calls, fb_calls = map(str, args.timing_child)
+        calls = None if fwd_calls == "0" else (int(fwd_calls), int(fb_calls))
+        timing_child(scan, int(b), int(l), int(repeats), calls)
         return
     if args.pair_child:
         scan, b, repeats, rounds = args.pair_child
@@ -427,16 +449,21 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows, loops = [], {}
+    short, long = LINEARITY_LENGTHS
     for scan in scans:
         for b in args.batch:
+            short_calls: list[list[int]] = []  # calls each l=1000 process made; l=4000's processes make as many
             for l in args.length:
                 repeats = args.repeats
                 # Fresh processes: no heap left by other cases; the best of several, as each process's memory
                 # layout is its own.
-                timings = [run_child("timing", scan, b, l, repeats) for _ in range(args.processes)]
+                calls = short_calls if l == long and short_calls else [[0, 0]]
+                timings = [run_child("timing", scan, b, l, repeats, *calls[i % len(calls)]) for i in range(args.processes)]
                 timings = [t for t in timings if t is not None]
                 if not timings:
                     continue
+                if l == short:
+                    short_calls = [t["calls"] for t in timings]
                 fwd, fb = min(t["fwd"] for t in timings), min(t["fb"] for t in timings)
                 if (base(scan), b, l) not in loops:  # variants of one scan share its loop timing
                     loops[base(scan), b, l] = time_loop(base(scan), b, l, 1 if fb > 2 else repeats, args.loop_timeout,
@@ -464,7 +491,7 @@ def main() -> None:
 def print_ratios(rows: list[dict]) -> None:
     short, long = LINEARITY_LENGTHS
     by_key = {(r["scan"], r["b"], r["l"]): r for r in rows}
-    print(f"\nlinearity (l={long} time / l={short} time; 4.0 = linear):")
+    print(f"\nlinearity (l={long} time / l={short} time, each the best of the same number of calls; 4.0 = linear):")
     for (scan, b, l), r in by_key.items():
         if l == long and (scan, b, short) in by_key:
             ref = by_key[(scan, b, short)]
