@@ -241,8 +241,8 @@ def time_ours(scan: str, b: int, l: int, repeats: int, calls: Sequence[int] | No
 
     ``calls`` fixes how many calls each is the best of (else: ``repeats``, more within the budget).
     The linearity ratio passes the shorter length's counts to the longer one: the best of more calls is
-    lower (here the best of 75 was 10-40% below the best of 5 of the same call), so unequal counts
-    would inflate l=4000 / l=1000 by themselves.
+    lower (here the best of 5 of the same call was 1.1-1.4x its best of 75), so unequal counts would
+    inflate l=4000 / l=1000 by themselves.
     """
     select_implementation(scan)
     fixed = calls is not None
@@ -418,8 +418,8 @@ def main() -> None:
         memory_child(scan, int(b), int(l))
         return
     if args.timing_child:
-        scan, b, l, repeats, fwd_calls, fb_calls = map(str, args.timing_child)
-        calls = None if fwd_calls == "0" else (int(fwd_calls), int(fb_calls))
+        scan, b, l, repeats, fwd_calls, fb_calls = args.timing_child
+        calls = None if fwd_calls == "0" else (int(fwd_calls), int(fb_calls))  # "0 0": as many as the budget allows
         timing_child(scan, int(b), int(l), int(repeats), calls)
         return
     if args.pair_child:
