@@ -245,16 +245,14 @@ def time_ours(scan: str, b: int, l: int, repeats: int, calls: Sequence[int] | No
     inflate l=4000 / l=1000 by themselves.
     """
     select_implementation(scan)
-    fixed = calls is not None
-    counts = calls if fixed else (repeats, repeats)
+    counts, budget = (calls, 0.0) if calls is not None else ((repeats, repeats), 1.0)
     t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
         warm_up(lambda: run_ours(scan, t))
-        fwd, fwd_calls = best_of(lambda: run_ours(scan, t), counts[0], budget=0.0 if fixed else 1.0)
+        fwd, fwd_calls = best_of(lambda: run_ours(scan, t), counts[0], budget)
     tg = INPUTS[base(scan)](b, l, requires_grad=True)
     warm_up(lambda: forward_backward(lambda s: run_ours(scan, s), tg))
-    fb, fb_calls = best_of(lambda: forward_backward(lambda s: run_ours(scan, s), tg), counts[1],
-                           budget=0.0 if fixed else 1.0)
+    fb, fb_calls = best_of(lambda: forward_backward(lambda s: run_ours(scan, s), tg), counts[1], budget)
     return {"fwd": fwd, "fb": fb, "calls": [fwd_calls, fb_calls]}
 
 
