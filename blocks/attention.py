@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blocks import compiled
 from blocks.base import SequenceBlock
 from blocks.masking import zero_pads
 from zoo.registry import register_block
@@ -17,7 +18,8 @@ class SelfAttention(SequenceBlock):
 
     Vaswani et al. 2017 Eq. 1, as used by SASRec (Kang & McAuley 2018 §III-C, ``causal=True``: the
     mask ``M`` forbids attending to later positions) and BERT4Rec (Sun et al. 2019, ``causal=False``).
-    ``M`` also hides padded keys; a padded query attends only to itself, and its output is zeroed.
+    ``M`` also hides padded keys; every query also sees itself (so a padded query's softmax is
+    defined), and padded queries' outputs are zeroed.
     """
 
     causal = True
@@ -33,31 +35,36 @@ class SelfAttention(SequenceBlock):
         self.out = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        batch, length, width = x.shape
-        q, k, v = self._heads(self.qkv(zero_pads(x, mask)), 3)
-        allowed = mask[:, None, None, :].expand(batch, 1, length, length)
-        if self.causal:
-            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
-        return zero_pads(self._attend(q, k, v, allowed), mask)
+        q, k, v = self.qkv(zero_pads(x, mask)).chunk(3, -1)
+        return zero_pads(self._attend(q, k, v, mask), mask)
 
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
         """Only the newest position's query: keys and values of every position, one query row."""
         width = x.shape[-1]
         x = zero_pads(x, mask)
         weight, bias = self.qkv.weight, self.qkv.bias
-        (q,) = self._heads(F.linear(x[:, -1:], weight[:width], None if bias is None else bias[:width]), 1)
-        k, v = self._heads(F.linear(x, weight[width:], None if bias is None else bias[width:]), 2)
-        allowed = mask[:, None, None, :].clone()  # the newest position sees every real one (causal or not)
-        allowed[..., -1] = True  # and itself, like forward's padded queries
-        return zero_pads(self._attend(q, k, v, allowed), mask[:, -1:])
+        q = F.linear(x[:, -1:], weight[:width], None if bias is None else bias[:width])
+        k, v = F.linear(x, weight[width:], None if bias is None else bias[width:]).chunk(2, -1)
+        return zero_pads(self._attend(q, k, v, mask), mask[:, -1:])
 
-    def _heads(self, projected: Tensor, parts: int) -> Tensor:
-        """``(B, L, parts * D)`` -> ``(parts, B, heads, L, D / heads)``."""
-        batch, length, _ = projected.shape
-        return projected.view(batch, length, parts, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """Attention of the query rows ``q (B, R, D)`` -- the last ``R`` positions -- over keys and values
+        ``(B, L, D)``, heads merged and projected. A query sees the real keys (only those up to its own
+        position when causal) and always itself, so a padded query has a defined output."""
+        batch, rows, width = q.shape
+        length = k.shape[1]
+        if self._use_compiled_kernel(q):
+            y = compiled.load("attention").attend(q, k, v, mask.contiguous(), self.num_heads, self.causal)
+            return self.out(y)
+        positions = torch.arange(length - rows, length, device=q.device)[:, None]
+        keys = torch.arange(length, device=q.device)
+        allowed = mask[:, None, None, :] & (keys <= positions if self.causal else True) | (keys == positions)
+        heads = [t.view(batch, t.shape[1], self.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
+        y = F.scaled_dot_product_attention(*heads, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, rows, width))
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
-        batch, _, queries, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(batch, queries, -1))
+    def _use_compiled_kernel(self, q: Tensor) -> bool:
+        """The fused C++ attention (``attention_cpu.cpp``) serves inference on the CPU when
+        ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no attention dropout to apply."""
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or self.qkv.weight.requires_grad)
+        return compiled.applies(q) and not needs_grad and not (self.training and self.dropout > 0)

@@ -33,7 +33,7 @@ def test_wheel_installs_and_finds_bundled_recipes(tmp_path):
         "m = zoo.create('sasrec', num_items=7);"
         "print(pathlib.Path(zoo.__file__).resolve());"
         "print(zoo.builder.recipes_dir().resolve());"
-        "import blocks.ssm.cpu_kernel as k; print(all(p.is_file() for p in k.SOURCES.values()));"
+        "import blocks.compiled as k; print(all(p.is_file() for p in k.SOURCES.values()));"
         "print(sorted(zoo.list_models()));"
         "print(m.recommend([[1, 2, 3]], k=2).items.shape)"
     )

@@ -12,10 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from blocks.base import State
+from zoo import fused_layer
 
 
 class Sequential(nn.Module):
-    """``f_n(... f_1(x))``."""
+    """``f_n(... f_1(x))``.
+
+    A post-norm residual ``self_attention`` followed by a residual ``ffn`` runs as one fused CPU
+    kernel in inference when ``SEQREC_ZOO_CPU_KERNEL=1`` (:mod:`zoo.fused_layer`); same result.
+    """
 
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -23,22 +28,37 @@ class Sequential(nn.Module):
         self.causal = all(layer.causal for layer in self.layers)
         self.streaming = all(layer.streaming for layer in self.layers)
         self.mixes_positions = any(layer.mixes_positions for layer in self.layers)
+        self._fusable = frozenset(i for i in range(len(layers) - 1) if fused_layer.fusable(layers[i], layers[i + 1]))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
+        return self._run(x, mask, 0, len(self.layers))
 
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
         """``forward(x, mask)[:, -1:]``: layers after the last one that mixes positions see only the newest."""
         if not self.layers:
             return x[:, -1:]
         boundary = max((i for i, layer in enumerate(self.layers) if layer.mixes_positions), default=0)
-        for layer in self.layers[:boundary]:
-            x = layer(x, mask)
+        x = self._run(x, mask, 0, boundary)
+        if self._fuses(boundary, len(self.layers), x):
+            x = fused_layer.forward(self.layers[boundary], self.layers[boundary + 1], x, mask, newest_only=True)
+            return self._run(x, mask[:, -1:], boundary + 2, len(self.layers))
         x = self.layers[boundary].forward_last(x, mask)
-        for layer in self.layers[boundary + 1 :]:
-            x = layer(x, mask[:, -1:])
+        return self._run(x, mask[:, -1:], boundary + 1, len(self.layers))
+
+    def _fuses(self, i: int, end: int, x: Tensor) -> bool:
+        """Whether layers ``i, i + 1`` (both before ``end``) run as the fused kernel now."""
+        return i in self._fusable and i + 1 < end and fused_layer.applies(self.layers[i], self.layers[i + 1], x)
+
+    def _run(self, x: Tensor, mask: Tensor, begin: int, end: int) -> Tensor:
+        """Layers ``begin .. end - 1`` in turn, fusable pairs fused when the kernel applies."""
+        i = begin
+        while i < end:
+            if self._fuses(i, end, x):
+                x = fused_layer.forward(self.layers[i], self.layers[i + 1], x, mask)
+                i += 2
+            else:
+                x = self.layers[i](x, mask)
+                i += 1
         return x
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:

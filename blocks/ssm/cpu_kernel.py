@@ -1,67 +1,25 @@
-"""Optional fused CPU kernels for the selective scan and the SSD scan, compiled from C++ on first use.
+"""Fused CPU kernels for the selective scan and the SSD scan (see :mod:`blocks.compiled`).
 
-The pure-PyTorch scans run everywhere but pay PyTorch's per-operation overhead and write
-state-sized intermediates. The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and
-``ssd_scan_cpu.cpp`` (Mamba2's SSD recurrence) run each channel's or head's recurrence as one
-vectorised loop instead, on the intra-op threads; their backward passes are the reverse-time adjoint
-recurrences with chunked recomputation (see the C++ files). They are opt-in because building needs
-a C++ compiler and takes about a minute per kernel the first time (the build is cached by
-``torch.utils.cpp_extension``)::
-
-    SEQREC_ZOO_CPU_KERNEL=1 python train.py
-
-With the variable set, :func:`blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B``
-and ``C`` are input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
-:func:`blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path. A failed
-build is an error that says how to fall back, never a silent switch.
+The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and ``ssd_scan_cpu.cpp`` (Mamba2's SSD
+recurrence) run each channel's or head's recurrence as one vectorised loop instead of PyTorch
+operations over state-sized intermediates; their backward passes are the reverse-time adjoint
+recurrences with chunked recomputation (see the C++ files). With ``SEQREC_ZOO_CPU_KERNEL=1``,
+:func:`blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
+input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
+:func:`blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-from functools import lru_cache
-from pathlib import Path
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KERNEL_ENV_VAR = "SEQREC_ZOO_CPU_KERNEL"
-SOURCES = {kernel: Path(__file__).with_name(f"{kernel}_cpu.cpp") for kernel in ("selective_scan", "ssd_scan")}
-# -ffast-math lets gcc vectorise exp over the states (glibc's libmvec); it is passed to the compiler
-# only, never the linker, so the process's floating-point mode (denormals) is left alone.
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+from blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load, requested
 
-
-def requested() -> bool:
-    """True when ``SEQREC_ZOO_CPU_KERNEL=1`` asks for the compiled CPU kernel."""
-    return os.environ.get(KERNEL_ENV_VAR, "") == "1"
-
-
-@lru_cache(maxsize=None)
-def load(kernel: str) -> ModuleType:
-    """Build (or reuse the cached build of) the C++ kernel ``"selective_scan"`` or ``"ssd_scan"`` and import it."""
-    source = SOURCES[kernel]
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" is irrelevant here
-    from torch.utils.cpp_extension import load as build
-
-    try:
-        return build(name=f"seqrec_zoo_{kernel}_cpu", sources=[str(source)], extra_cflags=COMPILE_FLAGS,
-                     extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as error:  # compiler missing, headers missing, ...: say what to do
-        raise RuntimeError(
-            f"{KERNEL_ENV_VAR}=1 asks for the compiled CPU {kernel} kernel, but building {source} failed "
-            f"({type(error).__name__}: {error}). Install a C++ compiler (e.g. `apt install g++`) or unset "
-            f"{KERNEL_ENV_VAR} to use the pure-PyTorch scan."
-        ) from error
-
-
-def applies(*tensors: Tensor | None) -> bool:
-    """Whether a compiled kernel should handle a call on these tensors: requested, and all of them on the CPU."""
-    return requested() and all(t.device.type == "cpu" for t in tensors if t is not None)
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "load", "requested", "selective_scan_compiled", "ssd_scan_compiled"]
 
 
 def selective_scan_compiled(

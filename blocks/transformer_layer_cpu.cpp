@@ -1,0 +1,237 @@
+// One post-norm Transformer layer for inference, fused into one CPU pass over tiles of sequences
+// (Vaswani et al. 2017 §3.1 with post-norm residuals, as SASRec, Kang & McAuley 2018 §III-C-D, and
+// BERT4Rec use it):
+//
+//     a = zero_pads(MHA(zero_pads(x)))            MHA: attention.h, then the output projection W_o
+//     h = LayerNorm_1(x + a)
+//     y = LayerNorm_2(h + act(h W_1 + b_1) W_2 + b_2)
+//
+// Built on first use by blocks/compiled.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1) and called by
+// zoo/fused_layer.py for a residual self_attention followed by a residual ffn when no gradient is
+// needed. PyTorch runs this as about twenty operations, each a pass over the batch with its own
+// dispatch, temporary and (under autocast) casts. Here the four matrix products go to ATen's GEMM on
+// the whole batch (multi-threaded), and everything between them is one threaded pass each: biases,
+// padding and attention; residual and LayerNorm_1; bias and activation; residual and LayerNorm_2.
+//
+// Layouts: x (batch, length, width) float or double, contiguous; mask (batch, length) bool, True at
+// real items; weights as nn.Linear keeps them, (out, in). newest_only computes the output at the last
+// position only, (batch, 1, width): queries for that row alone, keys and values for all. The products
+// run in the weights' dtype G (float, double, or bfloat16 as under autocast); every other step is in
+// the accumulation type A (float for float and bfloat16, double for double), the output too.
+
+#include "attention.h"
+
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <cmath>
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;                 // grain of the row-wise passes
+constexpr int64_t kKeptBytes = int64_t(8) << 20;  // largest buffer kept between calls
+
+enum class Activation : int64_t { identity = 0, relu = 1, gelu = 2, silu = 3, tanh = 4, sigmoid = 5 };
+
+template <Activation kind, typename A>
+A activate(A v) {
+  if constexpr (kind == Activation::relu) return v > A(0) ? v : A(0);
+  if constexpr (kind == Activation::gelu) return A(0.5) * v * (A(1) + std::erf(v * A(M_SQRT1_2)));
+  if constexpr (kind == Activation::silu) return v / (A(1) + std::exp(-v));
+  if constexpr (kind == Activation::tanh) return std::tanh(v);
+  if constexpr (kind == Activation::sigmoid) return A(1) / (A(1) + std::exp(-v));
+  return v;
+}
+
+// out[i] = act(in[i] + bias[i % width]) for rows x width values; one loop per activation so that
+// the compiler vectorises it (erf and exp from the vector math library).
+template <Activation kind, typename A, typename G>
+void bias_activate(const G* in, const A* bias, G* out, int64_t rows, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r) {
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) out[r * width + c] = narrow_to<G>(activate<kind>(widen(in[r * width + c]) + bias[c]));
+  }
+}
+
+template <typename A, typename G>
+void bias_activate(Activation kind, const G* in, const A* bias, G* out, int64_t rows, int64_t width) {
+  switch (kind) {
+    case Activation::relu: return bias_activate<Activation::relu>(in, bias, out, rows, width);
+    case Activation::gelu: return bias_activate<Activation::gelu>(in, bias, out, rows, width);
+    case Activation::silu: return bias_activate<Activation::silu>(in, bias, out, rows, width);
+    case Activation::tanh: return bias_activate<Activation::tanh>(in, bias, out, rows, width);
+    case Activation::sigmoid: return bias_activate<Activation::sigmoid>(in, bias, out, rows, width);
+    default: return bias_activate<Activation::identity>(in, bias, out, rows, width);
+  }
+}
+
+struct Weights {
+  at::Tensor qkv, qkv_bias, out, out_bias, norm1, norm1_bias, ffn_in, ffn_in_bias, ffn_out, ffn_out_bias, norm2,
+      norm2_bias;
+  double eps1, eps2;
+};
+
+// y = LayerNorm(v) with weight and bias, in place over `width` values.
+template <typename A>
+void layer_norm(A* v, int64_t width, const A* weight, const A* bias, double eps) {
+  A mean = 0, var = 0;
+  for (int64_t c = 0; c < width; ++c) mean += v[c];
+  mean /= width;
+  for (int64_t c = 0; c < width; ++c) var += (v[c] - mean) * (v[c] - mean);
+  const A inverse = A(1) / std::sqrt(var / width + A(eps));
+  for (int64_t c = 0; c < width; ++c) v[c] = (v[c] - mean) * inverse * weight[c] + bias[c];
+}
+
+// The intermediates of a call, kept between calls on the same thread: evaluation calls the layer once
+// per batch, and fresh buffers of several megabytes would be new pages for the OS to fault in each time.
+// A buffer over kKeptBytes is allocated for its call alone.
+enum Buffer { kPadded, kProjected, kQuery, kAttended, kOutProjected, kNormed, kNormedGemm, kInner, kFfn, kBuffers };
+
+at::Tensor buffer(Buffer which, int64_t rows, int64_t columns, const at::TensorOptions& options) {
+  thread_local std::array<at::Tensor, kBuffers> kept;
+  const int64_t size = rows * columns;
+  if (size * int64_t(options.dtype().itemsize()) > kKeptBytes) return at::empty({rows, columns}, options);
+  at::Tensor& slot = kept[which];
+  if (!slot.defined() || slot.numel() < size || slot.dtype() != options.dtype()) slot = at::empty({size}, options);
+  return slot.narrow(0, 0, size).view({rows, columns});
+}
+
+// a b into `out` with ATen's GEMM; returns out.
+at::Tensor product(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  at::mm_out(out, a, b);
+  return out;
+}
+
+// body(r) for every row r < rows, on the intra-op threads.
+template <typename F>
+void each_row(int64_t rows, const F& body) {
+  at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) body(r);
+  });
+}
+
+template <typename A, typename G>
+at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights& w, int64_t heads, bool causal,
+                     bool newest_only, Activation activation) {
+  const int64_t batch = x.size(0), length = x.size(1), width = x.size(2), hidden_width = w.ffn_in.size(0);
+  const int64_t rows = batch * length, queries = newest_only ? 1 : length, query_rows = batch * queries;
+  const A* xp = x.data_ptr<A>();
+  const bool* real = mask.data_ptr<bool>();
+  const at::TensorOptions g = w.qkv.options();
+  const at::Tensor qkv_t = w.qkv.t();
+  // Input row of query row r (every row, or each sequence's newest).
+  const auto source_row = [&](int64_t r) { return newest_only ? r * length + length - 1 : r; };
+
+  // Q, K, V of the zero-padded input, without their bias (attention adds it as it reads them).
+  at::Tensor padded = buffer(kPadded, rows, width, g);
+  G* pp = padded.template data_ptr<G>();
+  each_row(rows, [&](int64_t r) {
+    for (int64_t c = 0; c < width; ++c) pp[r * width + c] = narrow_to<G>(real[r] ? xp[r * width + c] : A(0));
+  });
+  at::Tensor q, kv;
+  int64_t q_batch, q_row, kv_row;
+  if (newest_only) {  // keys and values of every row, the query of the newest rows only
+    kv = product(buffer(kProjected, rows, 2 * width, g), padded, qkv_t.narrow(1, width, 2 * width));
+    q = product(buffer(kQuery, batch, width, g), padded.view({batch, length, width}).select(1, length - 1),
+                   qkv_t.narrow(1, 0, width));
+    q_batch = q_row = width;
+    kv_row = 2 * width;
+  } else {
+    q = kv = product(buffer(kProjected, rows, 3 * width, g), padded, qkv_t);
+    q_batch = length * 3 * width, q_row = kv_row = 3 * width;
+  }
+  const G* qp = q.template data_ptr<G>();
+  const G* kp = kv.template data_ptr<G>() + (newest_only ? 0 : width);
+  const A* qkv_bias = w.qkv_bias.data_ptr<A>();
+  const Biases<A> biases{qkv_bias, qkv_bias + width, qkv_bias + 2 * width};
+  const Layout layout{batch, queries, length, width, heads, width / heads,
+                      q_batch, q_row, length * kv_row, kv_row, length * kv_row, kv_row};
+  at::Tensor attended = buffer(kAttended, query_rows, width, g);
+  G* ap = attended.template data_ptr<G>();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    AttentionScratch<A> scratch(length, width / heads);
+    for (int64_t task = begin; task < end; ++task)
+      attend_head<G, A, G>(layout, qp, kp, kp + width, real, ap, causal, task / heads, task % heads, scratch, biases);
+  });
+
+  // h = LayerNorm_1(x + zero_pads(attended W_o + b_o)), kept in A for the residual and in G for W_1.
+  const at::Tensor projected = product(buffer(kOutProjected, query_rows, width, g), attended, w.out.t());
+  const G* op = projected.template data_ptr<G>();
+  at::Tensor normed = buffer(kNormed, query_rows, width, x.options());
+  at::Tensor normed_g = std::is_same_v<A, G> ? normed : buffer(kNormedGemm, query_rows, width, g);
+  A* hp = normed.data_ptr<A>();
+  G* hg = normed_g.template data_ptr<G>();
+  const A *out_bias = w.out_bias.data_ptr<A>(), *norm1 = w.norm1.data_ptr<A>(), *norm1_bias = w.norm1_bias.data_ptr<A>();
+  each_row(query_rows, [&](int64_t r) {
+    const int64_t source = source_row(r);
+    A* h = hp + r * width;
+    for (int64_t c = 0; c < width; ++c)
+      h[c] = xp[source * width + c] + (real[source] ? widen(op[r * width + c]) + out_bias[c] : A(0));
+    layer_norm(h, width, norm1, norm1_bias, w.eps1);
+    if constexpr (!std::is_same_v<A, G>)
+      for (int64_t c = 0; c < width; ++c) hg[r * width + c] = narrow_to<G>(h[c]);
+  });
+
+  // y = LayerNorm_2(h + act(h W_1 + b_1) W_2 + b_2).
+  at::Tensor inner = product(buffer(kInner, query_rows, hidden_width, g), normed_g, w.ffn_in.t());
+  G* ip = inner.template data_ptr<G>();
+  const A* in_bias = w.ffn_in_bias.data_ptr<A>();
+  at::parallel_for(0, query_rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    bias_activate<A, G>(activation, ip + begin * hidden_width, in_bias, ip + begin * hidden_width, end - begin,
+                        hidden_width);
+  });
+  const at::Tensor ffn = product(buffer(kFfn, query_rows, width, g), inner, w.ffn_out.t());
+  const G* fp = ffn.template data_ptr<G>();
+  at::Tensor y = at::empty({batch, queries, width}, x.options());
+  A* yp = y.data_ptr<A>();
+  const A *ffn_out_bias = w.ffn_out_bias.data_ptr<A>(), *norm2 = w.norm2.data_ptr<A>();
+  const A* norm2_bias = w.norm2_bias.data_ptr<A>();
+  each_row(query_rows, [&](int64_t r) {
+    A* out = yp + r * width;
+    for (int64_t c = 0; c < width; ++c) out[c] = hp[r * width + c] + widen(fp[r * width + c]) + ffn_out_bias[c];
+    layer_norm(out, width, norm2, norm2_bias, w.eps2);
+  });
+  return y;
+}
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& qkv, const at::Tensor& qkv_bias,
+                   const at::Tensor& out, const at::Tensor& out_bias, const at::Tensor& norm1,
+                   const at::Tensor& norm1_bias, double eps1, const at::Tensor& ffn_in, const at::Tensor& ffn_in_bias,
+                   const at::Tensor& ffn_out, const at::Tensor& ffn_out_bias, const at::Tensor& norm2,
+                   const at::Tensor& norm2_bias, double eps2, int64_t heads, bool causal, bool newest_only,
+                   int64_t activation) {
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous(), "transformer layer: x must be a contiguous (batch, length, width)");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "transformer layer: x float or double");
+  const int64_t width = x.size(2);
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.dim() == 2 &&
+                  mask.size(0) == x.size(0) && mask.size(1) == x.size(1),
+              "transformer layer: mask must be a contiguous (batch, length) bool tensor");
+  TORCH_CHECK(heads >= 1 && width % heads == 0, "transformer layer: the width must be divisible by the heads");
+  TORCH_CHECK(qkv.size(0) == 3 * width && qkv.size(1) == width && out.size(0) == width && out.size(1) == width &&
+                  ffn_in.size(1) == width && ffn_out.size(0) == width && ffn_out.size(1) == ffn_in.size(0),
+              "transformer layer: weight shapes do not match the width");
+  for (const at::Tensor* vector : {&qkv_bias, &out_bias, &norm1, &norm1_bias, &ffn_in_bias, &ffn_out_bias, &norm2,
+                                   &norm2_bias})
+    TORCH_CHECK(vector->scalar_type() == x.scalar_type() && vector->is_contiguous(),
+                "transformer layer: biases and norm weights must be contiguous, in x's dtype");
+  at::NoGradGuard no_grad;  // nothing here is differentiated (zoo/fused_layer.py runs it for inference only)
+  const Weights w{qkv, qkv_bias, out, out_bias, norm1, norm1_bias, ffn_in, ffn_in_bias, ffn_out, ffn_out_bias,
+                  norm2, norm2_bias, eps1, eps2};
+  const auto kind = static_cast<Activation>(activation);
+  const auto gemm = qkv.scalar_type();
+  for (const at::Tensor* matrix : {&out, &ffn_in, &ffn_out})
+    TORCH_CHECK(matrix->scalar_type() == gemm, "transformer layer: the four weight matrices must share a dtype");
+  if (x.scalar_type() == at::kDouble) {
+    TORCH_CHECK(gemm == at::kDouble, "transformer layer: double inputs need double weights");
+    return layer_all<double, double>(x, mask, w, heads, causal, newest_only, kind);
+  }
+  if (gemm == at::kBFloat16) return layer_all<float, at::BFloat16>(x, mask, w, heads, causal, newest_only, kind);
+  TORCH_CHECK(gemm == at::kFloat, "transformer layer: float inputs need float or bfloat16 weights");
+  return layer_all<float, float>(x, mask, w, heads, causal, newest_only, kind);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "one post-norm Transformer layer (self-attention, then feed-forward) for inference");
+}
