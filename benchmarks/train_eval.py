@@ -14,8 +14,10 @@ this interpreter. Reported per run: wall time per epoch (training + validation),
 reach RecBole's best validation NDCG@10 (from the start of training; the target is the mean over
 RecBole's seeds, and RecBole's own runs report the time to their own best), full-ranking
 evaluation throughput (validation users per second) averaged over the epochs and, for the best
-model, timed alone (median of five evaluations; the zoo's in fp32 and bf16), peak memory (max RSS
-of the process), and test HR/NDCG/MRR@10. Writes ``OUT/results.json``, ``OUT/curves.png`` and
+model, timed alone (median of five evaluations; the zoo's in fp32 and bf16, each with and without
+its compiled CPU kernels), peak memory (max RSS of the process), and test HR/NDCG/MRR@10. The zoo
+trains with ``SEQREC_ZOO_CPU_KERNEL=1``: the kernels serve inference only (its validation runs),
+training itself takes the PyTorch path either way. Writes ``OUT/results.json``, ``OUT/curves.png`` and
 prints a markdown table.
 
 Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--recbole-seeds 2020 0]
@@ -53,9 +55,11 @@ def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
     """Train ``sasrec`` with ``zoo.train`` exactly as a user would; translate its metrics log."""
     import torch
 
+    from blocks import compiled
     from zoo.train import train
 
     torch.set_num_threads(threads)
+    os.environ[compiled.KERNEL_ENV_VAR] = "1"
     begin = time.perf_counter()
     result = train("sasrec", "ml-100k", out / "model", epochs=max_epochs, seed=seed, resume=False, progress=False)
     total = time.perf_counter() - begin
@@ -70,26 +74,43 @@ def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
     users = config["dataset"]["split"]["valid_targets"]
     events += [{"event": "epoch", "epoch": h["epoch"], "train_seconds": h["train_seconds"], "eval_seconds": h["eval_seconds"],
                 "eval_users": users, "wall": h["wall"], "valid": h["valid"], "loss": h["loss"]} for h in history]
-    speeds, bf16_test = eval_speed(result.model, out)
-    events.append({"event": "eval_speed", "users": users, "users_per_second": speeds, "test_bf16": bf16_test})
+    speeds, tests = eval_speed(result.model, out)
+    events.append({"event": "eval_speed", "users": users, "users_per_second": speeds, "test_by_variant": tests})
     events.append({"event": "done", "fit_seconds": result.train_seconds, "best_valid": result.valid, "test": result.test})
     (out / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
 
 
+# Evaluation variants timed alone: precision, and whether the compiled CPU kernels serve inference.
+EVAL_VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32 kernels": ("fp32", True),
+                 "bf16 kernels": ("bf16", True)}
+
+
 def eval_speed(model, out: Path) -> tuple[dict, dict]:
-    """Median validation users/s of the best model over EVAL_REPEATS evaluations alone, in fp32 and bf16
-    (interleaved), and its test metrics under bf16 evaluation."""
+    """Median validation users/s of the best model over EVAL_REPEATS evaluations alone in each of
+    EVAL_VARIANTS (interleaved, after one untimed evaluation each, which also builds the kernels the first
+    time on a machine), and its test metrics in every variant but plain fp32 (the run's own test)."""
+    from blocks import compiled
     from zoo.data import load_dataset
     from zoo.evaluate import evaluate
 
     facts = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))["dataset"]
     split = load_dataset("ml-100k", **facts.get("preprocessing", {})).split("loo")
-    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+
+    def run(variant: str, which: str, **kwargs):
+        precision, kernels = EVAL_VARIANTS[variant]
+        os.environ[compiled.KERNEL_ENV_VAR] = "1" if kernels else "0"
+        return evaluate(model, split, which=which, precision=precision, **kwargs)
+
+    for variant in EVAL_VARIANTS:
+        run(variant, "valid")
+    rates: dict[str, list[float]] = {variant: [] for variant in EVAL_VARIANTS}
     for _ in range(EVAL_REPEATS):
-        for precision, values in rates.items():
-            values.append(evaluate(model, split, which="valid", precision=precision).examples_per_second)
-    test = evaluate(model, split, which="test", ks=(10,), metrics=("hr", "ndcg", "mrr"), precision="bf16").metrics
-    return {k: statistics.median(v) for k, v in rates.items()}, {k.lower(): v for k, v in test.items()}
+        for variant, values in rates.items():
+            values.append(run(variant, "valid").examples_per_second)
+    tests = {variant: {k.lower(): v for k, v in run(variant, "test", ks=(10,), metrics=("hr", "ndcg", "mrr")).metrics.items()}
+             for variant in EVAL_VARIANTS if variant != "fp32"}
+    os.environ.pop(compiled.KERNEL_ENV_VAR)
+    return {k: statistics.median(v) for k, v in rates.items()}, tests
 
 
 # ---------------------------------------------------------------- the harness
@@ -147,7 +168,7 @@ def summarise(name: str, log: dict, process: dict, target: float) -> dict:
         "best_epoch": best["epoch"],
         "eval_users_per_second": sum(e["eval_users"] for e in epochs) / sum(e["eval_seconds"] for e in epochs),
         "eval_users_per_second_alone": speed["users_per_second"] if speed else None,
-        "test_bf16_eval": {k: speed["test_bf16"][k] for k in METRICS} if speed and "test_bf16" in speed else None,
+        "test_by_eval_variant": speed.get("test_by_variant") if speed else None,
         "max_rss_mb": process["max_rss_mb"],
         "threads": process.get("threads"),  # absent in older records
         "process_seconds": process["seconds"],
@@ -162,14 +183,16 @@ def markdown(rows: list[dict], target: float) -> str:
 
     lines = [
         f"| system | epochs | s / epoch | time to valid NDCG@10 ≥ target (s) | eval users/s in training "
-        "| eval users/s alone, fp32 / bf16 | peak RSS (MB) | test HR@10 | test NDCG@10 | test MRR@10 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| eval users/s alone, fp32 / bf16 | with kernels, fp32 / bf16 | peak RSS (MB) | test HR@10 | test NDCG@10 "
+        "| test MRR@10 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         alone = r["eval_users_per_second_alone"] or {}
         lines.append(
             f"| {r['system']} | {r['epochs']} | {r['seconds_per_epoch']:.2f} | {cell(r['seconds_to_target'], '.1f')} "
             f"| {r['eval_users_per_second']:.0f} | {cell(alone.get('fp32'), '.0f')} / {cell(alone.get('bf16'), '.0f')} "
+            f"| {cell(alone.get('fp32 kernels'), '.0f')} / {cell(alone.get('bf16 kernels'), '.0f')} "
             f"| {r['max_rss_mb']:.0f} | {r['test']['hr@10']:.4f} | {r['test']['ndcg@10']:.4f} | {r['test']['mrr@10']:.4f} |"
         )
     lines.append(f"\nTarget: RecBole's best validation NDCG@10, {target:.4f} (mean over its seeds); RecBole rows give "
@@ -209,11 +232,14 @@ def goals(zoo_rows: list[dict], recbole_rows: list[dict], recbole_capped: bool) 
         "eval_speedup_in_training": ratio([r["eval_users_per_second"] for r in zoo_rows],
                                             [r["eval_users_per_second"] for r in same_threads]),
         "eval_speedup_alone_fp32": ratio([alone(r, "fp32") for r in zoo_rows], recbole_alone),
-        "eval_speedup_alone_bf16": ratio([alone(r, "bf16") for r in zoo_rows], recbole_alone),
+        **{f"eval_speedup_alone_{variant.replace(' ', '_')}": ratio([alone(r, variant) for r in zoo_rows], recbole_alone)
+           for variant in EVAL_VARIANTS},
     }
-    fp32_speedup = verdict["eval_speedup_alone_fp32"] or verdict["eval_speedup_in_training"]
-    verdict["eval_goal_met_fp32 (>= 5x)"] = fp32_speedup is not None and fp32_speedup >= 5
-    verdict["eval_goal_met_bf16 (>= 5x)"] = verdict["eval_speedup_alone_bf16"] is not None and verdict["eval_speedup_alone_bf16"] >= 5
+    if verdict["eval_speedup_alone_fp32"] is None:  # older zoo logs: no timing alone
+        verdict["eval_speedup_alone_fp32"] = verdict["eval_speedup_in_training"]
+    for variant in EVAL_VARIANTS:
+        speedup = verdict[f"eval_speedup_alone_{variant.replace(' ', '_')}"]
+        verdict[f"eval_goal_met_{variant.replace(' ', '_')} (>= 5x)"] = speedup is not None and speedup >= 5
     if recbole_capped:
         return {"recbole_capped": True, "time_goal_met (<= 1/3)": None, **verdict, "quality_goal_met (no worse)": None}
     recbole_times = [r["seconds_to_target"] for r in same_threads]

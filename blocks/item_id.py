@@ -65,6 +65,10 @@ class ItemIdEncoder(ItemEncoderBlock):
     def item_table(self) -> Tensor:
         return self.embedding.weight[: self.num_items + 1]
 
+    def _embed(self, item_ids: Tensor) -> Tensor:
+        e = self.embedding(item_ids)
+        return e * self.scale if self.scale != 1.0 else e  # no pass over the batch for a scale of 1
+
     def _finish(self, e: Tensor) -> Tensor:
         if self.order == "dropout_norm":
             return self.norm(self.dropout(e))
@@ -76,12 +80,12 @@ class ItemIdEncoder(ItemEncoderBlock):
         return e + self.position(positions.clamp_max(self.position.num_embeddings - 1))
 
     def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
-        e = self.embedding(item_ids) * self.scale
+        e = self._embed(item_ids)
         return self._finish(self._add_position(e, positions_from_mask(mask)))
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
-        e = self.embedding(item_ids_t) * self.scale
+        e = self._embed(item_ids_t)
         return self._finish(self._add_position(e, state)), state + 1

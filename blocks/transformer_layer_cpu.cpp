@@ -29,7 +29,7 @@
 namespace {
 
 constexpr int64_t kRowsPerTask = 64;                 // grain of the row-wise passes
-constexpr int64_t kKeptBytes = int64_t(8) << 20;  // largest buffer kept between calls
+constexpr int64_t kKeptBytes = int64_t(16) << 20;  // largest buffer kept between calls
 
 enum class Activation : int64_t { identity = 0, relu = 1, gelu = 2, silu = 3, tanh = 4, sigmoid = 5 };
 

@@ -251,7 +251,7 @@ def evaluate(
     seed: int = 0,
     mask_history: bool = False,
     group_bounds: Sequence[int] = (5, 20),
-    batch_size: int = 128,
+    batch_size: int = 256,
     device: torch.device | str | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
 ) -> EvalResult:
