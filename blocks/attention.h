@@ -2,14 +2,15 @@
 // attention_cpu.cpp (the self_attention block) and transformer_layer_cpu.cpp (a whole post-norm layer).
 // Vaswani et al. 2017 Eq. 1: softmax(Q K^T / sqrt(d_head) + M) V.
 //
-// Layouts: q (batch, queries, width), k and v (batch, length, width), given as pointers with batch and
-// row strides, the width contiguous; head h owns columns [h d_head, (h+1) d_head). Query row i sits at
-// sequence position length - queries + i (queries == length: every position; queries == 1: the newest
-// only). mask (batch, length) is True at real items. Query i may attend to key j when mask[j] and
-// (not causal or j <= its position), and always to itself, as the Python block's mask says. The head's
-// keys and values (plus their biases, when given: the projection's bias not yet added) are converted to
-// Acc once; scores, softmax and the weighted sum of values are accumulated in Acc; the result is
-// written in the output's type O.
+// Query row i of a sequence sits at position length - queries + i (queries == length: every position;
+// queries == 1: the newest only). mask (length) is True at real items. Query i may attend to key j when
+// mask[j] and (not causal or j <= its position), and always to itself, as the Python block's mask says.
+// Operands are read where they lie, in their storage type T (float, double or bfloat16): the queries and
+// values as rows, the keys transposed (one row per column of the head, the sequence's keys contiguous
+// in it). Scores, softmax and the weighted sum of values are accumulated in Acc; the result is written
+// in the output's type O. Projection biases: the query's and the value's are added here (the value's
+// once, after the weighted sum, since the weights sum to one); the key's is not needed at all, since it
+// adds the same q . b_k to every score of a query and softmax ignores such a shift.
 
 #pragma once
 
@@ -47,121 +48,147 @@ S narrow_to(A v) {
   }
 }
 
-// Shapes and strides of one call (strides in elements).
-struct Layout {
-  int64_t batch, queries, length, width, heads, d_head;
-  int64_t q_batch, q_row, k_batch, k_row, v_batch, v_row;
-};
-
 // The two products (scores, weighted values) run on blocks of Lanes<Acc>::count keys or columns held
 // in one 64-byte vector (GCC/Clang vector extension, so the accumulator stays in a register whatever
-// the target's vector width); the head's keys and values are stored padded to whole blocks (zeros).
+// the target's vector width).
 template <typename Acc>
 struct Lanes {
   typedef Acc Vector __attribute__((vector_size(64)));
   static constexpr int64_t count = 64 / sizeof(Acc);
+  static int64_t whole(int64_t n) { return (n + count - 1) / count * count; }
+
   static Vector load(const Acc* p) {
     Vector v;
     std::memcpy(&v, p, sizeof v);
     return v;
   }
-  static int64_t whole(int64_t n) { return (n + count - 1) / count * count; }
+  static Vector load(const at::BFloat16* p) {  // 16 bfloat16 -> 16 float (Acc is float)
+    typedef uint16_t Halves __attribute__((vector_size(32)));
+    typedef uint32_t Words __attribute__((vector_size(64)));
+    Halves halves;
+    std::memcpy(&halves, p, sizeof halves);
+    const Words words = __builtin_convertvector(halves, Words) << 16;
+    Vector v;
+    std::memcpy(&v, &words, sizeof v);
+    return v;
+  }
 };
 
 // Queries are taken kQueryTile at a time: their products share each load of a key or value block and
 // give the FMA units independent accumulators to interleave.
 constexpr int64_t kQueryTile = 4;
 
-// Scratch space of one thread for attend_head: keys transposed (d_head rows of the padded length),
-// values (length rows of the padded d_head), and a tile of queries (scaled) and their scores.
+// One (sequence, head): pointers to its first query, first key column and first value, and strides.
+// Keys (type K: the storage type, or Acc for a transposed copy) must be readable for a whole block of
+// lanes past `length` in every column (finite values; they are never used).
+template <typename T, typename K>
+struct HeadOperands {
+  const T* q;
+  int64_t q_row;  // query i: q + i q_row, d_head values
+  const K* keys;
+  int64_t key_column;  // key j, column e: keys + e key_column + j
+  const T* v;
+  int64_t v_row;  // value j: v + j v_row, d_head values
+};
+
+// Scratch space of one thread: a tile of queries (scaled, biased) and their scores, the additive key
+// mask (0 at real keys, a huge negative at padded ones), and room for a transposed copy of keys.
 template <typename Acc>
 struct AttentionScratch {
-  int64_t length, d_head;
-  std::vector<Acc> keys, values, scores, query;
+  int64_t padded_length;
+  std::vector<Acc> scores, query, key_mask, keys;
   AttentionScratch(int64_t length, int64_t d_head)
-      : length(Lanes<Acc>::whole(length)),
-        d_head(Lanes<Acc>::whole(d_head)),
-        keys(d_head * this->length, Acc(0)),
-        values(length * this->d_head, Acc(0)),
-        scores(kQueryTile * this->length),
-        query(kQueryTile * d_head) {}
+      : padded_length(Lanes<Acc>::whole(length) + Lanes<Acc>::count),
+        scores(kQueryTile * padded_length),
+        query(kQueryTile * d_head),
+        key_mask(length),
+        keys(d_head * padded_length, Acc(0)) {}
 };
 
-// Optional per-column biases of q, k and v (width values each; nullptr: none).
-template <typename Acc>
-struct Biases {
-  const Acc *q = nullptr, *k = nullptr, *v = nullptr;
-};
-
-// Attention of every query row of sequence b, head h of the call described by s. For a tile of
-// queries, scores are formed a block of keys at a time (accumulated over the head's columns), then
+// Attention of the `queries` query rows of one (sequence, head) over its `length` keys, written to
+// out + i out_row. q_bias and v_bias point at the head's d_head bias values (nullptr: none). For a tile
+// of queries, scores are formed a block of keys at a time (accumulated over the head's columns), then
 // softmax per query, then the weighted values a block of columns at a time (accumulated over the keys).
-// A key a query may not see gets a score far below any real one, whose weight exp() rounds to zero
-// (finite, as -ffast-math requires); the tile runs over the keys its last query sees.
-template <typename T, typename Acc, typename O>
-void attend_head(const Layout& s, const T* q, const T* k, const T* v, const bool* mask, O* out, bool causal,
-                 int64_t b, int64_t h, AttentionScratch<Acc>& scratch, Biases<Acc> bias = {}) {
+// A padded key gets a score far below any real one, whose weight exp() rounds to zero (finite, as
+// -ffast-math requires); the tile runs over the keys its last query sees, the others' weights past
+// their own keys are zero.
+template <typename T, typename K, typename Acc, typename O>
+void attend_head(const HeadOperands<T, K>& op, int64_t length, int64_t queries, int64_t dh, const bool* real,
+                 bool causal, const Acc* q_bias, const Acc* v_bias, O* out, int64_t out_row,
+                 AttentionScratch<Acc>& scratch) {
   using L = Lanes<Acc>;
   using Vector = typename L::Vector;
-  const int64_t dh = s.d_head, column = h * dh, length = s.length;
-  const int64_t key_stride = scratch.length, value_stride = scratch.d_head;
-  const bool* real = mask + b * length;
-  Acc *keys = scratch.keys.data(), *values = scratch.values.data(), *scores = scratch.scores.data();
-  Acc* query = scratch.query.data();
-  const auto bias_of = [&](const Acc* vector, int64_t e) { return vector ? vector[column + e] : Acc(0); };
-  for (int64_t j = 0; j < length; ++j) {
-    const T* kj = k + b * s.k_batch + j * s.k_row + column;
-    const T* vj = v + b * s.v_batch + j * s.v_row + column;
-    for (int64_t e = 0; e < dh; ++e) {
-      keys[e * key_stride + j] = widen(kj[e]) + bias_of(bias.k, e);
-      values[j * value_stride + e] = widen(vj[e]) + bias_of(bias.v, e);
-    }
-  }
+  const int64_t stride = scratch.padded_length;
+  Acc *scores = scratch.scores.data(), *query = scratch.query.data(), *key_mask = scratch.key_mask.data();
   const Acc scale = Acc(1) / std::sqrt(static_cast<Acc>(dh));
   const Acc hidden = std::numeric_limits<Acc>::lowest() / 4;
-  for (int64_t i0 = 0; i0 < s.queries; i0 += kQueryTile) {
-    const int64_t tile = std::min(kQueryTile, s.queries - i0);
-    const int64_t first = length - s.queries + i0;  // position of the tile's first query
+  for (int64_t j = 0; j < length; ++j) key_mask[j] = real[j] ? Acc(0) : hidden;
+  for (int64_t i0 = 0; i0 < queries; i0 += kQueryTile) {
+    const int64_t tile = std::min(kQueryTile, queries - i0);
+    const int64_t first = length - queries + i0;  // position of the tile's first query
     const int64_t seen = causal ? first + tile : length;
     for (int64_t t = 0; t < kQueryTile; ++t) {  // a short tile repeats its last query
-      const T* qi = q + b * s.q_batch + (i0 + std::min(t, tile - 1)) * s.q_row + column;
-      for (int64_t e = 0; e < dh; ++e) query[t * dh + e] = (widen(qi[e]) + bias_of(bias.q, e)) * scale;
+      const T* qi = op.q + (i0 + std::min(t, tile - 1)) * op.q_row;
+      for (int64_t e = 0; e < dh; ++e) query[t * dh + e] = (widen(qi[e]) + (q_bias ? q_bias[e] : Acc(0))) * scale;
     }
     for (int64_t j0 = 0; j0 < seen; j0 += L::count) {
       Vector block[kQueryTile] = {};
       for (int64_t e = 0; e < dh; ++e) {
-        const Vector key = L::load(keys + e * key_stride + j0);
+        const Vector key = L::load(op.keys + e * op.key_column + j0);
         for (int64_t t = 0; t < kQueryTile; ++t) block[t] += query[t * dh + e] * key;
       }
-      for (int64_t t = 0; t < kQueryTile; ++t) std::memcpy(scores + t * key_stride + j0, &block[t], sizeof(Vector));
+      for (int64_t t = 0; t < kQueryTile; ++t) std::memcpy(scores + t * stride + j0, &block[t], sizeof(Vector));
     }
     Acc inverse[kQueryTile] = {};
     for (int64_t t = 0; t < tile; ++t) {
-      const int64_t position = first + t, last = causal ? position : length - 1;
-      Acc* row = scores + t * key_stride;
-      Acc largest = hidden;
-      for (int64_t j = 0; j < seen; ++j) {
-        row[j] = (j <= last && (real[j] || j == position)) ? row[j] : hidden;
+      const int64_t position = first + t, count = causal ? position + 1 : length;  // keys it may see: [0, count)
+      Acc* row = scores + t * stride;
+      const Acc own = row[position];  // a query always sees itself, padded or not
+      Acc largest = own;
+      for (int64_t j = 0; j < count; ++j) {
+        row[j] += key_mask[j];
         largest = std::max(largest, row[j]);
       }
+      row[position] = own;
       Acc total = 0;
-      for (int64_t j = 0; j < seen; ++j) {
+      for (int64_t j = 0; j < count; ++j) {
         row[j] = std::exp(row[j] - largest);
         total += row[j];
       }
+      std::fill(row + count, row + seen, Acc(0));
       inverse[t] = Acc(1) / total;
     }
-    for (int64_t t = tile; t < kQueryTile; ++t) std::fill(scores + t * key_stride, scores + t * key_stride + seen, Acc(0));
+    for (int64_t t = tile; t < kQueryTile; ++t) std::fill(scores + t * stride, scores + t * stride + seen, Acc(0));
     for (int64_t e0 = 0; e0 < dh; e0 += L::count) {
       Vector block[kQueryTile] = {};
-      for (int64_t j = 0; j < seen; ++j) {
-        const Vector value = L::load(values + j * value_stride + e0);
-        for (int64_t t = 0; t < kQueryTile; ++t) block[t] += scores[t * key_stride + j] * value;
+      if (e0 + L::count <= dh) {
+        for (int64_t j = 0; j < seen; ++j) {
+          const Vector value = L::load(op.v + j * op.v_row + e0);
+          for (int64_t t = 0; t < kQueryTile; ++t) block[t] += scores[t * stride + j] * value;
+        }
+      } else {  // the head's last, partial block of columns
+        for (int64_t j = 0; j < seen; ++j)
+          for (int64_t l = 0; e0 + l < dh; ++l) {
+            const Acc value = widen(op.v[j * op.v_row + e0 + l]);
+            for (int64_t t = 0; t < kQueryTile; ++t) block[t][l] += scores[t * stride + j] * value;
+          }
       }
       for (int64_t t = 0; t < tile; ++t) {
-        O* target = out + (b * s.queries + i0 + t) * s.width + column;
-        for (int64_t l = 0; l < L::count && e0 + l < dh; ++l) target[e0 + l] = narrow_to<O>(block[t][l] * inverse[t]);
+        O* target = out + (i0 + t) * out_row;
+        for (int64_t l = 0; l < L::count && e0 + l < dh; ++l)
+          target[e0 + l] = narrow_to<O>(block[t][l] * inverse[t] + (v_bias ? v_bias[e0 + l] : Acc(0)));
       }
     }
   }
+}
+
+// Keys of one (sequence, head) given as rows (key j: k + j k_row, d_head values) copied transposed into
+// the scratch (zeros past the end); returns them, one column every scratch.padded_length values.
+template <typename T, typename Acc>
+const Acc* transpose_keys(const T* k, int64_t k_row, int64_t length, int64_t dh, AttentionScratch<Acc>& scratch) {
+  Acc* keys = scratch.keys.data();
+  const int64_t stride = scratch.padded_length;
+  for (int64_t e = 0; e < dh; ++e)
+    for (int64_t j = 0; j < length; ++j) keys[e * stride + j] = widen(k[j * k_row + e]);
+  return keys;
 }

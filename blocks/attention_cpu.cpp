@@ -15,6 +15,12 @@
 
 namespace {
 
+// Shapes and strides (in elements) of one call: q (batch, queries, width), k and v (batch, length, width).
+struct Layout {
+  int64_t batch, queries, length, width, heads, d_head;
+  int64_t q_batch, q_row, k_batch, k_row, v_batch, v_row;
+};
+
 template <typename T, typename Acc>
 void attend_all(const Layout& s, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                 at::Tensor& out, bool causal) {
@@ -23,8 +29,14 @@ void attend_all(const Layout& s, const at::Tensor& q, const at::Tensor& k, const
   T* op = out.data_ptr<T>();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     AttentionScratch<Acc> scratch(s.length, s.d_head);
-    for (int64_t task = begin; task < end; ++task)
-      attend_head<T, Acc, T>(s, qp, kp, vp, mp, op, causal, task / s.heads, task % s.heads, scratch);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / s.heads, column = (task % s.heads) * s.d_head;
+      const Acc* keys = transpose_keys(kp + b * s.k_batch + column, s.k_row, s.length, s.d_head, scratch);
+      const HeadOperands<T, Acc> operands{qp + b * s.q_batch + column, s.q_row, keys, scratch.padded_length,
+                                          vp + b * s.v_batch + column, s.v_row};
+      attend_head<T, Acc, Acc, T>(operands, s.length, s.queries, s.d_head, mp + b * s.length, causal, nullptr,
+                                  nullptr, op + b * s.queries * s.width + column, s.width, scratch);
+    }
   });
 }
 

@@ -85,7 +85,7 @@ void layer_norm(A* v, int64_t width, const A* weight, const A* bias, double eps)
 // The intermediates of a call, kept between calls on the same thread: evaluation calls the layer once
 // per batch, and fresh buffers of several megabytes would be new pages for the OS to fault in each time.
 // A buffer over kKeptBytes is allocated for its call alone.
-enum Buffer { kPadded, kProjected, kQuery, kAttended, kOutProjected, kNormed, kNormedGemm, kInner, kFfn, kBuffers };
+enum Buffer { kPadded, kQuery, kKeys, kValue, kAttended, kOutProjected, kNormed, kNormedGemm, kInner, kFfn, kBuffers };
 
 at::Tensor buffer(Buffer which, int64_t rows, int64_t columns, const at::TensorOptions& options) {
   thread_local std::array<at::Tensor, kBuffers> kept;
@@ -118,40 +118,38 @@ at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights&
   const A* xp = x.data_ptr<A>();
   const bool* real = mask.data_ptr<bool>();
   const at::TensorOptions g = w.qkv.options();
-  const at::Tensor qkv_t = w.qkv.t();
   // Input row of query row r (every row, or each sequence's newest).
   const auto source_row = [&](int64_t r) { return newest_only ? r * length + length - 1 : r; };
 
-  // Q, K, V of the zero-padded input, without their bias (attention adds it as it reads them).
+  // Q and V of the zero-padded input as rows, K transposed (width rows of all `rows` keys, so that each
+  // sequence's keys of a column are contiguous), none with its bias (attention adds Q's and V's; K's
+  // cancels in softmax). newest_only: queries of the newest rows only.
   at::Tensor padded = buffer(kPadded, rows, width, g);
   G* pp = padded.template data_ptr<G>();
   each_row(rows, [&](int64_t r) {
     for (int64_t c = 0; c < width; ++c) pp[r * width + c] = narrow_to<G>(real[r] ? xp[r * width + c] : A(0));
   });
-  at::Tensor q, kv;
-  int64_t q_batch, q_row, kv_row;
-  if (newest_only) {  // keys and values of every row, the query of the newest rows only
-    kv = product(buffer(kProjected, rows, 2 * width, g), padded, qkv_t.narrow(1, width, 2 * width));
-    q = product(buffer(kQuery, batch, width, g), padded.view({batch, length, width}).select(1, length - 1),
-                   qkv_t.narrow(1, 0, width));
-    q_batch = q_row = width;
-    kv_row = 2 * width;
-  } else {
-    q = kv = product(buffer(kProjected, rows, 3 * width, g), padded, qkv_t);
-    q_batch = length * 3 * width, q_row = kv_row = 3 * width;
-  }
-  const G* qp = q.template data_ptr<G>();
-  const G* kp = kv.template data_ptr<G>() + (newest_only ? 0 : width);
+  const at::Tensor query_input = newest_only ? padded.view({batch, length, width}).select(1, length - 1) : padded;
+  const at::Tensor q = product(buffer(kQuery, query_rows, width, g), query_input, w.qkv.narrow(0, 0, width).t());
+  const at::Tensor v = product(buffer(kValue, rows, width, g), padded, w.qkv.narrow(0, 2 * width, width).t());
+  // Keys: a whole block of lanes readable past the last one, zeros (attend_head reads whole blocks).
+  at::Tensor keys_storage = buffer(kKeys, 1, width * rows + Lanes<A>::count, g);
+  keys_storage.narrow(1, width * rows, Lanes<A>::count).zero_();
+  product(keys_storage.narrow(1, 0, width * rows).view({width, rows}), w.qkv.narrow(0, width, width), padded.t());
+  const G *qp = q.template data_ptr<G>(), *vp = v.template data_ptr<G>(), *kp = keys_storage.template data_ptr<G>();
   const A* qkv_bias = w.qkv_bias.data_ptr<A>();
-  const Biases<A> biases{qkv_bias, qkv_bias + width, qkv_bias + 2 * width};
-  const Layout layout{batch, queries, length, width, heads, width / heads,
-                      q_batch, q_row, length * kv_row, kv_row, length * kv_row, kv_row};
+  const int64_t d_head = width / heads;
   at::Tensor attended = buffer(kAttended, query_rows, width, g);
   G* ap = attended.template data_ptr<G>();
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
-    AttentionScratch<A> scratch(length, width / heads);
-    for (int64_t task = begin; task < end; ++task)
-      attend_head<G, A, G>(layout, qp, kp, kp + width, real, ap, causal, task / heads, task % heads, scratch, biases);
+    AttentionScratch<A> scratch(length, d_head);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / heads, column = (task % heads) * d_head;
+      const HeadOperands<G, G> operands{qp + b * queries * width + column, width, kp + column * rows + b * length,
+                                        rows, vp + b * length * width + column, width};
+      attend_head<G, G, A, G>(operands, length, queries, d_head, real + b * length, causal, qkv_bias + column,
+                              qkv_bias + 2 * width + column, ap + b * queries * width + column, width, scratch);
+    }
   });
 
   // h = LayerNorm_1(x + zero_pads(attended W_o + b_o)), kept in A for the residual and in G for W_1.
