@@ -62,6 +62,15 @@ struct Lanes {
     std::memcpy(&v, p, sizeof v);
     return v;
   }
+  static void store(Acc* p, const Vector& v) { std::memcpy(p, &v, sizeof v); }
+  static Vector exp(Vector v) {  // one call of the vector math library's exp
+    Acc a[count];
+    std::memcpy(a, &v, sizeof v);
+#pragma omp simd
+    for (int64_t l = 0; l < count; ++l) a[l] = std::exp(a[l]);
+    std::memcpy(&v, a, sizeof v);
+    return v;
+  }
   static Vector load(const at::BFloat16* p) {  // 16 bfloat16 -> 16 float (Acc is float)
     typedef uint16_t Halves __attribute__((vector_size(32)));
     typedef uint32_t Words __attribute__((vector_size(64)));
@@ -78,6 +87,10 @@ struct Lanes {
 // give the FMA units independent accumulators to interleave.
 constexpr int64_t kQueryTile = 4;
 
+// Softmax weights below exp(kLowest) (about 2e-35) are taken as exp(kLowest): far below a float's
+// resolution next to the largest weight, 1.
+constexpr double kLowest = -80.0;
+
 // One (sequence, head): pointers to its first query, first key column and first value, and strides.
 // Keys (type K: the storage type, or Acc for a transposed copy) must be readable for a whole block of
 // lanes past `length` in every column (finite values; they are never used).
@@ -92,7 +105,8 @@ struct HeadOperands {
 };
 
 // Scratch space of one thread: a tile of queries (scaled, biased) and their scores, the additive key
-// mask (0 at real keys, a huge negative at padded ones), and room for a transposed copy of keys.
+// mask (0 at real keys, a huge negative at padded ones and past the end), and room for a transposed
+// copy of keys.
 template <typename Acc>
 struct AttentionScratch {
   int64_t padded_length;
@@ -101,7 +115,7 @@ struct AttentionScratch {
       : padded_length(Lanes<Acc>::whole(length) + Lanes<Acc>::count),
         scores(kQueryTile * padded_length),
         query(kQueryTile * d_head),
-        key_mask(length),
+        key_mask(padded_length),
         keys(d_head * padded_length, Acc(0)) {}
 };
 
@@ -122,7 +136,9 @@ void attend_head(const HeadOperands<T, K>& op, int64_t length, int64_t queries, 
   Acc *scores = scratch.scores.data(), *query = scratch.query.data(), *key_mask = scratch.key_mask.data();
   const Acc scale = Acc(1) / std::sqrt(static_cast<Acc>(dh));
   const Acc hidden = std::numeric_limits<Acc>::lowest() / 4;
-  for (int64_t j = 0; j < length; ++j) key_mask[j] = real[j] ? Acc(0) : hidden;
+  for (int64_t j = 0; j < stride; ++j) key_mask[j] = j < length && real[j] ? Acc(0) : hidden;
+  Vector lane_index;  // 0, 1, ..., count - 1
+  for (int64_t l = 0; l < L::count; ++l) lane_index[l] = Acc(l);
   for (int64_t i0 = 0; i0 < queries; i0 += kQueryTile) {
     const int64_t tile = std::min(kQueryTile, queries - i0);
     const int64_t first = length - queries + i0;  // position of the tile's first query
@@ -137,26 +153,38 @@ void attend_head(const HeadOperands<T, K>& op, int64_t length, int64_t queries, 
         const Vector key = L::load(op.keys + e * op.key_column + j0);
         for (int64_t t = 0; t < kQueryTile; ++t) block[t] += query[t * dh + e] * key;
       }
-      for (int64_t t = 0; t < kQueryTile; ++t) std::memcpy(scores + t * stride + j0, &block[t], sizeof(Vector));
+      for (int64_t t = 0; t < kQueryTile; ++t) L::store(scores + t * stride + j0, block[t]);
     }
+    // Softmax of each query's row over whole blocks: keys it may not see (padded, or past its position
+    // when causal) get `hidden`, so their weights come out as zeros.
     Acc inverse[kQueryTile] = {};
     for (int64_t t = 0; t < tile; ++t) {
-      const int64_t position = first + t, count = causal ? position + 1 : length;  // keys it may see: [0, count)
+      const int64_t position = first + t;
+      const Acc visible = Acc(causal ? position + 1 : length);
       Acc* row = scores + t * stride;
       const Acc own = row[position];  // a query always sees itself, padded or not
-      Acc largest = own;
-      for (int64_t j = 0; j < count; ++j) {
-        row[j] += key_mask[j];
-        largest = std::max(largest, row[j]);
+      Vector largest = hidden - Vector{};
+      for (int64_t j0 = 0; j0 < seen; j0 += L::count) {
+        Vector block = L::load(row + j0);
+        block = (lane_index + Acc(j0) < visible) & (L::load(key_mask + j0) == Acc(0)) ? block : hidden - Vector{};
+        L::store(row + j0, block);
+        largest = largest > block ? largest : block;
       }
       row[position] = own;
-      Acc total = 0;
-      for (int64_t j = 0; j < count; ++j) {
-        row[j] = std::exp(row[j] - largest);
-        total += row[j];
+      Acc shift = own;
+      for (int64_t l = 0; l < L::count; ++l) shift = std::max(shift, largest[l]);
+      // exp's argument is kept above kLowest, where the vector exp needs no slow path for underflow; hidden
+      // keys get an exact zero instead.
+      Vector total = {};
+      for (int64_t j0 = 0; j0 < seen; j0 += L::count) {
+        const Vector block = L::load(row + j0), shifted = block - shift, low = Acc(kLowest) - Vector{};
+        const Vector weights = block > hidden ? L::exp(shifted > low ? shifted : low) : Vector{};
+        L::store(row + j0, weights);
+        total += weights;
       }
-      std::fill(row + count, row + seen, Acc(0));
-      inverse[t] = Acc(1) / total;
+      Acc sum = 0;
+      for (int64_t l = 0; l < L::count; ++l) sum += total[l];
+      inverse[t] = Acc(1) / sum;
     }
     for (int64_t t = tile; t < kQueryTile; ++t) std::fill(scores + t * stride, scores + t * stride + seen, Acc(0));
     for (int64_t e0 = 0; e0 < dh; e0 += L::count) {

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from blocks import compiled
 from blocks.base import ItemEncoderBlock, State
 from blocks.masking import positions_from_mask
 from zoo.registry import register_block
@@ -80,8 +81,31 @@ class ItemIdEncoder(ItemEncoderBlock):
         return e + self.position(positions.clamp_max(self.position.num_embeddings - 1))
 
     def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        if self._use_compiled_kernel(item_ids):
+            return self._forward_compiled(item_ids, mask)
         e = self._embed(item_ids)
         return self._finish(self._add_position(e, positions_from_mask(mask)))
+
+    def _use_compiled_kernel(self, item_ids: Tensor) -> bool:
+        """The fused C++ pass (``embed`` in ``transformer_layer_cpu.cpp``) serves inference on the CPU when
+        ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no dropout to apply."""
+        needs_grad = torch.is_grad_enabled() and self.embedding.weight.requires_grad
+        dropout_active = self.training and self.dropout.p > 0
+        norm_supported = isinstance(self.norm, nn.Identity) or (self.norm.weight is not None and self.norm.bias is not None)
+        float_table = self.embedding.weight.dtype in (torch.float32, torch.float64)
+        return (compiled.applies(item_ids, self.embedding.weight) and float_table and norm_supported
+                and not needs_grad and not dropout_active)
+
+    def _forward_compiled(self, item_ids: Tensor, mask: Tensor) -> Tensor:
+        table = self.embedding.weight
+        empty = table.new_empty(0)
+        norm = self.norm if isinstance(self.norm, nn.LayerNorm) else None
+        return compiled.load("transformer_layer").embed(
+            item_ids.contiguous(), mask.contiguous(), table, self.scale,
+            empty if self.position is None else self.position.weight,
+            empty if norm is None else norm.weight, empty if norm is None else norm.bias,
+            norm.eps if norm is not None else 0.0,
+        )
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return torch.zeros(batch_size, dtype=torch.long, device=device)

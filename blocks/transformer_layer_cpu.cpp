@@ -29,6 +29,8 @@
 namespace {
 
 constexpr int64_t kRowsPerTask = 64;                 // grain of the row-wise passes
+constexpr int64_t kChunkRows = 4096;                 // rows (whole sequences) taken through the layer at a time
+constexpr int64_t kFfnRows = 1024;                   // rows of the feed-forward taken at a time
 constexpr int64_t kKeptBytes = int64_t(16) << 20;  // largest buffer kept between calls
 
 enum class Activation : int64_t { identity = 0, relu = 1, gelu = 2, silu = 3, tanh = 4, sigmoid = 5 };
@@ -110,14 +112,13 @@ void each_row(int64_t rows, const F& body) {
   });
 }
 
+// The layer on `batch` whole sequences whose rows start at xp, real (their mask) and yp (the output).
 template <typename A, typename G>
-at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights& w, int64_t heads, bool causal,
-                     bool newest_only, Activation activation) {
-  const int64_t batch = x.size(0), length = x.size(1), width = x.size(2), hidden_width = w.ffn_in.size(0);
+void layer_chunk(const A* xp, const bool* real, A* yp, int64_t batch, int64_t length, int64_t width, const Weights& w,
+                 int64_t heads, bool causal, bool newest_only, Activation activation) {
+  const int64_t hidden_width = w.ffn_in.size(0);
   const int64_t rows = batch * length, queries = newest_only ? 1 : length, query_rows = batch * queries;
-  const A* xp = x.data_ptr<A>();
-  const bool* real = mask.data_ptr<bool>();
-  const at::TensorOptions g = w.qkv.options();
+  const at::TensorOptions g = w.qkv.options(), a = w.qkv_bias.options();
   // Input row of query row r (every row, or each sequence's newest).
   const auto source_row = [&](int64_t r) { return newest_only ? r * length + length - 1 : r; };
 
@@ -155,7 +156,7 @@ at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights&
   // h = LayerNorm_1(x + zero_pads(attended W_o + b_o)), kept in A for the residual and in G for W_1.
   const at::Tensor projected = product(buffer(kOutProjected, query_rows, width, g), attended, w.out.t());
   const G* op = projected.template data_ptr<G>();
-  at::Tensor normed = buffer(kNormed, query_rows, width, x.options());
+  at::Tensor normed = buffer(kNormed, query_rows, width, a);
   at::Tensor normed_g = std::is_same_v<A, G> ? normed : buffer(kNormedGemm, query_rows, width, g);
   A* hp = normed.data_ptr<A>();
   G* hg = normed_g.template data_ptr<G>();
@@ -170,25 +171,41 @@ at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights&
       for (int64_t c = 0; c < width; ++c) hg[r * width + c] = narrow_to<G>(h[c]);
   });
 
-  // y = LayerNorm_2(h + act(h W_1 + b_1) W_2 + b_2).
-  at::Tensor inner = product(buffer(kInner, query_rows, hidden_width, g), normed_g, w.ffn_in.t());
-  G* ip = inner.template data_ptr<G>();
-  const A* in_bias = w.ffn_in_bias.data_ptr<A>();
-  at::parallel_for(0, query_rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    bias_activate<A, G>(activation, ip + begin * hidden_width, in_bias, ip + begin * hidden_width, end - begin,
-                        hidden_width);
-  });
-  const at::Tensor ffn = product(buffer(kFfn, query_rows, width, g), inner, w.ffn_out.t());
-  const G* fp = ffn.template data_ptr<G>();
+  // y = LayerNorm_2(h + act(h W_1 + b_1) W_2 + b_2), kFfnRows rows at a time so that the hidden-width
+  // intermediate stays in cache between the two products.
+  const A *in_bias = w.ffn_in_bias.data_ptr<A>(), *ffn_out_bias = w.ffn_out_bias.data_ptr<A>();
+  const A *norm2 = w.norm2.data_ptr<A>(), *norm2_bias = w.norm2_bias.data_ptr<A>();
+  for (int64_t start = 0; start < query_rows; start += kFfnRows) {
+    const int64_t count = std::min(kFfnRows, query_rows - start);
+    at::Tensor inner = product(buffer(kInner, count, hidden_width, g), normed_g.narrow(0, start, count), w.ffn_in.t());
+    G* ip = inner.template data_ptr<G>();
+    at::parallel_for(0, count, kRowsPerTask, [&](int64_t begin, int64_t end) {
+      bias_activate<A, G>(activation, ip + begin * hidden_width, in_bias, ip + begin * hidden_width, end - begin,
+                          hidden_width);
+    });
+    const G* fp = product(buffer(kFfn, count, width, g), inner, w.ffn_out.t()).template data_ptr<G>();
+    each_row(count, [&](int64_t i) {
+      const int64_t r = start + i;
+      A* out = yp + r * width;
+      for (int64_t c = 0; c < width; ++c) out[c] = hp[r * width + c] + widen(fp[i * width + c]) + ffn_out_bias[c];
+      layer_norm(out, width, norm2, norm2_bias, w.eps2);
+    });
+  }
+}
+
+// The whole batch, kChunkRows rows (whole sequences) at a time: every intermediate of a chunk stays in
+// cache from the pass that writes it to the one that reads it.
+template <typename A, typename G>
+at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights& w, int64_t heads, bool causal,
+                     bool newest_only, Activation activation) {
+  const int64_t batch = x.size(0), length = x.size(1), width = x.size(2), queries = newest_only ? 1 : length;
   at::Tensor y = at::empty({batch, queries, width}, x.options());
-  A* yp = y.data_ptr<A>();
-  const A *ffn_out_bias = w.ffn_out_bias.data_ptr<A>(), *norm2 = w.norm2.data_ptr<A>();
-  const A* norm2_bias = w.norm2_bias.data_ptr<A>();
-  each_row(query_rows, [&](int64_t r) {
-    A* out = yp + r * width;
-    for (int64_t c = 0; c < width; ++c) out[c] = hp[r * width + c] + widen(fp[r * width + c]) + ffn_out_bias[c];
-    layer_norm(out, width, norm2, norm2_bias, w.eps2);
-  });
+  const int64_t per_chunk = std::max<int64_t>(1, kChunkRows / length);
+  for (int64_t first = 0; first < batch; first += per_chunk)
+    layer_chunk<A, G>(x.data_ptr<A>() + first * length * width, mask.data_ptr<bool>() + first * length,
+                      y.data_ptr<A>() + first * queries * width, std::min(per_chunk, batch - first), length, width, w,
+                      heads, causal, newest_only, activation);
+  return y;
   return y;
 }
 
@@ -228,8 +245,63 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor
   return layer_all<float, float>(x, mask, w, heads, causal, newest_only, kind);
 }
 
+// The item encoder in front of the layers (blocks/item_id.py, inference): for every position,
+//     x = LayerNorm(E[item] scale + P[position])
+// with position = real items so far - 1 (0 at padding before the first one), capped at P's last row; no
+// P term when `positions` is empty and no LayerNorm when `norm_weight` is. One pass per sequence instead
+// of PyTorch's gather, scale, cumulative sum, second gather, sum and LayerNorm over the batch.
+template <typename A>
+void embed_all(const int64_t* items, const bool* real, const A* table, double scale, const A* positions,
+               int64_t position_rows, const A* norm_weight, const A* norm_bias, double eps, A* out, int64_t batch,
+               int64_t length, int64_t width) {
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t seen = 0;
+      for (int64_t t = 0; t < length; ++t) {
+        const int64_t r = b * length + t;
+        seen += real[r];
+        const A* item = table + items[r] * width;
+        const A* position = positions ? positions + std::min(std::max<int64_t>(seen - 1, 0), position_rows - 1) * width
+                                      : nullptr;
+        A* x = out + r * width;
+        for (int64_t c = 0; c < width; ++c) x[c] = item[c] * A(scale) + (position ? position[c] : A(0));
+        if (norm_weight) layer_norm(x, width, norm_weight, norm_bias, eps);
+      }
+    }
+  });
+}
+
+at::Tensor embed(const at::Tensor& items, const at::Tensor& mask, const at::Tensor& table, double scale,
+                 const at::Tensor& positions, const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps) {
+  TORCH_CHECK(items.dim() == 2 && items.scalar_type() == at::kLong && items.is_contiguous(),
+              "embed: item ids must be a contiguous (batch, length) int64 tensor");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.is_contiguous() && mask.sizes() == items.sizes(),
+              "embed: mask must be a contiguous bool tensor shaped like the item ids");
+  TORCH_CHECK(table.dim() == 2 && table.is_contiguous(), "embed: the item table must be contiguous (items, width)");
+  const int64_t width = table.size(1);
+  for (const at::Tensor* t : {&positions, &norm_weight, &norm_bias})
+    TORCH_CHECK(t->numel() == 0 || (t->scalar_type() == table.scalar_type() && t->is_contiguous() &&
+                                    t->size(-1) == width),
+                "embed: positions and norm parameters must be contiguous, in the table's dtype and width (or empty)");
+  TORCH_CHECK((norm_weight.numel() == 0) == (norm_bias.numel() == 0), "embed: a LayerNorm needs weight and bias");
+  TORCH_CHECK(items.numel() == 0 || (items.min().item<int64_t>() >= 0 && items.max().item<int64_t>() < table.size(0)),
+              "embed: item ids outside the table");
+  at::NoGradGuard no_grad;
+  at::Tensor out = at::empty({items.size(0), items.size(1), width}, table.options());
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "embed", [&] {
+    embed_all<scalar_t>(items.data_ptr<int64_t>(), mask.data_ptr<bool>(), table.data_ptr<scalar_t>(), scale,
+                        positions.numel() ? positions.data_ptr<scalar_t>() : nullptr,
+                        positions.numel() ? positions.size(0) : 0,
+                        norm_weight.numel() ? norm_weight.data_ptr<scalar_t>() : nullptr,
+                        norm_bias.numel() ? norm_bias.data_ptr<scalar_t>() : nullptr, eps, out.data_ptr<scalar_t>(),
+                        items.size(0), items.size(1), width);
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "one post-norm Transformer layer (self-attention, then feed-forward) for inference");
+  m.def("embed", &embed, "the item encoder (item and position embeddings, LayerNorm) for inference");
 }

@@ -194,8 +194,15 @@ def test_bad_model_outputs_are_reported():
         def score(self, item_ids, timestamps=None):
             return super().score(item_ids, timestamps)[:, :10]
 
+    class InfiniteModel(FakeModel):  # +inf and -inf scores are legal (their sum is NaN, which must not trip the check)
+        def score(self, item_ids, timestamps=None):
+            out = super().score(item_ids, timestamps)
+            out[:, 2], out[:, 5] = math.inf, -math.inf
+            return out
+
     with pytest.raises(ValueError, match="NaN scores"):
         evaluate(NaNModel(), data.split())
+    assert evaluate(InfiniteModel(), data.split()).ranks.min() >= 1
     with pytest.raises(ValueError, match="beyond the model's 9 items"):
         evaluate(ShortModel(), data.split())
     with pytest.raises(ValueError, match="mode must be"):

@@ -1,5 +1,5 @@
 """The fused post-norm Transformer layer for inference (zoo/fused_layer.py, blocks/transformer_layer_cpu.cpp)
-against a plain loop over positions, and when Sequential hands a layer pair to it.
+and the item encoder's fused pass against plain loops over positions, and when they are used.
 
 Tolerances: float64 agrees with the float64 loop to 1e-10; float32 to 1e-4 (LayerNorm with eps 1e-12
 divides by small deviations); under bf16 autocast (four bf16 products) to 0.1, the size of bf16
@@ -21,6 +21,7 @@ import zoo
 from blocks import compiled
 from blocks.attention import SelfAttention
 from blocks.basic import FeedForward
+from blocks.item_id import ItemIdEncoder
 from zoo import fused_layer
 from zoo.combinators import Residual, Sequential
 
@@ -136,10 +137,11 @@ def test_bf16_autocast_as_close_to_the_loop_as_pytorchs_own_autocast():
 
 
 def test_buffers_kept_between_calls_serve_larger_and_smaller_batches():
-    """Calls of different sizes in turn, one beyond the largest buffer kept (8 MB): each equals the pure path."""
+    """Calls of different sizes in turn -- several chunks of sequences, one sequence longer than a chunk,
+    then small ones reusing larger buffers: each equals the pure path."""
     first, second = make_pair(width=16, seed=5)
     with torch.no_grad():
-        for batch, length in [(3, 5), (700, 50), (2, 9), (40, 50), (1, 1)]:
+        for batch, length in [(3, 5), (700, 50), (2, 9), (1, 5000), (40, 50), (1, 1)]:
             x, mask = inputs(batch, length, 16, seed=batch, dtype=torch.float32)
             torch.testing.assert_close(fused_layer.forward(first, second, x, mask), second(first(x, mask), mask),
                                        rtol=1e-4, atol=1e-4)
@@ -199,3 +201,46 @@ def test_models_score_the_same_with_the_kernel(monkeypatch, name):
         fused = model.score(ids)
     assert len(calls) == 2  # both layers
     torch.testing.assert_close(fused, pure, rtol=1e-5, atol=1e-5)
+
+
+def loop_item_encoder(encoder: ItemIdEncoder, ids, mask):
+    """E[item] scale + P[position] (positions: real items so far - 1, capped), then LayerNorm, one position at
+    a time in float64."""
+    table = encoder.embedding.weight.detach().double()
+    out = torch.zeros(*ids.shape, table.shape[1], dtype=torch.float64)
+    for b in range(ids.shape[0]):
+        seen = 0
+        for t in range(ids.shape[1]):
+            seen += int(mask[b, t])
+            x = table[ids[b, t]] * encoder.scale
+            if encoder.position is not None:
+                x = x + encoder.position.weight.detach().double()[min(max(seen - 1, 0), encoder.position.num_embeddings - 1)]
+            if isinstance(encoder.norm, torch.nn.LayerNorm):
+                centred = x - x.mean()
+                x = centred / torch.sqrt((centred**2).mean() + encoder.norm.eps) * encoder.norm.weight.detach().double() \
+                    + encoder.norm.bias.detach().double()
+            out[b, t] = x
+    return out
+
+
+@pytest.mark.parametrize("positions,norm,scale", [("learned", "layernorm", False), ("none", "none", True),
+                                                  ("learned", "none", True), ("none", "layernorm", False)])
+def test_item_encoder_fused_pass_matches_loop(monkeypatch, positions, norm, scale):
+    torch.manual_seed(0)
+    encoder = ItemIdEncoder(8, 20, max_len=5, positions=positions, norm=norm, scale=scale, dropout=0.3).double().eval()
+    for parameter in encoder.norm.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    ids = torch.randint(1, 21, (4, 7))
+    ids[1, :4] = 0
+    ids[2, :6] = 0  # one real item; rows 0 and 3 are longer than the 5 positions: the last position repeats
+    mask = ids > 0
+    calls = count_calls(monkeypatch, ItemIdEncoder, "_forward_compiled")
+    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")
+    with torch.no_grad():
+        got = encoder(ids, mask)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, loop_item_encoder(encoder, ids, mask), rtol=1e-12, atol=1e-12)
+    encoder(ids, mask)  # gradients wanted: the PyTorch path
+    with torch.no_grad():
+        encoder.train()(ids, mask)  # dropout active: the PyTorch path
+    assert len(calls) == 1

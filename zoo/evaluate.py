@@ -100,7 +100,9 @@ def grouped_metrics(
 
 
 def _check_scores(scores: Tensor) -> None:
-    if torch.isnan(scores[:, 1:]).any():
+    # A NaN anywhere makes the sum NaN: one reduction instead of a full isnan pass (the precise check runs
+    # only then; +inf and -inf together also give a NaN sum, and are no error).
+    if torch.isnan(scores[:, 1:].sum()) and torch.isnan(scores[:, 1:]).any():
         rows = torch.isnan(scores[:, 1:]).any(1).nonzero().flatten()[:10].tolist()
         raise ValueError(f"the model returned NaN scores (batch rows {rows}); ranks would be meaningless")
 
@@ -109,7 +111,7 @@ def full_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     """Pessimistic 1-based rank of ``targets`` (B,) among all real items of ``scores`` (B, num_items + 1)."""
     _check_scores(scores)
     target_scores = scores.gather(1, targets[:, None])
-    return (scores[:, 1:] >= target_scores).sum(1)  # counts the target itself, hence no "+ 1"
+    return (scores[:, 1:] >= target_scores).sum(1, dtype=torch.int32)  # counts the target itself, hence no "+ 1"
 
 
 def sampled_ranks(scores: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
