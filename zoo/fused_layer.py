@@ -46,9 +46,8 @@ def applies(first: nn.Module, second: nn.Module, x: Tensor) -> bool:
     every dropout inactive."""
     if not compiled.applies(x):
         return False
-    layers = (first, second)
-    parameters = [p for layer in layers for p in layer.parameters()]
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in parameters)):
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for layer in (first, second)
+                                                            for p in layer.parameters())):
         return False
     dropouts = (first.dropout.p, first.inner.dropout, second.dropout.p, second.inner.dropout.p)
     return not (first.training or second.training) or not any(dropouts)
