@@ -89,8 +89,14 @@ def test_bad_arguments_are_errors():
         kernel.attend(torch.cat([q, q], 1), k, v, mask, 2, True)
 
 
-def block_outputs(block: SelfAttention, x, mask):
-    return block(x, mask), block.forward_last(x, mask)
+def kernel_off_then_on(monkeypatch: pytest.MonkeyPatch, run) -> tuple:
+    """``run()`` without gradients, with SEQREC_ZOO_CPU_KERNEL unset and then set to 1."""
+    monkeypatch.delenv(compiled.KERNEL_ENV_VAR, raising=False)
+    with torch.no_grad():
+        pure = run()
+    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")
+    with torch.no_grad():
+        return pure, run()
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -109,14 +115,8 @@ def test_the_block_gives_the_same_outputs_with_the_kernel(monkeypatch, causal, b
             return kernel.attend(*args)
 
     monkeypatch.setattr(compiled, "load", lambda name: Spy() if name == "attention" else compiled.load(name))
-    monkeypatch.delenv(compiled.KERNEL_ENV_VAR, raising=False)
-    with torch.no_grad():
-        pure = block_outputs(block, x, mask)
-    assert calls == []
-    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")
-    with torch.no_grad():
-        fused = block_outputs(block, x, mask)
-    assert len(calls) == 2
+    pure, fused = kernel_off_then_on(monkeypatch, lambda: (block(x, mask), block.forward_last(x, mask)))
+    assert len(calls) == 2  # forward and forward_last, with the variable set
     for got, want in zip(fused, pure):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 

@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 from spy import count_calls
-from test_attention_cpu_kernel import loop_attention
+from test_attention_cpu_kernel import kernel_off_then_on, loop_attention
 
 import zoo
 from blocks import compiled
@@ -170,14 +170,8 @@ def test_sequential_fuses_only_for_inference_when_asked(monkeypatch):
     sequential = Sequential([first, second]).eval()
     x, mask = inputs(3, 8, 16, dtype=torch.float32)
     calls = count_calls(monkeypatch, fused_layer, "forward")
-    monkeypatch.delenv(compiled.KERNEL_ENV_VAR, raising=False)
-    with torch.no_grad():
-        pure = run_both(sequential, x, mask)
-    assert calls == []
-    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")
-    with torch.no_grad():
-        fused = run_both(sequential, x, mask)
-    assert len(calls) == 2
+    pure, fused = kernel_off_then_on(monkeypatch, lambda: run_both(sequential, x, mask))
+    assert len(calls) == 2  # forward and forward_last, with the variable set
     for got, want in zip(fused, pure):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     run_both(sequential, x, mask)[0].sum()  # gradients wanted: the pure path
@@ -194,12 +188,8 @@ def test_models_score_the_same_with_the_kernel(monkeypatch, name):
     ids[0, :6] = 0
     ids[1, :11] = 0
     calls = count_calls(monkeypatch, fused_layer, "forward")
-    monkeypatch.delenv(compiled.KERNEL_ENV_VAR, raising=False)
-    with torch.no_grad():
-        pure = model.score(ids)
-        monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")
-        fused = model.score(ids)
-    assert len(calls) == 2  # both layers
+    pure, fused = kernel_off_then_on(monkeypatch, lambda: model.score(ids))
+    assert len(calls) == 2  # both layers, with the variable set
     torch.testing.assert_close(fused, pure, rtol=1e-5, atol=1e-5)
 
 
