@@ -1,4 +1,4 @@
-// One post-norm Transformer layer for inference, fused into one CPU pass over tiles of sequences
+// One post-norm Transformer layer for inference, fused into one CPU call over chunks of sequences
 // (Vaswani et al. 2017 §3.1 with post-norm residuals, as SASRec, Kang & McAuley 2018 §III-C-D, and
 // BERT4Rec use it):
 //
@@ -9,9 +9,12 @@
 // Built on first use by blocks/compiled.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1) and called by
 // zoo/fused_layer.py for a residual self_attention followed by a residual ffn when no gradient is
 // needed. PyTorch runs this as about twenty operations, each a pass over the batch with its own
-// dispatch, temporary and (under autocast) casts. Here the four matrix products go to ATen's GEMM on
-// the whole batch (multi-threaded), and everything between them is one threaded pass each: biases,
-// padding and attention; residual and LayerNorm_1; bias and activation; residual and LayerNorm_2.
+// dispatch, temporary and (under autocast) casts. Here the batch goes through kChunkRows rows (whole
+// sequences) at a time so that each intermediate is still in cache when the next pass reads it: the
+// matrix products (Q, V, K transposed, W_o, W_1, W_2) go to ATen's GEMM (multi-threaded), and
+// everything between them is one threaded pass each: padding; attention with Q's and V's biases;
+// W_o's bias, residual and LayerNorm_1; W_1's bias and the activation; W_2's bias, residual and
+// LayerNorm_2. The item encoder in front of the layers has a fused pass here too (`embed`, below).
 //
 // Layouts: x (batch, length, width) float or double, contiguous; mask (batch, length) bool, True at
 // real items; weights as nn.Linear keeps them, (out, in). newest_only computes the output at the last
@@ -28,9 +31,9 @@
 
 namespace {
 
-constexpr int64_t kRowsPerTask = 64;                 // grain of the row-wise passes
-constexpr int64_t kChunkRows = 4096;                 // rows (whole sequences) taken through the layer at a time
-constexpr int64_t kFfnRows = 1024;                   // rows of the feed-forward taken at a time
+constexpr int64_t kRowsPerTask = 64;               // grain of the row-wise passes
+constexpr int64_t kChunkRows = 4096;               // rows (whole sequences) taken through the layer at a time
+constexpr int64_t kFfnRows = 1024;                 // rows of the feed-forward taken at a time
 constexpr int64_t kKeptBytes = int64_t(16) << 20;  // largest buffer kept between calls
 
 enum class Activation : int64_t { identity = 0, relu = 1, gelu = 2, silu = 3, tanh = 4, sigmoid = 5 };
@@ -51,7 +54,8 @@ template <Activation kind, typename A, typename G>
 void bias_activate(const G* in, const A* bias, G* out, int64_t rows, int64_t width) {
   for (int64_t r = 0; r < rows; ++r) {
 #pragma omp simd
-    for (int64_t c = 0; c < width; ++c) out[r * width + c] = narrow_to<G>(activate<kind>(widen(in[r * width + c]) + bias[c]));
+    for (int64_t c = 0; c < width; ++c)
+      out[r * width + c] = narrow_to<G>(activate<kind>(widen(in[r * width + c]) + bias[c]));
   }
 }
 
@@ -205,7 +209,6 @@ at::Tensor layer_all(const at::Tensor& x, const at::Tensor& mask, const Weights&
     layer_chunk<A, G>(x.data_ptr<A>() + first * length * width, mask.data_ptr<bool>() + first * length,
                       y.data_ptr<A>() + first * queries * width, std::min(per_chunk, batch - first), length, width, w,
                       heads, causal, newest_only, activation);
-  return y;
   return y;
 }
 

@@ -5,10 +5,10 @@ Recipes build the layer from generic pieces (``residual: {block: self_attention}
 {block: ffn}``, post-norm LayerNorm, as SASRec and BERT4Rec), which PyTorch runs as about twenty
 operations over the whole batch. :class:`zoo.combinators.Sequential` recognises such a pair
 (:func:`fusable`) and, when :func:`applies` -- ``SEQREC_ZOO_CPU_KERNEL=1``, CPU tensors, nothing to
-differentiate, no active dropout -- hands it to the kernel, which takes a few sequences at a time
-through the whole layer in cache. The result equals the pair's own ``forward`` (and ``forward_last``).
-Under bf16 autocast the four matrix products run in bf16, as autocast would run them; attention,
-LayerNorms, activation and residuals stay in fp32.
+differentiate, no active dropout -- hands it to the kernel, which takes a few thousand rows (whole
+sequences) at a time through the whole layer while they are in cache. The result equals the pair's own
+``forward`` (and ``forward_last``). Under bf16 autocast the matrix products run in bf16, as autocast
+would run them; attention, LayerNorms, activation and residuals stay in fp32.
 """
 
 from __future__ import annotations
