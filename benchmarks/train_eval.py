@@ -16,8 +16,9 @@ RecBole's seeds, and RecBole's own runs report the time to their own best), full
 evaluation throughput (validation users per second) averaged over the epochs and, for the best
 model, timed alone (median of five evaluations; the zoo's in fp32 and bf16, each with and without
 its compiled CPU kernels), peak memory (max RSS of the process), and test HR/NDCG/MRR@10. The zoo
-trains with ``SEQREC_ZOO_CPU_KERNEL=1``: the kernels serve inference only (its validation runs),
-training itself takes the PyTorch path either way. Writes ``OUT/results.json``, ``OUT/curves.png`` and
+trains with ``SEQREC_ZOO_CPU_KERNEL=1`` (so the benchmark needs a C++ compiler, as the kernels do):
+the kernels serve inference only (its validation runs), training itself takes the PyTorch path
+either way. Writes ``OUT/results.json``, ``OUT/curves.png`` and
 prints a markdown table.
 
 Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--recbole-seeds 2020 0]
