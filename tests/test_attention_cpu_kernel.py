@@ -70,9 +70,11 @@ def test_matches_loop_in_float64(length, causal, heads):
         torch.testing.assert_close(got, loop_attention(q[:, -rows:], k, v, mask, heads, causal), rtol=1e-12, atol=1e-12)
 
 
+# Head widths 32 (two whole 16-column blocks) and 24 (one whole, one partial).
+@pytest.mark.parametrize("width", [64, 48])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_float32_and_bfloat16_against_the_float64_loop(dtype, tolerance):
-    q, k, v, mask = packed_inputs(5, 23, 64, dtype, seed=3)
+def test_float32_and_bfloat16_against_the_float64_loop(dtype, tolerance, width):
+    q, k, v, mask = packed_inputs(5, 23, width, dtype, seed=3)
     got = compiled.load("attention").attend(q, k, v, mask, 2, True)
     assert got.dtype == dtype and got.shape == q.shape
     torch.testing.assert_close(got.double(), loop_attention(q, k, v, mask, 2, True), rtol=tolerance, atol=tolerance)
