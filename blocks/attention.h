@@ -104,15 +104,15 @@ struct HeadOperands {
   int64_t v_row;  // value j: v + j v_row, d_head values
 };
 
-// Scratch space of one thread: a tile of queries (scaled, biased) and their scores, the additive key
-// mask (0 at real keys, a huge negative at padded ones and past the end), and room for a transposed
-// copy of keys.
+// Scratch space of one thread: a tile of queries (scaled, biased) and their scores, the key mask (0 at
+// real keys, `hidden` at padded ones and past the end), and room for a transposed copy of keys. Rows
+// are whole blocks of lanes long, which is as far as any block load reaches.
 template <typename Acc>
 struct AttentionScratch {
   int64_t padded_length;
   std::vector<Acc> scores, query, key_mask, keys;
   AttentionScratch(int64_t length, int64_t d_head)
-      : padded_length(Lanes<Acc>::whole(length) + Lanes<Acc>::count),
+      : padded_length(Lanes<Acc>::whole(length)),
         scores(kQueryTile * padded_length),
         query(kQueryTile * d_head),
         key_mask(padded_length),

@@ -66,5 +66,4 @@ class SelfAttention(SequenceBlock):
     def _use_compiled_kernel(self, q: Tensor) -> bool:
         """The fused C++ attention (``attention_cpu.cpp``) serves inference on the CPU when
         ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no attention dropout to apply."""
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or self.qkv.weight.requires_grad)
-        return compiled.applies(q) and not needs_grad and not (self.training and self.dropout > 0)
+        return compiled.serves_inference(q, self, dropout_active=self.training and self.dropout > 0)

@@ -21,7 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 KERNEL_ENV_VAR = "SEQREC_ZOO_CPU_KERNEL"
 _HERE = Path(__file__).resolve().parent
@@ -44,6 +45,15 @@ def requested() -> bool:
 def applies(*tensors: Tensor | None) -> bool:
     """Whether a compiled kernel should handle a call on these tensors: requested, and all of them on the CPU."""
     return requested() and all(t.device.type == "cpu" for t in tensors if t is not None)
+
+
+def serves_inference(x: Tensor, *modules: nn.Module, dropout_active: bool) -> bool:
+    """Whether an inference kernel should run ``modules`` on ``x`` now: requested, on the CPU, nothing to
+    differentiate (gradients off, or neither ``x`` nor a parameter requires them), no dropout active."""
+    if not applies(x) or dropout_active:
+        return False
+    return not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for m in modules
+                                                                       for p in m.parameters()))
 
 
 @lru_cache(maxsize=None)

@@ -89,12 +89,10 @@ class ItemIdEncoder(ItemEncoderBlock):
     def _use_compiled_kernel(self, item_ids: Tensor) -> bool:
         """The fused C++ pass (``embed`` in ``transformer_layer_cpu.cpp``) serves inference on the CPU when
         ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no dropout to apply."""
-        needs_grad = torch.is_grad_enabled() and self.embedding.weight.requires_grad
-        dropout_active = self.training and self.dropout.p > 0
         norm_supported = isinstance(self.norm, nn.Identity) or (self.norm.weight is not None and self.norm.bias is not None)
         float_table = self.embedding.weight.dtype in (torch.float32, torch.float64)
-        return (compiled.applies(item_ids, self.embedding.weight) and float_table and norm_supported
-                and not needs_grad and not dropout_active)
+        return (float_table and norm_supported
+                and compiled.serves_inference(item_ids, self, dropout_active=self.training and self.dropout.p > 0))
 
     def _forward_compiled(self, item_ids: Tensor, mask: Tensor) -> Tensor:
         table = self.embedding.weight

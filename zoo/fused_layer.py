@@ -44,13 +44,9 @@ def fusable(first: nn.Module, second: nn.Module) -> bool:
 def applies(first: nn.Module, second: nn.Module, x: Tensor) -> bool:
     """Whether the fused kernel should run the pair on ``x`` now: requested, on the CPU, no gradient, and
     every dropout inactive."""
-    if not compiled.applies(x):
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for layer in (first, second)
-                                                            for p in layer.parameters())):
-        return False
     dropouts = (first.dropout.p, first.inner.dropout, second.dropout.p, second.inner.dropout.p)
-    return not (first.training or second.training) or not any(dropouts)
+    dropout_active = (first.training or second.training) and any(dropouts)
+    return compiled.serves_inference(x, first, second, dropout_active=dropout_active)
 
 
 def forward(first: nn.Module, second: nn.Module, x: Tensor, mask: Tensor, newest_only: bool = False) -> Tensor:
