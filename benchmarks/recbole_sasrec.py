@@ -7,7 +7,12 @@ validation NDCG@10 and how long validation took; then it evaluates the best chec
 test split, and times five more validation evaluations of it alone (median users per second).
 Everything goes to ``OUT/log.jsonl`` (one JSON object per line).
 
-Usage: python recbole_sasrec.py OUT --threads 2 --seed 2020 [--set key=value ...]
+With ``--serve-eval`` it trains nothing: it loads the checkpoint a training run left in ``OUT/saved``
+and evaluates it on the validation split once per line read from stdin, answering each with a line
+``EVAL {"users_per_second": ...}`` on stdout (``train_eval.py`` alternates these with the zoo's own
+evaluations, so that both systems are timed in the same minutes).
+
+Usage: python recbole_sasrec.py OUT --threads 2 --seed 2020 [--set key=value ...] [--serve-eval]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib.util
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -80,6 +86,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--serve-eval", action="store_true", help="time evaluations of OUT's checkpoint on request")
     args = parser.parse_args()
     args.out = args.out.resolve()  # before the chdir below
 
@@ -93,6 +100,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     os.chdir(args.out)  # RecBole writes log/ and log_tensorboard/ into the working folder
+    if args.serve_eval:
+        serve_eval(args)
+        return
     log = open(args.out / "log.jsonl", "w", encoding="utf-8")
 
     def record(**event) -> None:
@@ -147,6 +157,34 @@ def main() -> None:
            test={k: float(v) for k, v in test.items()}, test_seconds=test_seconds,
            test_users=int(test_data.dataset.user_num - 1))
     log.close()
+
+
+def serve_eval(args: argparse.Namespace) -> None:
+    """Load the newest checkpoint in OUT/saved; one timed validation evaluation per line on stdin."""
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    checkpoints = sorted((args.out / "saved").glob("*.pth"), key=lambda path: path.stat().st_mtime)
+    if not checkpoints:
+        sys.exit(f"no RecBole checkpoint in {args.out / 'saved'}: train first")
+    config = Config(model="SASRec", dataset="ml-100k", config_dict=settings(args.out, args.seed, parse_overrides(args.overrides)))
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, dataset)
+    model = SASRec(config, train_data.dataset)
+    checkpoint = torch.load(checkpoints[-1], map_location="cpu")
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    trainer = Trainer(config, model)
+    users = len(valid_data.dataset.inter_feat)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+        print("EVAL " + json.dumps({"users_per_second": users / (time.perf_counter() - start)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,15 @@ the kernels serve inference only (its validation runs), training itself takes th
 either way. Writes ``OUT/results.json``, ``OUT/curves.png`` and
 prints a markdown table.
 
+Evaluation speed is also timed side by side (``eval_duel``, ``--eval-rounds``, default 15): both best
+checkpoints (RecBole's first seed, the zoo's first seed) loaded in two waiting processes, which
+evaluate in turns, RecBole then the zoo in every variant, round after round. This VM's speed drifts by
+up to 1.5x within minutes, so the ratio of two rates timed minutes apart carries that drift; the
+evaluation goal is judged on the median of the paired per-round ratios.
+
 Usage: python benchmarks/train_eval.py [--out runs/bench] [--threads 2] [--recbole-seeds 2020 0]
                                       [--zoo-seeds 2020 0 1] [--reuse] [--only recbole|zoo]
+                                      [--eval-rounds 15]
 
 Each system trains once per seed (default 2020), because one ml-100k test NDCG@10 carries a
 standard error near 0.005 and a single seed of either system says little about the difference.
@@ -47,6 +54,10 @@ HERE = Path(__file__).resolve().parent
 RECBOLE_PYTHON = HERE / ".recbole-venv" / "bin" / "python"
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
 EVAL_REPEATS = 5
+# glibc malloc settings for the side-by-side evaluation servers: keep freed memory in the process instead of
+# giving it back to the OS, as a long-running process's grown heap does (see eval_duel).
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**32),
+                     "MALLOC_TOP_PAD_": str(2**28)}
 
 
 # ---------------------------------------------------------------- the zoo side (a worker process)
@@ -61,6 +72,8 @@ def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
 
     torch.set_num_threads(threads)
     os.environ[compiled.KERNEL_ENV_VAR] = "1"
+    for kernel in ("attention", "transformer_layer"):  # built once per machine: not part of the training time
+        compiled.load(kernel)
     begin = time.perf_counter()
     result = train("sasrec", "ml-100k", out / "model", epochs=max_epochs, seed=seed, resume=False, progress=False)
     total = time.perf_counter() - begin
@@ -86,36 +99,114 @@ EVAL_VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "fp32 kernels
                  "bf16 kernels": ("bf16", True)}
 
 
-def eval_speed(model, out: Path) -> tuple[dict, dict]:
-    """Median validation users/s of the best model over EVAL_REPEATS evaluations alone in each of
-    EVAL_VARIANTS (interleaved, after one untimed evaluation each, which also builds the kernels the first
-    time on a machine), and its test metrics in every variant but plain fp32 (the run's own test)."""
-    from blocks import compiled
+def validation_split(out: Path):
+    """The split of the zoo run in ``out``, from the dataset facts its model folder records."""
     from zoo.data import load_dataset
-    from zoo.evaluate import evaluate
 
     facts = json.loads((out / "model" / "config.json").read_text(encoding="utf-8"))["dataset"]
-    split = load_dataset("ml-100k", **facts.get("preprocessing", {})).split("loo")
+    return load_dataset("ml-100k", **facts.get("preprocessing", {})).split("loo")
+
+
+def evaluate_variant(model, split, variant: str, which: str, **kwargs):
+    """``zoo.evaluate`` in one of EVAL_VARIANTS (sets the kernel variable accordingly)."""
+    from blocks import compiled
+    from zoo.evaluate import evaluate
+
+    precision, kernels = EVAL_VARIANTS[variant]
+    os.environ[compiled.KERNEL_ENV_VAR] = "1" if kernels else "0"
+    return evaluate(model, split, which=which, precision=precision, **kwargs)
+
+
+def eval_speed(model, out: Path) -> tuple[dict, dict]:
+    """Median validation users/s of the best model over EVAL_REPEATS evaluations alone in each of
+    EVAL_VARIANTS (interleaved, after one untimed evaluation each), and its test metrics in every variant
+    but plain fp32 (the run's own test)."""
+    from blocks import compiled
+
+    split = validation_split(out)
     requested = os.environ.get(compiled.KERNEL_ENV_VAR)
-
-    def run(variant: str, which: str, **kwargs):
-        precision, kernels = EVAL_VARIANTS[variant]
-        os.environ[compiled.KERNEL_ENV_VAR] = "1" if kernels else "0"
-        return evaluate(model, split, which=which, precision=precision, **kwargs)
-
     for variant in EVAL_VARIANTS:
-        run(variant, "valid")
+        evaluate_variant(model, split, variant, "valid")
     rates: dict[str, list[float]] = {variant: [] for variant in EVAL_VARIANTS}
     for _ in range(EVAL_REPEATS):
         for variant, values in rates.items():
-            values.append(run(variant, "valid").examples_per_second)
-    tests = {variant: {k.lower(): v for k, v in run(variant, "test", ks=(10,), metrics=("hr", "ndcg", "mrr")).metrics.items()}
+            values.append(evaluate_variant(model, split, variant, "valid").examples_per_second)
+    tests = {variant: {k.lower(): v for k, v in evaluate_variant(model, split, variant, "test", ks=(10,),
+                                                                 metrics=("hr", "ndcg", "mrr")).metrics.items()}
              for variant in EVAL_VARIANTS if variant != "fp32"}
     if requested is None:
         os.environ.pop(compiled.KERNEL_ENV_VAR)
     else:
         os.environ[compiled.KERNEL_ENV_VAR] = requested
     return {k: statistics.median(v) for k, v in rates.items()}, tests
+
+
+def serve_zoo_eval(out: Path, threads: int) -> None:
+    """The zoo's side of :func:`eval_duel`: one timed validation evaluation of the best model in ``out``
+    per line on stdin (the line names the variant), answered with ``EVAL {"users_per_second": ...}``."""
+    import torch
+
+    import zoo
+
+    torch.set_num_threads(threads)
+    model = zoo.create(f"local-dir:{out / 'model'}", pretrained=True)
+    split = validation_split(out)
+    for line in sys.stdin:
+        rate = evaluate_variant(model, split, line.strip(), "valid").examples_per_second
+        print("EVAL " + json.dumps({"users_per_second": rate}), flush=True)
+
+
+def eval_duel(recbole_run: Path, recbole_seed: int, zoo_run: Path, threads: int, rounds: int) -> dict:
+    """Both systems' validation evaluation timed in turns, in the same minutes.
+
+    This VM's speed moves by up to 1.5x within minutes, so rates timed in each system's own process at
+    the end of its training (minutes apart) can differ by that much for reasons neither system controls.
+    Here both stay loaded side by side (the best checkpoint of each run), and each round times one
+    RecBole evaluation, then one zoo evaluation in every variant, a fraction of a second apart; the one
+    waiting blocks on its input and uses no CPU. After an untimed round: each system's median users/s and,
+    per variant, the median over rounds of the zoo's rate over RecBole's in the same round.
+
+    Both servers run with glibc's malloc keeping freed memory (KEEP_FREED_MEMORY). A fresh process
+    otherwise hands every large temporary back to the OS and has its pages faulted in again on the next
+    allocation: that halved RecBole's rate here (2.6k against 5.5k users/s, while the process that had
+    just trained it measured 5.0k), a cost of this VM's page faults rather than of either library."""
+    log = open(zoo_run.parent / "eval-duel.log", "w", encoding="utf-8")
+    commands = {
+        "recbole": [str(RECBOLE_PYTHON), str(HERE / "recbole_sasrec.py"), str(recbole_run), "--threads", str(threads),
+                    "--seed", str(recbole_seed), "--serve-eval"],
+        "zoo": [sys.executable, str(Path(__file__).resolve()), "--worker", "zoo-eval", "--out", str(zoo_run),
+                "--threads", str(threads)],
+    }
+    servers = {name: subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                      env=os.environ | KEEP_FREED_MEMORY)
+               for name, command in commands.items()}
+
+    def ask(name: str, request: str) -> float:
+        server = servers[name]
+        server.stdin.write(request + "\n")
+        server.stdin.flush()
+        for reply in server.stdout:
+            if reply.startswith("EVAL "):
+                return json.loads(reply[len("EVAL "):])["users_per_second"]
+        raise RuntimeError(f"the {name} evaluation server stopped; see {log.name}")
+
+    def one_round() -> dict[str, float]:
+        return {"recbole": ask("recbole", "valid"), **{variant: ask("zoo", variant) for variant in EVAL_VARIANTS}}
+
+    try:
+        one_round()
+        timed = [one_round() for _ in range(rounds)]
+    finally:
+        for server in servers.values():
+            server.stdin.close()
+            server.wait()
+        log.close()
+    return {
+        "rounds": rounds,
+        "users_per_second": {name: statistics.median(r[name] for r in timed) for name in timed[0]},
+        "speedup": {variant: statistics.median(r[variant] / r["recbole"] for r in timed) for variant in EVAL_VARIANTS},
+        "per_round": timed,
+    }
 
 
 # ---------------------------------------------------------------- the harness
@@ -205,11 +296,21 @@ def markdown(rows: list[dict], target: float) -> str:
     return "\n".join(lines)
 
 
+def duel_markdown(duel: dict, recbole: str, zoo: str) -> str:
+    """The side-by-side evaluation timing as a table: median users/s and the median paired ratio."""
+    rates, speedup = duel["users_per_second"], duel["speedup"]
+    lines = [f"Validation users/s side by side ({duel['rounds']} rounds; ratio: median over rounds of the zoo's rate "
+             f"over RecBole's in the same round):", "", "| system | users/s | × RecBole |", "|---|---:|---:|",
+             f"| {recbole} | {rates['recbole']:.0f} | 1 |"]
+    lines += [f"| {zoo}, {variant} | {rates[variant]:.0f} | {speedup[variant]:.2f} |" for variant in EVAL_VARIANTS]
+    return "\n".join(lines)
+
+
 def mean_or_none(values: list) -> float | None:
     return None if not values or any(v is None for v in values) else statistics.mean(values)
 
 
-def goals(zoo_rows: list[dict], recbole_rows: list[dict], recbole_capped: bool) -> dict:
+def goals(zoo_rows: list[dict], recbole_rows: list[dict], recbole_capped: bool, duel: dict | None = None) -> dict:
     """The issue's three goals, judged on means over seeds (each seed's value alongside).
 
     Times and speeds are compared only with the RecBole runs recorded with the zoo runs' thread count
@@ -218,9 +319,11 @@ def goals(zoo_rows: list[dict], recbole_rows: list[dict], recbole_capped: bool) 
     is given); and, when the quality goal holds on the means, the zoo's whole runs (early stopping
     included) against RecBole's time to its best epoch. Evaluation speed: in training (fp32, the
     recipe's settings), and timed alone after training in fp32 and bf16 against RecBole's own timing
-    alone (fp32; its in-training rate where its log has none). When RecBole's epochs were capped below
-    what its early stopping would have run, its best validation and test numbers are not its real
-    ones: the time and quality goals are then not judged (None)."""
+    alone (fp32; its in-training rate where its log has none); with a side-by-side timing (``duel``, from
+    :func:`eval_duel`) the evaluation goal is judged on its paired ratios instead, since rates timed
+    minutes apart differ by this VM's drift. When RecBole's epochs were capped below what its early
+    stopping would have run, its best validation and test numbers are not its real ones: the time and
+    quality goals are then not judged (None)."""
     def ratio(zoo_values: list, recbole_values: list) -> float | None:
         """Mean of the zoo's values over the mean of RecBole's."""
         zoo_mean, recbole_mean = mean_or_none(zoo_values), mean_or_none(recbole_values)
@@ -242,8 +345,12 @@ def goals(zoo_rows: list[dict], recbole_rows: list[dict], recbole_capped: bool) 
     }
     if verdict["eval_speedup_alone_fp32"] is None:  # older zoo logs: no timing alone
         verdict["eval_speedup_alone_fp32"] = verdict["eval_speedup_in_training"]
+    if duel:
+        verdict |= {f"eval_speedup_side_by_side_{variant.replace(' ', '_')}": duel["speedup"][variant]
+                    for variant in EVAL_VARIANTS}
+    judged_on = "side_by_side" if duel else "alone"
     for variant in EVAL_VARIANTS:
-        speedup = verdict[f"eval_speedup_alone_{variant.replace(' ', '_')}"]
+        speedup = verdict[f"eval_speedup_{judged_on}_{variant.replace(' ', '_')}"]
         verdict[f"eval_goal_met_{variant.replace(' ', '_')} (>= 5x)"] = speedup is not None and speedup >= 5
     if recbole_capped:
         return {"recbole_capped": True, "time_goal_met (<= 1/3)": None, **verdict, "quality_goal_met (no worse)": None}
@@ -304,12 +411,17 @@ def main() -> None:
     parser.add_argument("--recbole-max-epochs", type=int, help="cap on RecBole's epochs only (default: --max-epochs)")
     parser.add_argument("--reuse", action="store_true", help="summarise the logs already in --out without training")
     parser.add_argument("--only", choices=["recbole", "zoo"], help="run one system; reuse the other's logs in --out")
-    parser.add_argument("--worker", choices=["zoo"], help=argparse.SUPPRESS)
+    parser.add_argument("--eval-rounds", type=int, default=15,
+                        help="rounds of the side-by-side evaluation timing (eval_duel) after training; 0: none")
+    parser.add_argument("--worker", choices=["zoo", "zoo-eval"], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # the worker's seed
     args = parser.parse_args()
     out = args.out.resolve()
     if args.worker == "zoo":
         run_zoo(out, args.threads, args.seed, args.max_epochs)
+        return
+    if args.worker == "zoo-eval":
+        serve_zoo_eval(out, args.threads)
         return
     runs = {f"recbole-seed{seed}": seed for seed in args.recbole_seeds} | {f"zoo-seed{seed}": seed for seed in args.zoo_seeds}
     if not args.reuse:
@@ -346,12 +458,15 @@ def main() -> None:
     # Capped: a RecBole run used all the epochs it was allowed, fewer than the protocol's, without stopping early.
     recbole_capped = any(len(logs[name]["epochs"]) >= logs[name]["setup"]["config"]["epochs"]
                          and logs[name]["setup"]["config"]["epochs"] < args.max_epochs for name in recbole_names)
-    verdict = goals(zoo_rows, recbole_rows, recbole_capped)
-    table = markdown(rows, target)
+    duel = None
+    if args.eval_rounds > 0 and processes[recbole_names[0]].get("threads") == args.threads:
+        duel = eval_duel(out / recbole_names[0], runs[recbole_names[0]], out / zoo_names[0], args.threads, args.eval_rounds)
+    verdict = goals(zoo_rows, recbole_rows, recbole_capped, duel)
+    table = markdown(rows, target) + ("\n\n" + duel_markdown(duel, rows[0]["system"], zoo_rows[0]["system"]) if duel else "")
     results = {"protocol": __doc__.split("\n\n")[1], "cpus": os.cpu_count(), "threads": args.threads,
                "recbole_seeds": args.recbole_seeds, "zoo_seeds": args.zoo_seeds, "target_valid_ndcg@10": target,
                "systems": rows, "goals": verdict, "recbole_config": logs[recbole_names[0]]["setup"]["config"],
-               "zoo_config": logs[zoo_names[0]]["setup"]["config"], "processes": processes}
+               "zoo_config": logs[zoo_names[0]]["setup"]["config"], "processes": processes, "eval_duel": duel}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(rows, target, out / "curves.png")
     print(table)

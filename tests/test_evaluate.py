@@ -9,7 +9,8 @@ import torch
 
 import zoo
 from zoo.data import InteractionDataset, NextItemSamples, Sequences, Vocabulary, generate_dataset
-from zoo.evaluate import evaluate, metrics_from_ranks, sample_negatives
+from zoo.evaluate import (BATCH_BOUNDS, SCORES_BUDGET_BYTES, default_batch_size, evaluate, metrics_from_ranks,
+                          sample_negatives)
 
 NUM_ITEMS = 30
 
@@ -223,3 +224,13 @@ def test_seqrec_model_end_to_end():
             scores = model.score(batch["item_ids"])[0]
         expected.append(int((scores[1:] >= scores[batch["target"][0]]).sum()))
     assert result.ranks.tolist() == expected
+
+
+def test_default_batch_size_keeps_a_batchs_scores_within_the_budget():
+    assert default_batch_size(1682) == BATCH_BOUNDS[1]  # ml-100k: one batch of 943 users
+    for num_items in (50_000, 200_000):
+        size = default_batch_size(num_items)
+        assert BATCH_BOUNDS[0] < size < BATCH_BOUNDS[1]
+        assert size * 4 * (num_items + 1) <= SCORES_BUDGET_BYTES < (size + 1) * 4 * (num_items + 1)
+    assert default_batch_size(10_000_000) == BATCH_BOUNDS[0]
+    assert default_batch_size(None) == 256

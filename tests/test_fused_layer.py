@@ -48,6 +48,8 @@ def inputs(batch: int, length: int, width: int, seed: int = 1, dtype=torch.float
     mask[0, : length // 2] = False
     if batch > 1:
         mask[1, :-1] = False
+    if batch > 2:  # the newest position padded, earlier ones real
+        mask[2, -1] = False
     return x, mask
 
 
@@ -122,14 +124,15 @@ def test_lengths_heads_and_no_bias_in_float32(length, heads, bias):
             torch.testing.assert_close(got.double(), loop_layer(first, second, x, mask, newest_only), rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_autocast_as_close_to_the_loop_as_pytorchs_own_autocast():
+@pytest.mark.parametrize("newest_only", [False, True])
+def test_bf16_autocast_as_close_to_the_loop_as_pytorchs_own_autocast(newest_only):
     first, second = make_pair(width=32, seed=3)
     x, mask = inputs(4, 20, 32, dtype=torch.float32)
-    want = loop_layer(first, second, x, mask)
-    real = mask[..., None].expand_as(want)
+    want = loop_layer(first, second, x, mask, newest_only)
+    real = mask[:, -want.shape[1]:, None].expand_as(want)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = fused_layer.forward(first, second, x, mask)
-        pure = second(first(x, mask), mask)
+        fused = fused_layer.forward(first, second, x, mask, newest_only=newest_only)
+        pure = second(first(x, mask), mask)[:, -want.shape[1]:]
     assert fused.dtype == torch.float32
     for got in (fused, pure):
         torch.testing.assert_close(got.double()[real], want[real], rtol=0.1, atol=0.1)

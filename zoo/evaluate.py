@@ -37,6 +37,8 @@ from zoo.data.batching import NextItemSamples, flat_ranges, trim_padding
 from zoo.data.split import DataSplit
 
 METRICS = ("hr", "ndcg", "mrr", "recall")
+SCORES_BUDGET_BYTES = 64 * 2**20  # one default batch's (examples, items) fp32 scores
+BATCH_BOUNDS = (16, 1024)  # the default batch size's range
 METRIC_LABELS = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
 
 
@@ -213,6 +215,17 @@ def format_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def default_batch_size(num_items: int | None) -> int:
+    """Examples a batch when none is given: as many as keep a batch's fp32 scores within
+    SCORES_BUDGET_BYTES, within BATCH_BOUNDS (1024 for ml-100k's 1,682 items, 16 from about a million
+    items; 256 when the item count is unknown). Large batches amortise the per-batch work (gathering the
+    batch, dispatch, scoring); the bound keeps the score matrix of a large catalogue in memory."""
+    if num_items is None:
+        return 256
+    low, high = BATCH_BOUNDS
+    return max(low, min(high, SCORES_BUDGET_BYTES // (4 * (num_items + 1))))
+
+
 def _device_of(model: Any) -> torch.device:
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
@@ -253,7 +266,7 @@ def evaluate(
     seed: int = 0,
     mask_history: bool = False,
     group_bounds: Sequence[int] = (5, 20),
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
 ) -> EvalResult:
@@ -265,6 +278,7 @@ def evaluate(
     ``torch.no_grad()`` with the model in eval mode (restored afterwards), on ``device``
     (default: the model's parameters' device, else CPU). Examples are batched shortest history
     first, so each batch is only as wide as its longest history; ranks come back in example order.
+    ``batch_size=None`` takes :func:`default_batch_size` of ``model.num_items``.
 
     ``precision="bf16"`` runs ``model.score`` under bf16 autocast (one context for all batches, so
     each weight is cast once); the zoo's models still compute the final item scores in fp32, so
@@ -272,6 +286,8 @@ def evaluate(
     """
     if mode not in ("full", "sampled"):
         raise ValueError(f"mode must be 'full' or 'sampled', got {mode!r}")
+    if batch_size is None:
+        batch_size = default_batch_size(getattr(model, "num_items", None))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if precision not in ("fp32", "bf16"):

@@ -106,7 +106,10 @@ class SeqRecModel(nn.Module):
     def item_logits(self, user: Tensor) -> Tensor:
         """Scores of every item for user vectors ``(N, D)``; column 0 (padding) is ``-inf``."""
         logits = self.head(user, self.item_encoder.item_table(), self._all_items)
-        return logits.index_fill(-1, self._all_items[:1], float("-inf"))
+        if torch.is_grad_enabled() or logits._base is not None:
+            return logits.index_fill(-1, self._all_items[:1], float("-inf"))
+        # Inference on a fresh tensor (not a view of anything): fill in place, no copy of (N, items) scores.
+        return logits.index_fill_(-1, self._all_items[:1], float("-inf"))
 
     def score(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
         """Scores ``(B, num_items + 1)`` of every item as the next one after each history.

@@ -166,7 +166,8 @@ class TrainConfig(BaseModel):
         "the raw weights; None: no average",
     )
     valid_metric: str = "ndcg@10"
-    eval_batch_size: int = Field(256, ge=1)  # ml-100k, length-sorted: 256 >= 128 (once +7-13% with the kernels), 1.7x 1024
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="examples per evaluation batch; None: zoo.evaluate's default (scores of a batch within 64 MB)")
     eval_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="validation and test evaluation under bf16 autocast ('bf16'; item scores stay fp32) or fp32")
 
