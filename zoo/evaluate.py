@@ -37,9 +37,9 @@ from zoo.data.batching import NextItemSamples, flat_ranges, trim_padding
 from zoo.data.split import DataSplit
 
 METRICS = ("hr", "ndcg", "mrr", "recall")
+METRIC_LABELS = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
 SCORES_BUDGET_BYTES = 64 * 2**20  # one default batch's (examples, items) fp32 scores
 BATCH_BOUNDS = (16, 1024)  # the default batch size's range
-METRIC_LABELS = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
 
 
 class Scorer(Protocol):
