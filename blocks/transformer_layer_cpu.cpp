@@ -95,6 +95,7 @@ struct Weights {
   at::Tensor qkv, qkv_bias, out, out_bias, norm1, norm1_bias, ffn_in, ffn_in_bias, ffn_out, ffn_out_bias, norm2,
       norm2_bias;
   double eps1, eps2;
+  at::Tensor query_value;  // W_q above W_v, (2 width, width), when every row attends (undefined with newest_only)
 };
 
 // y = LayerNorm(v) with weight and bias, in place over `width` values.
@@ -161,8 +162,7 @@ at::Tensor attend_every_row(const A* xp, const bool* real, int64_t batch, int64_
     }
   });
   // Q and V side by side in one product: row r holds r's query, then its value.
-  const at::Tensor query_value_weight = at::cat({w.qkv.narrow(0, 0, width), w.qkv.narrow(0, 2 * width, width)});
-  const at::Tensor qv = product(buffer(kQueryValue, rows, 2 * width, g), padded, query_value_weight.t());
+  const at::Tensor qv = product(buffer(kQueryValue, rows, 2 * width, g), padded, w.query_value.t());
   // Keys: a whole block of lanes readable past the last one, zeros (attend_head reads whole blocks).
   at::Tensor keys_storage = buffer(kKeys, 1, width * rows + Lanes<A>::count, g);
   keys_storage.narrow(1, width * rows, Lanes<A>::count).zero_();
@@ -247,7 +247,8 @@ void attend_newest(const A* query, const A* rows, const bool* real, int64_t leng
   }
 }
 
-// The heads' outputs times W_o, without b_o, at each sequence's newest position: (batch, width) in A.
+// The heads' outputs times W_o, without the folded bias (W_o b_v + b_o), at each sequence's newest position:
+// (batch, width) in A.
 template <typename A>
 at::Tensor attend_newest_row(const A* xp, const bool* real, int64_t batch, int64_t length, int64_t width,
                              int64_t heads, const FoldedAttention& folded) {
@@ -386,7 +387,8 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& mask, const at::Tensor
   // The products run in the weights' dtype as given (autocast's choice was made by the caller).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const Weights w{qkv, qkv_bias, out, out_bias, norm1, norm1_bias, ffn_in, ffn_in_bias, ffn_out, ffn_out_bias,
-                  norm2, norm2_bias, eps1, eps2};
+                  norm2, norm2_bias, eps1, eps2,
+                  newest_only ? at::Tensor() : at::cat({qkv.narrow(0, 0, width), qkv.narrow(0, 2 * width, width)})};
   const auto kind = static_cast<Activation>(activation);
   const auto gemm = qkv.scalar_type();
   for (const at::Tensor* matrix : {&out, &ffn_in, &ffn_out})
