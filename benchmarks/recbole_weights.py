@@ -37,15 +37,15 @@ def zoo_state_dict(weights: dict[str, np.ndarray], item_order: np.ndarray, layer
     out = {"item_encoder.embedding.weight": items, "item_encoder.position.weight": w["position_embedding.weight"],
            "item_encoder.norm.weight": w["LayerNorm.weight"], "item_encoder.norm.bias": w["LayerNorm.bias"]}
     for i in range(layers):
-        rb, attention, ffn = f"trm_encoder.layer.{i}.", f"encoder.layers.{i}.layers.0.", f"encoder.layers.{i}.layers.1."
+        rb, zoo_layer = f"trm_encoder.layer.{i}.", f"encoder.layers.{i}."
         mha, ff = rb + "multi_head_attention.", rb + "feed_forward."
         for kind in ("weight", "bias"):
-            out[attention + f"inner.qkv.{kind}"] = torch.cat([w[f"{mha}{p}.{kind}"] for p in ("query", "key", "value")])
-            out[attention + f"inner.out.{kind}"] = w[f"{mha}dense.{kind}"]
-            out[attention + f"norm.{kind}"] = w[f"{mha}LayerNorm.{kind}"]
-            out[ffn + f"inner.w1.{kind}"] = w[f"{ff}dense_1.{kind}"]
-            out[ffn + f"inner.w2.{kind}"] = w[f"{ff}dense_2.{kind}"]
-            out[ffn + f"norm.{kind}"] = w[f"{ff}LayerNorm.{kind}"]
+            out[zoo_layer + f"attention.qkv.{kind}"] = torch.cat([w[f"{mha}{p}.{kind}"] for p in ("query", "key", "value")])
+            out[zoo_layer + f"attention.out.{kind}"] = w[f"{mha}dense.{kind}"]
+            out[zoo_layer + f"attention_norm.{kind}"] = w[f"{mha}LayerNorm.{kind}"]
+            out[zoo_layer + f"ffn.w1.{kind}"] = w[f"{ff}dense_1.{kind}"]
+            out[zoo_layer + f"ffn.w2.{kind}"] = w[f"{ff}dense_2.{kind}"]
+            out[zoo_layer + f"ffn_norm.{kind}"] = w[f"{ff}LayerNorm.{kind}"]
     return out
 
 

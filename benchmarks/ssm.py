@@ -5,14 +5,15 @@
     python benchmarks/ssm.py --batch 1 16 --length 200 1000 --plot ssm.png
     python benchmarks/ssm.py --scan mamba-compiled ssd-compiled --paired 2 --processes 2   # linearity only
 
-Scans: Mamba ``blocks.ssm.selective_scan.selective_scan`` with d_inner=128, d_state=32 (B, C input-
-dependent ``(b, n, l)``, D, delta_bias, softplus); Mamba2 ``blocks.ssm.ssd.ssd_scan`` with 8 heads ×
+Scans: Mamba ``zoo.blocks.ssm.selective_scan.selective_scan`` with d_inner=128, d_state=32 (B, C input-
+dependent ``(b, n, l)``, D, delta_bias, softplus); Mamba2 ``zoo.blocks.ssm.ssd.ssd_scan`` with 8 heads ×
 16, d_state 64, one group, D, dt_bias, softplus. All fp32. ``mamba`` and ``ssd`` are the pure-PyTorch
 algorithms; ``mamba-compiled`` and ``ssd-compiled`` the same public functions with the optional C++
-CPU kernels (``SEQREC_ZOO_CPU_KERNEL=1``, :mod:`blocks.ssm.cpu_kernel`; built before timing). For
+CPU kernels (``SEQREC_ZOO_CPU_KERNEL=1``, :mod:`zoo.blocks.ssm.cpu_kernel`; built before timing). For
 each (scan, b, l) it prints forward
-and forward+backward time of ours and of a plain loop over time written here (same dtype, inputs
-``unbind``-ed once so its backward is linear in l), and the bounds measured in the same run.
+and forward+backward time of ours and of the plain loop over time that ships beside the scans
+(``zoo.blocks.ssm.reference``; same dtype, inputs ``unbind``-ed once so its backward is linear in l),
+and the bounds measured in the same run.
 Ours runs each (scan, b, l) in ``--processes`` fresh subprocesses (each: up to three warm-up calls,
 then the best of at least ``--repeats`` calls, for the forward and for forward+backward) and keeps
 the best: whether its large buffers reuse freed memory or fault in fresh pages then does not depend
@@ -58,11 +59,11 @@ import time
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from blocks.ssm import cpu_kernel
-from blocks.ssm.selective_scan import selective_scan
-from blocks.ssm.ssd import ssd_flops, ssd_scan
+from zoo.blocks.ssm import cpu_kernel
+from zoo.blocks.ssm.reference import selective_scan_ref, ssd_scan_ref
+from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.ssd import ssd_flops, ssd_scan
 
 MAMBA = dict(d_inner=128, d_state=32)
 SSD = dict(nheads=8, headdim=16, ngroups=1, d_state=64, chunk_size=256)
@@ -129,32 +130,17 @@ def run_ours(scan: str, t: dict):
 
 # ---------------------------------------------------------------------------------------------- loops
 def mamba_loop(t: dict, steps: int | None = None) -> torch.Tensor:
-    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t;  y_t = C_t . h_t + D u_t -- one step at a time."""
-    delta = F.softplus(t["delta"] + t["delta_bias"][:, None])
+    """The shipped plain loop (:func:`selective_scan_ref`) over the first ``steps`` steps (all by default)."""
     l = t["u"].shape[-1] if steps is None else steps
-    us, deltas = t["u"][..., :l].unbind(-1), delta[..., :l].unbind(-1)
-    Bs, Cs = t["B"][..., :l].unbind(-1), t["C"][..., :l].unbind(-1)
-    state = t["u"].new_zeros(t["u"].shape[0], *t["A"].shape)
-    ys = []
-    for u, dl, B, C in zip(us, deltas, Bs, Cs):
-        state = torch.exp(dl[..., None] * t["A"]) * state + (dl * u)[..., None] * B[:, None, :]
-        ys.append((state * C[:, None, :]).sum(-1) + t["D"] * u)
-    return torch.stack(ys, -1)
+    return selective_scan_ref(t["u"][..., :l], t["delta"][..., :l], t["A"], t["B"][..., :l], t["C"][..., :l], D=t["D"],
+                              delta_bias=t["delta_bias"], delta_softplus=True)
 
 
 def ssd_loop(t: dict, steps: int | None = None) -> torch.Tensor:
-    """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T;  y_t = S_t C_t + D x_t -- one step at a time (one group)."""
-    dt = F.softplus(t["dt"] + t["dt_bias"])
+    """The shipped plain loop (:func:`ssd_scan_ref`) over the first ``steps`` steps (all by default)."""
     l = t["x"].shape[1] if steps is None else steps
-    xs, dts = t["x"][:, :l].unbind(1), dt[:, :l].unbind(1)
-    Bs, Cs = t["B"][:, :l, 0].unbind(1), t["C"][:, :l, 0].unbind(1)
-    b, _, h, p = t["x"].shape
-    state = t["x"].new_zeros(b, h, p, t["B"].shape[-1])
-    ys = []
-    for x, d, B, C in zip(xs, dts, Bs, Cs):
-        state = torch.exp(d * t["A"])[..., None, None] * state + (d[..., None] * x)[..., None] * B[:, None, None, :]
-        ys.append((state * C[:, None, None, :]).sum(-1) + t["D"][:, None] * x)
-    return torch.stack(ys, 1)
+    return ssd_scan_ref(t["x"][:, :l], t["dt"][:, :l], t["A"], t["B"][:, :l], t["C"][:, :l], D=t["D"],
+                        dt_bias=t["dt_bias"], dt_softplus=True)[0]
 
 
 LOOPS = {"mamba": mamba_loop, "ssd": ssd_loop}

@@ -67,7 +67,7 @@ def run_zoo(out: Path, threads: int, seed: int, max_epochs: int) -> None:
     """Train ``sasrec`` with ``zoo.train`` exactly as a user would; translate its metrics log."""
     import torch
 
-    from blocks import compiled
+    from zoo.blocks import compiled
     from zoo.train import train
 
     torch.set_num_threads(threads)
@@ -109,7 +109,7 @@ def validation_split(out: Path):
 
 def evaluate_variant(model, split, variant: str, which: str, **kwargs):
     """``zoo.evaluate`` in one of EVAL_VARIANTS (sets the kernel variable accordingly)."""
-    from blocks import compiled
+    from zoo.blocks import compiled
     from zoo.evaluate import evaluate
 
     precision, kernels = EVAL_VARIANTS[variant]
@@ -121,7 +121,7 @@ def eval_speed(model, out: Path) -> tuple[dict, dict]:
     """Median validation users/s of the best model over EVAL_REPEATS evaluations alone in each of
     EVAL_VARIANTS (interleaved, after one untimed evaluation each), and its test metrics in every variant
     but plain fp32 (the run's own test)."""
-    from blocks import compiled
+    from zoo.blocks import compiled
 
     split = validation_split(out)
     requested = os.environ.get(compiled.KERNEL_ENV_VAR)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks import compiled
-from blocks.base import SequenceBlock
-from blocks.masking import zero_pads
+from zoo.blocks import compiled
+from zoo.blocks.base import SequenceBlock
+from zoo.blocks.masking import zero_pads
 from zoo.registry import register_block
 
 

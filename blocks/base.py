@@ -1,4 +1,4 @@
-"""Base classes that state the block contract (see DESIGN.md, "The block contract").
+"""Base classes that state the block contract (see docs/block-contract.md).
 
 Every registered block subclasses one of these and declares, as class attributes:
 

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from blocks.activations import make_activation
-from blocks.base import PositionwiseBlock
+from zoo.blocks.activations import make_activation
+from zoo.blocks.base import PositionwiseBlock
 from zoo.registry import register_block
 
 
@@ -59,7 +59,7 @@ class Scale(PositionwiseBlock):
     """``y = a ⊙ x`` with a learnable scalar (``per="scalar"``) or per-channel vector ``a`` starting at ``init``.
 
     LayerScale (Touvron et al. 2021, CaiT Eq. 6) in the channel form; in the scalar form one
-    stream weight, as SIGMA's code weighs its GRU stream by a trainable 0.1 (NOTES.md §3.2).
+    stream weight, as SIGMA's code weighs its GRU stream by a trainable 0.1 (docs/models/sigma.md, "Stream weights").
     """
 
     def __init__(self, d_model: int, init: float = 1.0, per: Literal["scalar", "channel"] = "scalar") -> None:

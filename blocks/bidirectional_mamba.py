@@ -7,10 +7,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock
-from blocks.ds_gate import DenseSelectiveGate
-from blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, zero_pads
-from blocks.ssm.mamba import Mamba
+from zoo.blocks.base import SequenceBlock
+from zoo.blocks.ds_gate import DenseSelectiveGate
+from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, zero_pads
+from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
 
 Flip = Literal["partial", "full", "none", "code"]
@@ -43,7 +43,7 @@ class BidirectionalMamba(SequenceBlock):
     """PF-Mamba: ``M = Mamba(H)``, ``M^f = Mamba(H^f)``, ``y = G(H)·M + G(H^f)·M^f`` (SIGMA Eqs. 2-3).
 
     Source: SIGMA (Liu et al., AAAI'25) §"Partially Flipped Mamba" / "Dense Selective Gate";
-    code-faithful modes from NOTES.md §3.2-3.3.
+    code-faithful modes: docs/models/sigma.md, "Released code".
 
     ``flip`` builds ``H^f``:
 
@@ -54,7 +54,7 @@ class BidirectionalMamba(SequenceBlock):
     * ``"full"``: all real items reversed (the paper's ``r = 0``);
     * ``"none"``: ``H^f = H``, the paper's "w/o partial flipping" ablation (with ``shared=True`` the two
       streams are then identical);
-    * ``"code"``: the released code's flip (NOTES.md §3.2, §3.3 #1): the code right-pads, and reverses
+    * ``"code"``: the released code's flip (docs/models/sigma.md, "Fixed-index flip"): the code right-pads, and reverses
       slots ``0 .. L - remain - 1`` of the *padded* tensor whatever each sequence's length. Our tensors
       are left-padded, so this mode right-aligns the batch, applies that fixed-index flip, runs
       everything in right-aligned slots and left-aligns the result. Pads swapped into the flipped
@@ -67,9 +67,9 @@ class BidirectionalMamba(SequenceBlock):
     ``MAX_ITEM_LIST_LENGTH``): each batch is first left-padded to ``max_len``, so the flipped slots
     are fixed by the recipe, not by the batch, and the block stays padding-invariant. Which items a
     sequence's flipped stream sees still depends on its length in the code's way (a sequence of
-    ``n <= (max_len - remain) / 2`` items sees only padding there; NOTES.md §3.2).
+    ``n <= (max_len - remain) / 2`` items sees only padding there; docs/models/sigma.md, "Fixed-index flip").
 
-    The streams go through :class:`~blocks.ssm.mamba.Mamba` (``d_state``, ``d_conv``, ``expand``), one
+    The streams go through :class:`~zoo.blocks.ssm.mamba.Mamba` (``d_state``, ``d_conv``, ``expand``), one
     module for both (``shared=True``, as in the code; parameters ``mamba.*``) or two (the paper's "two
     Mamba blocks"; the second is ``flipped_mamba.*``).
     ``gate`` combines them:
@@ -77,12 +77,12 @@ class BidirectionalMamba(SequenceBlock):
     * ``"ds_gate"``: each stream weighted by a :class:`~blocks.ds_gate.DenseSelectiveGate` of its own
       input (one gate module for both, Eq. 3); ``gate_form="paper"`` gives ``G(H)·M + G(H^f)·M^f``,
       ``"code"`` gives ``M·(1 + G1) + M^f·(1 + G2)`` with ``G1 = g(H + W_1 H, H + W_1 H)``,
-      ``G2 = g(H^f + W_2 H^f, G1)`` (the code's flipped gate reads ``σ(G1)``; NOTES.md §3.2);
+      ``G2 = g(H^f + W_2 H^f, G1)`` (the code's flipped gate reads ``σ(G1)``; docs/models/sigma.md, "Code gate");
     * ``"sum"``: ``M + M^f`` (no gate);
     * ``"linear"``: ``[M; M^f] W + b`` with ``W: 2D -> D`` (the "w/o DS gate" ablation's linear mix).
 
     ``stream_weights=(w_f, w_b)`` multiplies the two (gated) streams by learnable scalars initialised
-    to these values before the sum, as the code's mixing does (0.8 forward, 0.1 flipped; §3.3 #4);
+    to these values before the sum, as the code's mixing does (0.8 forward, 0.1 flipped; docs/models/sigma.md, "Stream weights");
     ``None`` (paper): no scalars.
 
     Not causal: the flipped stream carries later items to earlier positions.

@@ -3,8 +3,9 @@
 The pure-PyTorch paths run everywhere but pay PyTorch's per-operation overhead and write
 intermediates to memory. The kernels fuse a block's inner loop into one pass on the intra-op
 threads: the selective scan (``ssm/selective_scan_cpu.cpp``, Mamba eq. 2a-2b), the SSD scan
-(``ssm/ssd_scan_cpu.cpp``, Mamba2), and for inference masked attention (``attention_cpu.cpp``) and a
-whole post-norm Transformer layer (``transformer_layer_cpu.cpp``).
+(``ssm/ssd_scan_cpu.cpp``, Mamba2), and for inference masked attention (``attention_cpu.cpp``), a
+whole post-norm Transformer layer (``transformer_layer_cpu.cpp``) and the item_id encoder
+(``item_embedding_cpu.cpp``). Each block that uses one owns the call; this module only builds and loads.
 They are opt-in because building needs a C++ compiler and takes about a minute per kernel the first
 time (the build is cached by ``torch.utils.cpp_extension``)::
 
@@ -31,6 +32,7 @@ SOURCES = {
     "ssd_scan": _HERE / "ssm" / "ssd_scan_cpu.cpp",
     "attention": _HERE / "attention_cpu.cpp",
     "transformer_layer": _HERE / "transformer_layer_cpu.cpp",
+    "item_embedding": _HERE / "item_embedding_cpu.cpp",
 }
 # -ffast-math lets gcc vectorise exp (glibc's libmvec); it is passed to the compiler only, never the
 # linker, so the process's floating-point mode (denormals) is left alone.

@@ -8,15 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import ReadoutBlock
-from blocks.masking import fit_to_length, masked_mean, zero_pads
+from zoo.blocks.base import ReadoutBlock
+from zoo.blocks.masking import fit_to_length, masked_mean, zero_pads
+from zoo.blocks.norms import create_norm
 from zoo.registry import register_block
 
 
 def pyramid_lengths(length: int, schedule: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """``(left pad, output length)`` of each (kernel, stride) layer for an input of ``length``.
 
-    ConvRec's pad rule (NOTES.md §4.4): when the current length ``n >= k`` pad ``(s - (n - k) % s) % s``
+    ConvRec's pad rule (docs/models/convrec.md, "Padding rule"): when the current length ``n >= k`` pad ``(s - (n - k) % s) % s``
     so the windows tile it exactly; when ``n < k`` pad ``k - n`` so one window fits. The output length
     is ``(n + pad - k) // s + 1``.
     """
@@ -26,25 +27,6 @@ def pyramid_lengths(length: int, schedule: Sequence[tuple[int, int]]) -> list[tu
         length = (length + pad - kernel) // stride + 1
         plan.append((pad, length))
     return plan
-
-
-class LayerNormC(nn.Module):
-    """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (NOTES.md §4.3)."""
-
-    def __init__(self, width: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(width))
-        self.bias = nn.Parameter(torch.zeros(width))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        return self.weight * centred / (x.std(-1, keepdim=True) + self.eps) + self.bias
-
-
-def make_norm(kind: Literal["layernorm_c", "layernorm"], width: int) -> nn.Module:
-    """ConvRec's :class:`LayerNormC` or torch's ``LayerNorm`` (eps 1e-5)."""
-    return LayerNormC(width) if kind == "layernorm_c" else nn.LayerNorm(width)
 
 
 class ConvDownscaleLayer(nn.Module):
@@ -75,7 +57,7 @@ class ConvDownscaleLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.w1 = nn.Parameter(torch.tensor(0.5)) if progressive_residual else None
         self.w2 = nn.Parameter(torch.tensor(0.5)) if original_residual else None
-        self.norm = make_norm(norm, d_model)
+        self.norm = create_norm(norm, d_model)
 
     def _pool(self, x: Tensor) -> Tensor:
         return F.avg_pool1d(x.transpose(1, 2), self.kernel, self.stride).transpose(1, 2)
@@ -95,7 +77,8 @@ class ConvDownscaleLayer(nn.Module):
 
 @register_block("conv_pyramid", aliases=("cds",))
 class ConvPyramid(ReadoutBlock):
-    """ConvRec's convolution down-scaling stack (CDS; ConvRec §4.2, Eqs. 8-13; code: NOTES.md §4.4).
+    """ConvRec's convolution down-scaling stack (CDS; ConvRec §4.2, Eqs. 8-13; code:
+    docs/models/convrec.md, "Convolution down-scaling").
 
     Each (kernel, stride) of ``schedule`` is a :class:`ConvDownscaleLayer`; before it the sequence is
     left zero-padded so the windows tile it (rule in :func:`pyramid_lengths`). After the last layer an
@@ -115,7 +98,7 @@ class ConvPyramid(ReadoutBlock):
     * ``progressive_residual=False, original_residual=False`` -- "w/o Residuals".
     * "w/o Intervals" is an option of the item encoder (``attribute_context``), not of this block.
 
-    ``num_heads > 1`` is the code's grouped multi-head convolution (NOTES.md §4.9 (7)); ``norm`` picks
+    ``num_heads > 1`` is the code's grouped multi-head convolution (docs/models/convrec.md, "Multi-head convolution"); ``norm`` picks
     ConvRec's ``LayerNormC`` (the code's) or torch's LayerNorm.
     """
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import ItemEncoderBlock, State
-from blocks.conv_pyramid import make_norm
-from blocks.llm_projector import item_feature_table, reject_unused_features
+from zoo.blocks.base import ItemEncoderBlock, State
+from zoo.blocks.norms import create_norm
+from zoo.blocks.llm_projector import item_feature_table, reject_unused_features
 from zoo.registry import register_block
 
 SECONDS_PER_DAY = 86400
@@ -45,7 +45,7 @@ def calendar_fields(timestamps: Tensor) -> Tensor:
 
 
 def calendar_context(timestamps: Tensor, year_range: tuple[int, int]) -> Tensor:
-    """ConvRec's 6 normalised calendar features (NOTES.md §4.1): ``[(year - y0) / (y1 - y0), month / 12,
+    """ConvRec's 6 normalised calendar features (docs/models/convrec.md, "Calendar context"): ``[(year - y0) / (y1 - y0), month / 12,
     day / 31, dayofweek / 7, dayofyear / 365, week / 4]`` as float32 ``(..., 6)``.
 
     The code min-max normalises the year over the dataset; here the range ``(y0, y1)`` is fixed by the
@@ -60,7 +60,7 @@ def calendar_context(timestamps: Tensor, year_range: tuple[int, int]) -> Tensor:
 
 @register_block("attribute_context", aliases=("convrec_encoder",))
 class AttributeContextEncoder(ItemEncoderBlock):
-    """ConvRec's item encoder (ConvRec §4.1 Eqs. 1-7; code ``ConvItemEncoder``, NOTES.md §4.2-4.3).
+    """ConvRec's item encoder (ConvRec §4.1 Eqs. 1-7; code ``ConvItemEncoder``, docs/models/convrec.md, "Item encoder").
 
     For item ``i`` at time ``τ`` with attributes ``f_i`` (multi-hot or dense) and calendar context
     ``c_τ`` (:func:`calendar_context`)::
@@ -133,7 +133,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
         self.id_embedding = nn.Embedding(rows, d_model, padding_idx=0)
         self.item_encoder = nn.Linear(d_model + width, d_model)
         extra = NUM_INTERVALS if intervals else 0
-        self.norm = make_norm(norm, d_model + extra)
+        self.norm = create_norm(norm, d_model + extra)
         self.in_linear = nn.Linear(d_model + extra, d_model)
         self.dropout = nn.Dropout(dropout)
 

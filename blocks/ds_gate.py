@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.se_conv import MaskedConv1d, Padding
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.masked_conv import MaskedConv1d, Padding
 from zoo.registry import register_block
 
 
@@ -23,7 +23,7 @@ class DenseSelectiveGate(SequenceBlock):
     size not given in the paper; 3 as in the code's other conv), pads zeroed before it; ``padding``
     ``"same"`` (centred, not causal) or ``"causal"`` (then the gate is causal and streams).
 
-    ``form="code"`` -- the released code (NOTES.md §3.2, §3.3 #3): no convolution;
+    ``form="code"`` -- the released code (docs/models/sigma.md, "Code gate"): no convolution;
     ``h = H + Linear(H)``; ``G = Dropout(Linear_si(SiLU(h)) + Linear_sig(σ(h)))`` (activations before
     the Linears, unbounded) and the stream is weighted as ``M · (1 + G)``. Position-wise, so causal.
 

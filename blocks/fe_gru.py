@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.gru import masked_gru
-from blocks.se_conv import MaskedConv1d, Padding
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.gru import masked_gru
+from zoo.blocks.masked_conv import MaskedConv1d, Padding
 from zoo.registry import register_block
 
 
@@ -21,7 +21,7 @@ class FeatureExtractGRU(SequenceBlock):
     reset gate after the hidden product, ``f~_t = tanh(W_c c_t + b_c + r_t ⊙ (W_f f_{t-1} + b_f))``, and
     its update gate weighs the candidate by ``1 - z_t`` as above. The paper leaves the kernel
     unspecified; the released code uses ``Conv1d(D, D, 3, padding=1)`` (centred, with bias) and
-    ``GRU(bias=False)`` (NOTES.md §3.2, §3.3 #5): ``kernel_size=3, padding="same", bias=False``
+    ``GRU(bias=False)`` (docs/models/sigma.md, "FE-GRU"): ``kernel_size=3, padding="same", bias=False``
     reproduces it; ``bias=True`` has the paper's biases.
 
     Pads never enter: they are zeroed before the convolution (acting as its zero padding) and the GRU

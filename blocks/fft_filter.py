@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.masking import zero_pads
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.masking import zero_pads
 from zoo.registry import register_block
 
 
@@ -22,7 +22,7 @@ class TimeFilter(nn.Module):
     (pads zeroed), computed with an FFT long enough (``L + max_len``) that nothing wraps around.
 
     For a sequence of ``n <= max_len`` items this equals FMLP-Rec's filter (Zhou et al. 2022, Eq. 5-7;
-    NOTES.md §6.3) applied to the sequence zero-padded to ``N``: ``irfft(rfft(x, N) ⊙ W, N)[:n]``.
+    docs/models/m2rec.md, "Fourier filter along time") applied to the sequence zero-padded to ``N``: ``irfft(rfft(x, N) ⊙ W, N)[:n]``.
     Because only lags enter, the result does not depend on where the items sit in the padded tensor.
     ``W = 1`` is the identity. ``causal=True`` keeps only lags ``>= 0`` (a one-sided kernel), so
     ``y_t`` depends on ``x_{<=t}`` only and :meth:`step` can stream it with the last ``max_len`` inputs.
@@ -74,8 +74,8 @@ class TimeFilter(nn.Module):
 class FFTFilter(SequenceBlock):
     """FMLP-Rec's learnable filter layer along time: ``y = LN(x + Dropout(irfft(rfft(x) ⊙ W)))``.
 
-    Source: FMLP-Rec (Zhou et al., WWW 2022) Eqs. 5-8 and its ``FilterLayer`` (NOTES.md §6.3); the time-
-    axis FFT filter M2Rec adds to Mamba (NOTES.md §6.1, §6.4). The filter itself is :class:`TimeFilter`:
+    Source: FMLP-Rec (Zhou et al., WWW 2022) Eqs. 5-8 and its ``FilterLayer``; the time-axis
+    FFT filter M2Rec adds to Mamba (docs/models/m2rec.md, "Fourier filter along time"). The filter itself is :class:`TimeFilter`:
     pads are zeroed, and the product in frequency is computed as an exact linear (not circular)
     convolution, so no padding and no late item wraps around into real positions, and the filter is
     defined on the fixed grid of ``2·max_len`` frequencies, so the output of a sequence never depends on

@@ -7,8 +7,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from blocks.base import FusionBlock, State
-from blocks.masking import causal_prefix_mean, masked_mean
+from zoo.blocks.base import FusionBlock, State
+from zoo.blocks.masking import causal_prefix_mean, masked_mean
 from zoo.registry import register_block
 
 
@@ -70,7 +70,7 @@ class Mixing(PositionwiseFusion):
     """``y = Σ_i a_i s_i`` with learnable scalars ``a_i`` -- SIGMA's mixing layer (Eq. 8, ``Z = a1 M + a2 F``).
 
     ``init`` sets the starting scalars and thereby the number of streams (e.g. the released code's
-    three streams: ``[0.1, 0.1, 0.8]`` for GRU, flipped, forward; NOTES.md §3.2); default
+    three streams: ``[0.1, 0.1, 0.8]`` for GRU, flipped, forward; docs/models/sigma.md, "Stream weights"); default
     ``num_inputs`` equal weights ``1 / num_inputs``. The scalars are raw (no softmax), as in the code.
     """
 
@@ -95,7 +95,7 @@ class GateFusion(PositionwiseFusion):
     """Per-position sigmoid gate of two streams: ``g = σ([s1; s2] W + b)``, ``y = g ⊙ s1 + (1 - g) ⊙ s2``.
 
     ``W: 2D -> D`` (per channel); ``g -> 1`` keeps the first stream. The two-stream gate of the M2Rec
-    reconstruction, ``g = σ(W_g [m; e_llm] + b)`` (NOTES.md §6.4).
+    reconstruction, ``g = σ(W_g [m; e_llm] + b)`` (docs/models/m2rec.md, "Gate").
     """
 
     min_inputs = max_inputs = 2
@@ -117,7 +117,7 @@ class SoftmaxGateFusion(PositionwiseFusion):
 
     ``u`` is the concatenated streams ``[s_1; ...; s_k]`` (``source="streams"``, ``W: kD -> k``) or the
     streams' common input ``x`` (``source="input"``, ``W: D -> k``). M2Rec's learnable gate balancing
-    its temporal, frequency and semantic features (M2Rec summary; NOTES.md §6.1, §6.4), hence the
+    its temporal, frequency and semantic features (M2Rec summary; docs/models/m2rec.md, "Gate"), hence the
     default ``num_inputs=3``.
     """
 
@@ -146,7 +146,7 @@ class AdaptiveFusion(FusionBlock):
 
     ``x`` is the layer input; the mean runs over its real items only (Eq. 10 divides by the true
     length n). ``Out`` is undefined in the paper: ``pool_proj="identity"`` or a D x D ``"linear"``
-    (NOTES.md §5.1). ``weight="channel"`` gives ``a`` per channel (``W: D -> D``), ``"scalar"`` one
+    (docs/models/cnn-mamba.md, "Adaptive fusion"). ``weight="channel"`` gives ``a`` per channel (``W: D -> D``), ``"scalar"`` one
     weight per sequence (``W: D -> 1``). One weight per sequence sees the whole sequence, so the block
     is not causal by default; ``causal=True`` uses the running mean of the items so far
     (``p_t = mean_{s <= t} Out(x_s)``), making it causal and streamable (state: running sum, count).

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from blocks.base import SequenceBlock, State
-from blocks.masking import left_align, lengths_from_mask, right_align
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.masking import left_align, lengths_from_mask, right_align
 from zoo.registry import register_block
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from blocks.activations import make_activation
-from blocks.base import HeadBlock
+from zoo.blocks.activations import make_activation
+from zoo.blocks.base import HeadBlock
 from zoo.registry import register_block
 
 

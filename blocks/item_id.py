@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from blocks import compiled
-from blocks.base import ItemEncoderBlock, State
-from blocks.masking import positions_from_mask
+from zoo.blocks import compiled
+from zoo.blocks.base import ItemEncoderBlock, State
+from zoo.blocks.masking import positions_from_mask
 from zoo.registry import register_block
 
 
@@ -18,12 +18,12 @@ class ItemIdEncoder(ItemEncoderBlock):
     """``e_t = Norm(Dropout(E[i_t] (+ P[pos_t])))`` -- a learned item table, optional learned positions.
 
     * ``E`` is ``(num_items + 1, D)`` with row 0 the padding item, initialised N(0, ``init_std``)
-      (RecBole's init, NOTES.md §1.1); the tied head scores against the same table.
+      (RecBole's init, docs/models/mamba4rec.md, "RecBole initialisation"); the tied head scores against the same table.
     * ``positions="learned"`` adds ``P[pos_t]`` where ``pos_t`` counts real items from the oldest
       (SASRec, Kang & McAuley 2018 §III-B; CNN-Mamba §3.1), so left padding never shifts them.
       ``max_len`` rows cover the recipe's maximum length.
-    * ``order`` sets dropout-then-norm (Mamba4Rec, SIGMA: NOTES.md §2.1) or norm-then-dropout
-      (RecBole SASRec). ``scale=True`` multiplies ``E[i]`` by sqrt(D) (the original SASRec).
+    * ``order`` sets dropout-then-norm (Mamba4Rec, SIGMA: docs/models/mamba4rec.md, "Forward pass of the
+      official code") or norm-then-dropout (RecBole SASRec). ``scale=True`` multiplies ``E[i]`` by sqrt(D) (the original SASRec).
     * ``mask_token=True`` adds one more row, index ``num_items + 1``, as BERT4Rec's ``[MASK]``
       token (Sun et al. 2019 §3.6; ``mask_token_id``); ``item_table()`` still returns only rows
       ``0..num_items``, so the token is never scored or recommended.
@@ -87,7 +87,7 @@ class ItemIdEncoder(ItemEncoderBlock):
         return self._finish(self._add_position(e, positions_from_mask(mask)))
 
     def _use_compiled_kernel(self, item_ids: Tensor) -> bool:
-        """The fused C++ pass (``embed`` in ``transformer_layer_cpu.cpp``) serves inference on the CPU when
+        """The fused C++ pass (``item_embedding_cpu.cpp``) serves inference on the CPU when
         ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no dropout to apply."""
         norm_supported = isinstance(self.norm, nn.Identity) or (self.norm.weight is not None and self.norm.bias is not None)
         float_table = self.embedding.weight.dtype in (torch.float32, torch.float64)
@@ -98,7 +98,7 @@ class ItemIdEncoder(ItemEncoderBlock):
         table = self.embedding.weight
         empty = table.new_empty(0)
         norm = self.norm if isinstance(self.norm, nn.LayerNorm) else None
-        return compiled.load("transformer_layer").embed(
+        return compiled.load("item_embedding").embed(
             item_ids.contiguous(), mask.contiguous(), table, self.scale,
             empty if self.position is None else self.position.weight,
             empty if norm is None else norm.weight, empty if norm is None else norm.bias,

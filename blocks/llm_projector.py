@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from blocks.activations import make_activation
-from blocks.base import ItemEncoderBlock, State
+from zoo.blocks.activations import make_activation
+from zoo.blocks.base import ItemEncoderBlock, State
 from zoo.registry import register_block
 
 ActivationName = Literal["gelu", "relu", "silu", "swish", "tanh", "sigmoid", "identity"]
@@ -51,8 +51,8 @@ class LLMProjector(ItemEncoderBlock):
     one learned vector ``A(0)``. The default ``text_dim = 384`` is all-MiniLM-L6-v2's width and the
     adapter's hidden width defaults to ``text_dim // 2``.
 
-    Source: LLM-ESR's adapter over frozen LLM item embeddings (Linear(d_llm, d_llm/2) → Linear(·, D),
-    NOTES.md §6.3); M2Rec's semantic stream (LLM text embeddings of items, NOTES.md §6.1, §6.4).
+    Source: LLM-ESR's adapter over frozen LLM item embeddings (Linear(d_llm, d_llm/2) → Linear(·, D));
+    M2Rec's semantic stream (LLM text embeddings of items; docs/models/m2rec.md, "Semantic stream and item encoder").
     ``id_embedding="add"`` adds a learned ID embedding ``E_id`` (N(0, 0.02), padding row 0), so the
     block can also serve as the whole item encoder. Outputs at padded positions are zero.
     """

@@ -9,18 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.fft_filter import TimeFilter
-from blocks.masking import zero_pads
-from blocks.ssm._dispatch import causal_depthwise_conv1d
-from blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.fft_filter import TimeFilter
+from zoo.blocks.masking import zero_pads
+from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
+from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
 
 @register_block("multiscale_mamba", aliases=("affm",))
 class MultiScaleMamba(SequenceBlock):
     """M2Rec's AFFM block: a Mamba whose causal conv runs at several temporal scales, followed by a
-    learnable Fourier filter along time (reconstruction of NOTES.md §6.1 figure and §6.4)::
+    learnable Fourier filter along time (reconstruction from M2Rec's framework figure: docs/models/m2rec.md, "AFFM block")::
 
         u, z = split(W_in x)                                       (2 · d_inner channels, no bias)
         u    = (1/S) Σ_{k in kernel_sizes} CausalDWConv_k(u)        multi-scale causal depthwise convs
@@ -30,11 +30,11 @@ class MultiScaleMamba(SequenceBlock):
         out  = W_out (LayerNorm(y) ⊙ SiLU(z))                       (no bias)
 
     Assumptions where M2Rec's sources are silent (its full paper is unavailable; its released code does
-    not implement the described model, NOTES.md §6.2):
+    not implement the described model, docs/models/m2rec.md, "What the released code does"):
 
     * "Multi-scale" = parallel causal depthwise convolutions with kernel sizes ``kernel_sizes``
       (default (3, 5, 7), the sizes in the code's unused ``mamba_simple_v2.py``), each with its own
-      weight and bias, fused by their mean (the figure shows one Conv1d; NOTES.md §6.4 suggests a sum).
+      weight and bias, fused by their mean (the figure shows one Conv1d; docs/models/m2rec.md, "Deviations (assumptions)").
     * The filter ("AFFT → IFFT" in the figure) is FMLP-Rec's learnable complex filter along **time** (the
       code's fixed channel-axis low-pass is not used), defined on the fixed grid of ``2 · max_len``
       frequencies and applied as an exact linear convolution (:class:`~blocks.fft_filter.TimeFilter`).

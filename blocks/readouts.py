@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from blocks.base import ReadoutBlock
-from blocks.masking import masked_mean
+from zoo.blocks.base import ReadoutBlock
+from zoo.blocks.masking import masked_mean
 from zoo.registry import register_block
 
 
@@ -13,7 +13,8 @@ from zoo.registry import register_block
 class LastPosition(ReadoutBlock):
     """``u = h_n``: the state at the newest item (position -1 under left padding).
 
-    RecBole's ``gather_indexes(output, item_seq_len - 1)`` under right padding (NOTES.md §1.1).
+    RecBole's ``gather_indexes(output, item_seq_len - 1)`` under right padding
+    (docs/models/mamba4rec.md, "Right padding and last-position readout").
     """
 
     positionwise = True

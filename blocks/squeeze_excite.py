@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.masking import causal_prefix_mean, masked_mean
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.masking import causal_prefix_mean, masked_mean
 from zoo.registry import register_block
 
 
@@ -17,7 +17,7 @@ class SqueezeExcite(SequenceBlock):
     ``W1: D -> max(1, D // reduction)``, ``W2: back to D``. Source: CNN-Mamba's SEAtt (Feng, Wang,
     Wang, §3.2, Eq. 5 and Eq. 9: "squeeze-and-excitation attention ... channel-wise weighted
     adjustment"), i.e. Hu et al.'s squeeze-and-excitation on the time axis; the paper gives no
-    reduction ratio, so it is an argument (NOTES.md §5.1). The squeeze averages over the real items
+    reduction ratio, so it is an argument (docs/models/cnn-mamba.md, "Squeeze-excitation"). The squeeze averages over the real items
     only (pads never enter it), so a sequence's output does not depend on its padding.
 
     The whole-sequence mean makes every position see the future, so the block is not causal by

@@ -14,8 +14,8 @@ import shutil
 import pytest
 import torch
 
-from blocks import compiled
-from blocks.attention import SelfAttention
+from zoo.blocks import compiled
+from zoo.blocks.attention import SelfAttention
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build the CPU kernel with"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.se_conv import MaskedConv1d
+from zoo.blocks.masked_conv import MaskedConv1d
 from padding import left_padded
 from zoo.registry import create_block
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.conv_pyramid import ConvPyramid, pyramid_lengths
-from blocks.convrec_encoder import AttributeContextEncoder, calendar_context, calendar_fields
+from zoo.blocks.conv_pyramid import ConvPyramid, pyramid_lengths
+from zoo.blocks.convrec_encoder import AttributeContextEncoder, calendar_context, calendar_fields
 
 ATOL, RTOL = 1e-5, 1e-4
 

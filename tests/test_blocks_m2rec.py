@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.fft_filter import FFTFilter
-from blocks.llm_projector import LLMProjector
-from blocks.multiscale_mamba import MultiScaleMamba
+from zoo.blocks.fft_filter import FFTFilter
+from zoo.blocks.llm_projector import LLMProjector
+from zoo.blocks.multiscale_mamba import MultiScaleMamba
 
 ATOL, RTOL = 2e-5, 1e-4
 

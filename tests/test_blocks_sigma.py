@@ -1,7 +1,7 @@
 """SIGMA's blocks: partial flip orders, PF-Mamba (paper and code modes), the DS gate, FE-GRU.
 
 References are written out here: flip orders by hand, the code mode as the released code's own
-steps on a right-padded tensor (NOTES.md §3.2), gates from hand-set weights, the GRU as an explicit
+steps on a right-padded tensor (docs/models/sigma.md, "Released code"), gates from hand-set weights, the GRU as an explicit
 loop over time. float32, ``atol=1e-5`` unless stated.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.bidirectional_mamba import partial_flip_index
+from zoo.blocks.bidirectional_mamba import partial_flip_index
 from padding import left_mask, left_padded
 from zoo.registry import create_block
 
@@ -113,7 +113,7 @@ def test_no_flip_with_shared_weights_is_twice_the_forward_stream():
 
 
 def code_reference(block, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """The released code's GMambaBlock steps (NOTES.md §3.2) on a right-padded, zero-padded copy."""
+    """The released code's GMambaBlock steps (docs/models/sigma.md, "Released code") on a right-padded, zero-padded copy."""
     width, d = x.shape[1], x.shape[2]
     lengths = mask.sum(1).tolist()
     xr = torch.zeros_like(x)
@@ -155,7 +155,8 @@ def test_code_mode_flips_fixed_slots_of_max_len_whatever_the_batch_padding():
         narrow, wide = block(x, mask), block(wide_x, wide_mask)[:, -4:]
         torch.testing.assert_close(narrow, wide, atol=ATOL, rtol=0)
         # max_len 12, r = 2: slots 0..9 reversed, so 4 items (<= 10 / 2) see only masked pads in the flipped
-        # stream, whose output is then exactly zero: the sum is the forward stream alone (NOTES.md §3.2, n <= 22)
+        # stream, whose output is then exactly zero: the sum is the forward stream alone
+        # (docs/models/sigma.md, "Fixed-index flip": n <= 22 at max_len 50)
         torch.testing.assert_close(narrow, block.mamba(x, mask), atol=ATOL, rtol=0)
         block.max_len = 4  # the code's semantics depend on the padded width it was trained with
         assert not torch.allclose(block(x, mask), narrow, atol=1e-3)

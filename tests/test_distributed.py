@@ -24,8 +24,7 @@ from zoo.data.synthetic import generate_dataset
 from zoo.train import train
 
 OVERRIDES = {"d_model": 16, "encoder.0.repeat": 1, "train.batch_size": 16, "item_encoder.dropout": 0.0,
-             "encoder.0.layers.0.dropout": 0.0, "encoder.0.layers.1.dropout": 0.0,
-             "encoder.0.layers.0.residual.dropout": 0.0}
+             "encoder.0.layers.0.dropout": 0.0, "encoder.0.layers.0.attention_dropout": 0.0}
 # Plain SGD (momentum), unlike Adam, is sensitive to the gradient's scale: a mean taken twice shows.
 SETTINGS = dict(epochs=2, seed=0, overrides=OVERRIDES, config={"optimizer": "sgd", "lr": 0.1}, progress=False,
                 save_model=False, plot=False)

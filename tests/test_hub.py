@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 import zoo
-from zoo import hub, pretrained
+from zoo import hub, pretrained, publish
 from zoo.data.vocab import Vocabulary
 from zoo.hub import PretrainedLoadError
 
@@ -133,7 +133,7 @@ def test_save_checks_vocabulary_size_and_metrics(tmp_path):
 
 
 def test_dataset_facts_from_a_data_split(tmp_path):
-    from zoo.data.dataset import InteractionDataset, Sequences
+    from zoo.data import InteractionDataset, Sequences
 
     rows = [[1, 2, 3, 4], [2, 3, 5], [6, 7, 8, 9, 10, 11, 12]]
     dataset = InteractionDataset("toy", Sequences.from_rows(rows), Vocabulary(RAW_IDS), Vocabulary(["u1", "u2", "u3"], padding=False))
@@ -518,7 +518,7 @@ def test_push_to_hub_publishes_only_the_three_files(saved, monkeypatch):
     _, folder = saved
     (folder / "checkpoint.pt").write_bytes(b"x")
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    url = hub.push_to_hub(folder, "org/toy", token="t", endpoint="http://127.0.0.1:9", private=True)
+    url = publish.push_to_hub(folder, "org/toy", token="t", endpoint="http://127.0.0.1:9", private=True)
     assert url == "http://hub/commit/1"
     (_, init), (_, repo), (_, upload) = RecordingApi.calls
     assert init["endpoint"] == "http://127.0.0.1:9" and init["token"] == "t" and init["library_name"] == "seqrec-zoo"
@@ -535,5 +535,5 @@ def test_push_to_hub_refuses_a_folder_that_does_not_load(saved, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     RecordingApi.calls = []
     with pytest.raises(FileNotFoundError, match="safetensors only"):
-        hub.push_to_hub(folder, "org/toy")
+        publish.push_to_hub(folder, "org/toy")
     assert RecordingApi.calls == []

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.ssm.mamba2 import Mamba2
+from zoo.blocks.ssm.mamba2 import Mamba2
 from padding import left_mask
 
 # Written from mamba-ssm's modules/mamba2.py: d_inner = expand·d_model, nheads = d_inner / headdim,

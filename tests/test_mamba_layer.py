@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blocks.ssm.mamba import Mamba
+from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import get_block
 
 # Written from mamba-ssm's mamba_simple.py (v1): d_inner = expand * d_model, dt_rank = ceil(d_model / 16)
@@ -69,7 +69,7 @@ def test_state_dict_names_and_shapes_match_mamba_ssm(config):
 
 
 def test_parameter_count_matches_notes():
-    assert sum(p.numel() for p in Mamba(64, d_state=32).parameters()) == 38_784  # NOTES.md §1.2
+    assert sum(p.numel() for p in Mamba(64, d_state=32).parameters()) == 38_784  # docs/models/mamba4rec.md, "The Mamba layer"
 
 
 def test_state_dict_round_trip():

@@ -42,12 +42,12 @@ def rows_of(batch_ids):
 
 def model(name="sasrec", **overrides):
     torch.manual_seed(0)
-    return zoo.create(name, num_items=V, **{**SMALL, "encoder.0.layers.0.dropout": 0.0, "encoder.0.layers.1.dropout": 0.0,
+    return zoo.create(name, num_items=V, **{**SMALL, "encoder.0.layers.0.dropout": 0.0, "encoder.0.layers.0.attention_dropout": 0.0,
                                             "item_encoder.dropout": 0.0, **overrides})
 
 
 def bidirectional(**overrides):
-    return model(**{"encoder.0.layers.0.residual.causal": False, "item_encoder.mask_token": True, **overrides})
+    return model(**{"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True, **overrides})
 
 
 # ---------------------------------------------------------------------------- windows and sample sets
@@ -212,7 +212,7 @@ def test_training_samples_dispatch_and_model_checks():
     config = zoo.create("sasrec", num_items=V).recipe.train
     assert isinstance(training_samples(model(), seqs, config.model_copy(update={"objective": "all"})), AllPositionSamples)
     with pytest.raises(ValueError, match="causal"):
-        training_samples(model(**{"encoder.0.layers.0.residual.causal": False}), seqs,
+        training_samples(model(**{"encoder.0.layers.0.causal": False}), seqs,
                          config.model_copy(update={"objective": "all"}))
     with pytest.raises(ValueError, match="MASK"):
         training_samples(model(), seqs, config.model_copy(update={"objective": "masked"}))

@@ -33,15 +33,19 @@ def test_wheel_installs_and_finds_bundled_recipes(tmp_path):
         "m = zoo.create('sasrec', num_items=7);"
         "print(pathlib.Path(zoo.__file__).resolve());"
         "print(zoo.builder.recipes_dir().resolve());"
-        "import blocks.compiled as k; print(all(p.is_file() for p in k.SOURCES.values()));"
+        "import zoo.blocks.compiled as k; print(all(p.is_file() for p in k.SOURCES.values()));"
+        "here = pathlib.Path(k.__file__).parent;"
+        "print(sorted(str(p.relative_to(here)) for p in here.rglob('*') if p.suffix in ('.cpp', '.h')));"
         "print(sorted(zoo.list_models()));"
         "print(m.recommend([[1, 2, 3]], k=2).items.shape)"
     )
     out = run([str(python), "-c", script], cwd=tmp_path, env=env)
-    module_path, recipes, kernel_source, models, shape = out.stdout.strip().splitlines()
+    module_path, recipes, kernel_source, native_files, models, shape = out.stdout.strip().splitlines()
     assert module_path.startswith(str(env_dir.resolve())), module_path
     assert recipes.startswith(str(env_dir.resolve())), recipes
     assert kernel_source == "True"  # the C++ sources of the optional CPU kernels ship in the wheel
+    checkout = ROOT / "blocks"
+    assert native_files == str(sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*") if p.suffix in (".cpp", ".h")))
     assert "'sasrec'" in models and "'gru4rec'" in models
     assert shape == "torch.Size([1, 2])"
     assert "sasrec" in run([str(env_dir / "bin" / "zoo"), "list"], cwd=tmp_path, env=env).stdout

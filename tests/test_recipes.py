@@ -9,7 +9,7 @@ from zoo.builder import recipe_path, resolve_recipe
 from zoo.cli import main as cli_main
 from zoo.info import count_parameters
 
-BEAUTY_ITEMS = 12_101  # Amazon Beauty: 12,102 rows with padding (NOTES.md §2.2)
+BEAUTY_ITEMS = 12_101  # Amazon Beauty: 12,102 rows with padding (docs/models/mamba4rec.md, "Defaults and parameter count")
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -33,7 +33,8 @@ def test_zoo_info_renders_the_block_tree(name, capsys):
 
 
 def test_mamba4rec_matches_the_official_parameter_count():
-    # NOTES.md §2.2: Mamba4Rec on Beauty (12,102 items incl. padding), D 64, 1 layer = 846,784.
+    # Mamba4Rec on Beauty (12,102 items incl. padding), D 64, 1 layer = 846,784
+    # (docs/models/mamba4rec.md, "Defaults and parameter count").
     assert count_parameters(zoo.create("mamba4rec", num_items=BEAUTY_ITEMS)) == 846_784
 
 
@@ -46,7 +47,8 @@ def test_sasrec_parameter_count_by_hand():
 
 
 def test_convrec_parameter_count_by_hand():
-    # ConvRec paper §4.1-4.2 with the code's widths (NOTES.md §4.2-4.4), D 256, 19 attributes.
+    # ConvRec paper §4.1-4.2 with the code's widths, D 256, 19 attributes
+    # (docs/models/convrec.md, "Item encoder" and "Convolution down-scaling").
     d, v, f = 256, BEAUTY_ITEMS, 19
     encoder = (
         (v + 1) * d  # ID embedding (no frequent-item trick)
@@ -61,7 +63,7 @@ def test_convrec_parameter_count_by_hand():
 
 
 def test_sigma_code_matches_the_official_parameter_count():
-    # NOTES.md §3.2: the released SIGMA on Beauty (12,102 items incl. padding), D 64 = 904,515.
+    # docs/models/sigma.md, "Parameter count": the released SIGMA on Beauty (12,102 items incl. padding), D 64 = 904,515.
     assert count_parameters(zoo.create("sigma-code", num_items=BEAUTY_ITEMS)) == 904_515
 
 

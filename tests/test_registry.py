@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zoo
-from blocks.base import PositionwiseBlock
+from zoo.blocks.base import PositionwiseBlock
 from zoo import registry
 from zoo.registry import BlockRegistryError, register_block
 
@@ -83,7 +83,7 @@ def test_registered_block_is_usable_in_a_recipe(scratch_registry):
 
 def test_third_party_blocks_register_through_entry_points(tmp_path):
     (tmp_path / "my_blocks.py").write_text(textwrap.dedent('''
-        from blocks.base import PositionwiseBlock
+        from zoo.blocks.base import PositionwiseBlock
         from zoo.registry import register_block
 
         @register_block("plugin_scale")

@@ -1,4 +1,4 @@
-"""blocks.ssm.selective_scan against a plain loop over time (float64), for every B/C layout and option."""
+"""zoo.blocks.ssm.selective_scan against a plain loop over time (float64), for every B/C layout and option."""
 
 from __future__ import annotations
 
@@ -6,39 +6,11 @@ import importlib.util
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from blocks.ssm.selective_scan import selective_scan, selective_scan_blocked
+from zoo.blocks.ssm.reference import selective_scan_ref as loop_reference
+from zoo.blocks.ssm.selective_scan import selective_scan, selective_scan_blocked
 
 BATCH, DIM, D_STATE = 2, 4, 3
-
-
-def loop_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
-    """mamba-ssm's selective_scan_ref semantics, one time step at a time."""
-    batch, dim, length = u.shape
-    if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-
-    def at(P, t):  # the (batch, dim, d_state) value of B or C at time t
-        if P.dim() == 2:
-            return P.expand(batch, dim, P.shape[1])
-        if P.dim() == 3:
-            return P[:, None, :, t].expand(batch, dim, P.shape[1])
-        return P[..., t].repeat_interleave(dim // P.shape[1], dim=1)
-
-    h = u.new_zeros(batch, dim, A.shape[1])
-    ys = []
-    for t in range(length):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * at(B, t)
-        ys.append((h * at(C, t)).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D[:, None] * u
-    if z is not None:
-        y = y * F.silu(z)
-    return (y, h) if return_last_state else y
 
 
 def projection_shape(layout: str, length: int) -> tuple[int, ...]:
@@ -191,7 +163,7 @@ def test_bad_shapes_raise(change, message):
 def test_group_size_does_not_grow_with_length():
     # Working buffers hold one group (lanes * steps positions); in inference that size must not
     # depend on the length, and in training it grows only like sqrt(length) (saved group starts).
-    from blocks.ssm.selective_scan import _blocking
+    from zoo.blocks.ssm.selective_scan import _blocking
 
     for state_elements in (128 * 32, 16 * 128 * 32, 256 * 128 * 32):
         short = _blocking(state_elements, 4000, None, None, needs_grad=False)

@@ -1,4 +1,4 @@
-"""The compiled CPU selective scan (blocks.ssm.cpu_kernel) against the plain loop over time.
+"""The compiled CPU selective scan (zoo.blocks.ssm.cpu_kernel) against the plain loop over time.
 
 The kernel is built once per machine (about a minute; cached by torch.utils.cpp_extension). These
 tests need a C++ compiler, like the kernel itself; without one they are skipped with that reason.
@@ -12,9 +12,10 @@ import shutil
 import pytest
 import torch
 from spy import count_calls
+from test_selective_scan import D_STATE, make_inputs
 
-from blocks.ssm import Mamba, cpu_kernel, selective_scan
-from test_selective_scan import D_STATE, loop_reference, make_inputs
+from zoo.blocks.ssm import Mamba, cpu_kernel, selective_scan
+from zoo.blocks.ssm.reference import selective_scan_ref as loop_reference
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build the CPU kernel with"

@@ -1,4 +1,4 @@
-"""``blocks.ssm.ssd.ssd_scan`` against a plain loop over time written here (float64)."""
+"""``zoo.blocks.ssm.ssd.ssd_scan`` against the plain loop over time (``zoo.blocks.ssm.reference``, float64)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,12 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from blocks.ssm import ssd
-from blocks.ssm.ssd import ssd_scan
+from zoo.blocks.ssm import ssd
+from zoo.blocks.ssm.reference import ssd_scan_ref as loop_reference
+from zoo.blocks.ssm.ssd import ssd_scan
 
 INF = float("inf")
-
-
-def loop_reference(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_states=None, dt_softplus=False,
-                   dt_limit=(0.0, INF)):
-    """S_t = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T; y_t = S_t C_t + D x_t; y_t *= silu(z_t). One step at a time."""
-    b, l, h, p = x.shape
-    g, n = B.shape[2:]
-    heads_per_group = h // g
-    if dt_bias is not None:
-        dt = dt + dt_bias
-    if dt_softplus:
-        dt = F.softplus(dt)
-    dt = dt.clamp(min=dt_limit[0], max=dt_limit[1])
-    state = initial_states if initial_states is not None else x.new_zeros(b, h, p, n)
-    ys = []
-    for t in range(l):
-        new_state, y_t = [], []
-        for head in range(h):
-            group = head // heads_per_group
-            s = state[:, head] * torch.exp(dt[:, t, head] * A[head])[:, None, None]
-            s = s + dt[:, t, head, None, None] * x[:, t, head, :, None] * B[:, t, group, None, :]
-            y = (s * C[:, t, group, None, :]).sum(-1)
-            if D is not None:
-                y = y + x[:, t, head] * D[head]
-            if z is not None:
-                y = y * F.silu(z[:, t, head])
-            new_state.append(s)
-            y_t.append(y)
-        state = torch.stack(new_state, 1)
-        ys.append(torch.stack(y_t, 1))
-    return torch.stack(ys, 1), state
 
 
 def make_inputs(b=2, l=7, h=4, p=3, g=1, n=5, dtype=torch.float64, seed=0, requires_grad=False):

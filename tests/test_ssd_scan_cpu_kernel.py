@@ -1,4 +1,4 @@
-"""The compiled CPU SSD scan (blocks.ssm.cpu_kernel.ssd_scan_compiled) against the plain loop over time.
+"""The compiled CPU SSD scan (zoo.blocks.ssm.cpu_kernel.ssd_scan_compiled) against the plain loop over time.
 
 Built once per machine like the selective-scan kernel; skipped only where no C++ compiler exists.
 """
@@ -12,9 +12,11 @@ import pytest
 import torch
 from spy import count_calls
 
-from blocks.ssm import Mamba2, cpu_kernel, ssd_scan
-from blocks.ssm.ssd import discretize_dt
-from test_ssd_scan import loop_reference, make_inputs
+from test_ssd_scan import make_inputs
+
+from zoo.blocks.ssm import Mamba2, cpu_kernel, ssd_scan
+from zoo.blocks.ssm.reference import ssd_scan_ref as loop_reference
+from zoo.blocks.ssm.ssd import discretize_dt
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build the CPU kernel with"

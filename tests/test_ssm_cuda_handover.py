@@ -18,9 +18,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from blocks.ssm import _dispatch
-from blocks.ssm.selective_scan import selective_scan
-from blocks.ssm.ssd import ssd_scan
+from zoo.blocks.ssm import _dispatch
+from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.ssd import ssd_scan
 
 
 class CudaLooking(torch.Tensor):

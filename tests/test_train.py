@@ -110,7 +110,7 @@ def test_cosine_schedule_with_warmup_is_stepped_per_update(data, tmp_path):
 
 
 @pytest.mark.parametrize("recipe, overrides, config", [
-    ("sasrec", {"encoder.0.layers.0.residual.causal": False, "item_encoder.mask_token": True},
+    ("sasrec", {"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True},
      {"objective": "masked", "loss": "ce", "lr": 1e-2}),
     ("sasrec", {}, {"objective": "random_cut", "loss": "sampled_softmax", "num_negatives": 5, "grad_clip": 1.0, "lr": 1e-2}),
     ("gru4rec", {"d_model": 16}, {"objective": "last", "loss": "bce", "num_negatives": 3, "optimizer": "sgd", "lr": 0.05}),

@@ -6,21 +6,17 @@ its parts stream) and derives ``causal`` / ``streaming`` from its parts.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from blocks.base import State
-from zoo import fused_layer
+from zoo.blocks.base import State
+from zoo.blocks.norms import NormKind, create_norm
 
 
 class Sequential(nn.Module):
-    """``f_n(... f_1(x))``.
-
-    A post-norm residual ``self_attention`` followed by a residual ``ffn`` runs as one fused CPU
-    kernel in inference when ``SEQREC_ZOO_CPU_KERNEL=1`` (:mod:`zoo.fused_layer`); same result.
-    """
+    """``f_n(... f_1(x))``."""
 
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         super().__init__()
@@ -28,7 +24,6 @@ class Sequential(nn.Module):
         self.causal = all(layer.causal for layer in self.layers)
         self.streaming = all(layer.streaming for layer in self.layers)
         self.mixes_positions = any(layer.mixes_positions for layer in self.layers)
-        self._fusable = frozenset(i for i in range(len(layers) - 1) if fused_layer.fusable(layers[i], layers[i + 1]))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self._run(x, mask, 0, len(self.layers))
@@ -39,26 +34,13 @@ class Sequential(nn.Module):
             return x[:, -1:]
         boundary = max((i for i, layer in enumerate(self.layers) if layer.mixes_positions), default=0)
         x = self._run(x, mask, 0, boundary)
-        if self._fuses(boundary, len(self.layers), x):
-            x = fused_layer.forward(self.layers[boundary], self.layers[boundary + 1], x, mask, newest_only=True)
-            return self._run(x, mask[:, -1:], boundary + 2, len(self.layers))
         x = self.layers[boundary].forward_last(x, mask)
         return self._run(x, mask[:, -1:], boundary + 1, len(self.layers))
 
-    def _fuses(self, i: int, end: int, x: Tensor) -> bool:
-        """Whether layers ``i, i + 1`` (both before ``end``) run as the fused kernel now."""
-        return i in self._fusable and i + 1 < end and fused_layer.applies(self.layers[i], self.layers[i + 1], x)
-
     def _run(self, x: Tensor, mask: Tensor, begin: int, end: int) -> Tensor:
-        """Layers ``begin .. end - 1`` in turn, fusable pairs fused when the kernel applies."""
-        i = begin
-        while i < end:
-            if self._fuses(i, end, x):
-                x = fused_layer.forward(self.layers[i], self.layers[i + 1], x, mask)
-                i += 2
-            else:
-                x = self.layers[i](x, mask)
-                i += 1
+        """Layers ``begin .. end - 1`` in turn."""
+        for layer in self.layers[begin:end]:
+            x = layer(x, mask)
         return x
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
@@ -104,35 +86,15 @@ class Parallel(nn.Module):
         return y_t, (new_states, fuse_state)
 
 
-class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) * g`` (Zhang & Sennrich 2019)."""
-
-    def __init__(self, d_model: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-def make_norm(kind: Literal["layernorm", "rmsnorm", "none"], d_model: int, eps: float) -> nn.Module:
-    if kind == "layernorm":
-        return nn.LayerNorm(d_model, eps=eps)
-    if kind == "rmsnorm":
-        return RMSNorm(d_model, eps)
-    return nn.Identity()
-
-
 class Residual(nn.Module):
     """Post-norm ``Norm(x + Dropout(f(x)))`` or, with ``norm_first``, pre-norm ``x + Dropout(f(Norm(x)))``."""
 
-    def __init__(self, inner: nn.Module, d_model: int, dropout: float, norm: Literal["layernorm", "rmsnorm", "none"],
-                 norm_eps: float, norm_first: bool) -> None:
+    def __init__(self, inner: nn.Module, d_model: int, dropout: float, norm: NormKind, norm_eps: float,
+                 norm_first: bool) -> None:
         super().__init__()
         self.inner = inner
         self.dropout = nn.Dropout(dropout)
-        self.norm = make_norm(norm, d_model, norm_eps)
+        self.norm = create_norm(norm, d_model, norm_eps)
         self.norm_first = norm_first
         self.causal = inner.causal
         self.streaming = inner.streaming

@@ -1,4 +1,7 @@
-"""Trained models as Hugging Face Hub folders: save, load strictly, download, publish.
+"""Trained models as Hugging Face Hub folders: write, read, load weights strictly, download, upload.
+
+This module handles folders and files only; it never builds a model (that is :mod:`zoo.factory`'s
+job, which reads folders through this module).
 
 A trained folder holds exactly three files:
 
@@ -9,7 +12,7 @@ A trained folder holds exactly three files:
   (``.bin``, ``.pt``, ...) are never read: unpickling can run arbitrary code;
 - ``README.md`` -- the model card (see :mod:`zoo.model_card`).
 
-``zoo.create("local-dir:DIR")`` reads such a folder; ``zoo.create("hf-hub:org/name@rev")`` and
+``zoo.create("local-dir:DIR")`` builds the model of such a folder; ``zoo.create("hf-hub:org/name@rev")`` and
 ``zoo.create("sasrec.ml-100k", pretrained=True)`` (a tag of :mod:`zoo.pretrained`) download it
 through ``huggingface_hub`` (its cache, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` apply; the Hub
 client reads those variables when it is first imported). ``config.json`` is fetched first, so
@@ -26,16 +29,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from safetensors.torch import load_file, save_model
+from torch import nn
 
 from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
-from zoo.recipe import apply_overrides, validate_recipe
-
-if TYPE_CHECKING:
-    from zoo.model import SeqRecModel
+from zoo.version import __version__
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -48,12 +49,6 @@ _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 class PretrainedLoadError(ValueError):
     """A trained folder that cannot be loaded as it is (weights or config do not fit the model)."""
-
-
-def _library_version() -> str:
-    import zoo
-
-    return zoo.__version__
 
 
 # ---------------------------------------------------------------- naming a trained folder
@@ -133,7 +128,7 @@ def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def build_config(model: "SeqRecModel", dataset_facts: Any = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of ``model`` (see the module docstring)."""
     facts = describe_data(dataset_facts) if dataset_facts is not None else {}
     vocab = facts.get("item_vocabulary")
@@ -147,7 +142,7 @@ def build_config(model: "SeqRecModel", dataset_facts: Any = None, metrics: Mappi
     facts.setdefault("max_len", model.recipe.max_len)
     return {
         "library_name": LIBRARY_NAME,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "format_version": FORMAT_VERSION,
         "architecture": model.recipe.name,
         "num_items": model.num_items,
@@ -212,7 +207,7 @@ def _write_atomically(out_dir: Path, writers: dict[str, Callable[[Path], None]])
 
 
 def save_pretrained(
-    model: "SeqRecModel",
+    model: nn.Module,
     out_dir: str | os.PathLike,
     *,
     dataset_facts: Any = None,
@@ -262,7 +257,7 @@ def _listing(names: list[str], limit: int = 40) -> str:
     return shown + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a ``.safetensors`` file into ``model`` strictly: every key present, none extra, shapes equal."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -286,7 +281,12 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     model.load_state_dict(stored, strict=False)
 
 
-def _refuse_pickles(folder: Path) -> None:
+def weights_file(folder: str | os.PathLike) -> Path:
+    """The safetensors weights of a trained folder; a folder with only pickle-based weights is refused."""
+    folder = Path(folder)
+    path = folder / WEIGHTS_NAME
+    if path.is_file():
+        return path
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
     found = f" (found {', '.join(pickles)})" if pickles else ""
     raise FileNotFoundError(
@@ -294,35 +294,6 @@ def _refuse_pickles(folder: Path) -> None:
         "never unpickles .bin/.pt files, which can run arbitrary code. Convert them once in an environment you "
         "trust: safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')"
     )
-
-
-def model_from_folder(folder: str | os.PathLike, num_items: int | None = None, **overrides: Any) -> "SeqRecModel":
-    """Build the model a trained folder describes and load its weights strictly (in eval mode)."""
-    from zoo.data.vocab import Vocabulary
-    from zoo.model import SeqRecModel
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"trained folder {folder} does not exist (or is not a folder)")
-    config = read_config(folder)
-    if not (folder / WEIGHTS_NAME).is_file():
-        _refuse_pickles(folder)
-    stored_items = config["num_items"]
-    if num_items is not None and num_items != stored_items:
-        raise ValueError(
-            f"{folder} was trained on {stored_items} items; num_items={num_items} does not fit its weights "
-            "(leave num_items out, or train a new model for another item set)"
-        )
-    data = apply_overrides(config["recipe"], overrides) if overrides else config["recipe"]
-    recipe = validate_recipe(data, source=str(folder / CONFIG_NAME))
-    model = SeqRecModel(recipe, stored_items)
-    load_weights(model, folder / WEIGHTS_NAME)
-    vocab = (config.get("dataset") or {}).get("item_vocabulary")
-    if vocab is not None:
-        model.item_vocab = Vocabulary.from_dict(vocab)
-        if model.item_vocab.size != stored_items:
-            raise PretrainedLoadError(f"{folder / CONFIG_NAME}: item vocabulary has {model.item_vocab.size} ids for {stored_items} items")
-    return model.eval()
 
 
 # ---------------------------------------------------------------- the Hub
@@ -354,7 +325,7 @@ def download_folder(
     local_missing, no_repo, no_revision, no_entry = _hub_errors()
     options = dict(
         repo_id=repo_id, cache_dir=cache_dir, endpoint=endpoint, token=token, local_files_only=local_files_only,
-        force_download=force_download, library_name=LIBRARY_NAME, library_version=_library_version(),
+        force_download=force_download, library_name=LIBRARY_NAME, library_version=__version__,
     )
     where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
 
@@ -413,44 +384,15 @@ def resolve_folder(
 
 
 def _no_weights_message(name: str) -> str:
-    from zoo.builder import list_models
-
     model, _ = split_name_tag(name)
     published = list_pretrained(f"{model}.*")
     if published:
         return f"no pretrained weights named {name!r}; published tags of {model!r}: {', '.join(published)}"
-    what = "a bundled model" if model in list_models() else "not a bundled model name either"
     return (
-        f"no pretrained weights are published for {name!r} ({what}; published: {', '.join(list_pretrained()) or 'none yet'}). "
+        f"no pretrained weights are published for {name!r} (published: {', '.join(list_pretrained()) or 'none yet'}). "
         f"Train your own with `zoo train {model} --data ml-100k --out DIR` and load it with "
         f"zoo.create('local-dir:DIR'), or build untrained weights with zoo.create({model!r}, num_items=N)"
     )
-
-
-def create_pretrained(
-    name_or_path: str | os.PathLike,
-    num_items: int | None = None,
-    *,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    endpoint: str | None = None,
-    token: str | bool | None = None,
-    local_files_only: bool = False,
-    force_download: bool = False,
-    **overrides: Any,
-) -> "SeqRecModel":
-    """A trained model from ``local-dir:DIR``, ``hf-hub:org/name[@rev]`` or a published tag (see :func:`zoo.create`).
-
-    ``overrides`` are dotted recipe paths applied to the stored recipe (dropout, training
-    defaults); one that changes tensor shapes makes the strict weight load fail.
-    """
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ValueError(f"pretrained=True needs a published name or a trained folder, got a {type(name_or_path).__name__}")
-    folder = resolve_folder(
-        name_or_path, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
-        local_files_only=local_files_only, force_download=force_download,
-    )
-    return model_from_folder(folder, num_items, **overrides)
 
 
 def load_config(name_or_path: str | os.PathLike, **hub_options: Any) -> dict[str, Any]:
@@ -458,7 +400,7 @@ def load_config(name_or_path: str | os.PathLike, **hub_options: Any) -> dict[str
     return read_config(resolve_folder(name_or_path, **hub_options))
 
 
-def push_to_hub(
+def upload_folder(
     model_dir: str | os.PathLike,
     repo_id: str,
     *,
@@ -469,20 +411,21 @@ def push_to_hub(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> str:
-    """Publish a trained folder (its three files only, never logs, checkpoints or pickles) in one commit.
+    """Upload a trained folder's three files (never logs, checkpoints or pickles) in one commit; returns the commit URL.
 
-    The folder is checked first: it must load strictly with :func:`model_from_folder`. Returns
-    the commit URL.
+    Only the files are checked here (the config reads, the card exists); :func:`zoo.publish.push_to_hub`
+    also checks that the weights load into the model the config describes.
     """
     from huggingface_hub import HfApi
 
     folder = Path(model_dir)
-    model_from_folder(folder)
+    read_config(folder)
+    weights_file(folder)
     if not (folder / CARD_NAME).is_file():
         raise FileNotFoundError(f"{folder / CARD_NAME} does not exist: publish folders written by save_pretrained")
     if repo_id.count("/") != 1:
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
-    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=_library_version())
+    api = HfApi(endpoint=endpoint, token=token, library_name=LIBRARY_NAME, library_version=__version__)
     api.create_repo(repo_id, private=private, exist_ok=True)
     commit = api.upload_folder(
         repo_id=repo_id,

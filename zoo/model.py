@@ -9,7 +9,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 import torch
 from torch import Tensor, nn
 
-from blocks.base import State
+from zoo.blocks.base import State
 from zoo.builder import BuildContext
 from zoo.recipe import Recipe
 
@@ -264,7 +264,7 @@ def recbole_init(module: nn.Module) -> None:
     """RecBole's ``_init_weights``: Linear weights and Embeddings ~ N(0, 0.02), Linear biases 0.
 
     It also overwrites the special initialisation of layers inside blocks (Mamba's ``dt_proj``
-    bias becomes 0), which the official Mamba4Rec and SIGMA code inherit (NOTES.md §1.1).
+    bias becomes 0), which the official Mamba4Rec and SIGMA code inherit (docs/models/mamba4rec.md, "RecBole initialisation").
     """
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)

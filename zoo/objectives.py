@@ -24,7 +24,7 @@ batch is a pure function of its sample indices and that generator):
   window with nothing masked masks its last item.
 - ``random_cut`` -- :class:`RandomCutSamples`: one sample per user (>= 2 training items) per
   epoch: the sequence is cut at a uniform random end ``c`` in ``2..n``, item ``c`` is the
-  target and up to ``max_len`` items before it the history (ConvRec / ProxyRCA, NOTES.md §4.6).
+  target and up to ``max_len`` items before it the history (ConvRec / ProxyRCA; docs/models/convrec.md, "Training").
   The cuts are drawn from ``(seed, epoch)``.
 
 Batches hold ``item_ids`` / ``timestamps`` ``(B, L)`` and either ``target`` ``(B,)`` (one
@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.data.batching import NextItemSamples, gather_windows
-from zoo.data.dataset import Sequences
+from zoo.data.sequences import Sequences
 from zoo.recipe import TrainConfig
 
 if TYPE_CHECKING:

@@ -188,7 +188,7 @@ class Recipe(BaseModel):
         "blocks",
         description="'blocks': each block's own initialisation; 'recbole': afterwards every Linear weight and "
         "Embedding ~ N(0, 0.02) and Linear biases 0, as RecBole's _init_weights does to the official "
-        "Mamba4Rec / SIGMA code (NOTES.md §1.1)",
+        "Mamba4Rec / SIGMA code (docs/models/mamba4rec.md, 'RecBole initialisation')",
     )
     item_encoder: BlockSpec = BlockSpec(block="item_id")
     encoder: list[Layer] = []

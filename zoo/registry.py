@@ -1,15 +1,15 @@
 """The block registry: one name -> one block class.
 
-Blocks register themselves with ``@register_block("name")``. The registry is filled lazily: the
-first lookup imports the built-in ``blocks`` package and every module advertised under the
-``seqrec_zoo.blocks`` entry-point group (third-party blocks), so ``import zoo`` stays cheap.
+Blocks register themselves with ``@register_block("name")``. This module is the bottom layer: it
+imports nothing of the project. The built-in blocks register when ``zoo.blocks`` is imported (``import
+zoo`` does that); third-party blocks, advertised under the ``seqrec_zoo.blocks`` entry-point group,
+are imported at the first lookup.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
 from importlib.metadata import entry_points
 from typing import Callable, TypeVar
 
@@ -18,7 +18,7 @@ ENTRY_POINT_GROUP = "seqrec_zoo.blocks"
 
 _BLOCKS: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
-_loaded = False
+_entry_points_loaded = False
 
 T = TypeVar("T", bound=type)
 
@@ -57,11 +57,11 @@ def register_block(name: str, *, aliases: tuple[str, ...] = (), override: bool =
 
 
 def _load_blocks() -> None:
-    global _loaded
-    if _loaded:
+    """Import the third-party block modules advertised as entry points (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
         return
-    _loaded = True
-    importlib.import_module("blocks")
+    _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
 

@@ -132,10 +132,10 @@ def _resolve_model(model_or_recipe: Any, num_items: int, overrides: Mapping[str,
 
             model.recipe = validate_recipe(apply_overrides(data, dict(overrides)), source="train overrides")
     else:
-        import zoo
+        from zoo.factory import create
 
         torch.manual_seed(seed)
-        model = zoo.create(model_or_recipe, num_items=num_items, **dict(overrides))
+        model = create(model_or_recipe, num_items=num_items, **dict(overrides))
     if model.num_items != num_items:
         raise ValueError(f"the model scores {model.num_items} items but the dataset has {num_items}")
     return model

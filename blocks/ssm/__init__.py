@@ -6,9 +6,9 @@ mamba-ssm's kernels on CUDA when it is installed (``SEQREC_ZOO_PURE_SSM=1`` forc
 ``Mamba`` and ``Mamba2`` have exactly mamba-ssm's parameter names, shapes and initialisation.
 """
 
-from blocks.ssm.mamba import Mamba, MambaState
-from blocks.ssm.mamba2 import Mamba2
-from blocks.ssm.selective_scan import selective_scan
-from blocks.ssm.ssd import ssd_scan
+from zoo.blocks.ssm.mamba import Mamba, MambaState
+from zoo.blocks.ssm.mamba2 import Mamba2
+from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.ssd import ssd_scan
 
 __all__ = ["selective_scan", "ssd_scan", "Mamba", "MambaState", "Mamba2"]

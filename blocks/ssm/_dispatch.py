@@ -12,7 +12,6 @@ import os
 from functools import lru_cache
 from typing import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -1,12 +1,12 @@
-"""Fused CPU kernels for the selective scan and the SSD scan (see :mod:`blocks.compiled`).
+"""Fused CPU kernels for the selective scan and the SSD scan (see :mod:`zoo.blocks.compiled`).
 
 The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and ``ssd_scan_cpu.cpp`` (Mamba2's SSD
 recurrence) run each channel's or head's recurrence as one vectorised loop instead of PyTorch
 operations over state-sized intermediates; their backward passes are the reverse-time adjoint
 recurrences with chunked recomputation (see the C++ files). With ``SEQREC_ZOO_CPU_KERNEL=1``,
-:func:`blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
+:func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
-:func:`blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
+:func:`zoo.blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load, requested
+from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load, requested
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "load", "requested", "selective_scan_compiled", "ssd_scan_compiled"]
 
@@ -37,7 +37,7 @@ def selective_scan_compiled(
     """The selective scan with the recurrence, delta's bias and softplus and D in the compiled kernel; the z
     gate in PyTorch (autograd-correct).
 
-    Same arguments and results as :func:`blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
+    Same arguments and results as :func:`zoo.blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
     or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias)
@@ -105,7 +105,7 @@ def ssd_scan_compiled(
     """The SSD scan with dt's discretisation, the recurrence and D in the compiled kernel; the z gate in
     PyTorch (autograd-correct).
 
-    :func:`blocks.ssm.ssd_scan`'s arguments (no chunk size: the recurrence has none) and semantics for
+    :func:`zoo.blocks.ssm.ssd_scan`'s arguments (no chunk size: the recurrence has none) and semantics for
     a non-empty sequence; returns ``(y, final_state)`` in ``x``'s dtype, computed in float64 for float64
     inputs, else float32.
     """

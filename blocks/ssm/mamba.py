@@ -2,7 +2,7 @@
 
 Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", §3 and Fig. 3;
 parameter names, shapes and initialisation follow mamba-ssm's ``mamba_ssm/modules/mamba_simple.py``
-(NOTES.md §1.2), so state dicts load in both directions.
+(docs/models/mamba4rec.md, "The Mamba layer"), so state dicts load in both directions.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock
-from blocks.ssm._dispatch import causal_depthwise_conv1d
-from blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.base import SequenceBlock
+from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
+from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
 

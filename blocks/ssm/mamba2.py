@@ -8,45 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocks.base import SequenceBlock, State
-from blocks.masking import zero_pads
-from blocks.ssm._dispatch import causal_depthwise_conv1d
-from blocks.ssm.ssd import discretize_dt, ssd_scan
+from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.masking import zero_pads
+from zoo.blocks.norms import GatedRMSNorm
+from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
+from zoo.blocks.ssm.ssd import discretize_dt, ssd_scan
 from zoo.registry import register_block
-
-
-class GatedRMSNorm(nn.Module):
-    """RMSNorm with a SiLU gate, per group of ``group_size`` channels (mamba-ssm's ``RMSNormGated``).
-
-    ``norm_before_gate=False``: ``y = rmsnorm(x * silu(z)) * weight``; ``True``:
-    ``y = rmsnorm(x) * weight * silu(z)``. ``rmsnorm(v) = v / sqrt(mean_group(v^2) + eps)``, computed
-    in at least float32.
-    """
-
-    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None,
-                 norm_before_gate: bool = False) -> None:
-        super().__init__()
-        group_size = hidden_size if group_size is None else group_size
-        if hidden_size % group_size != 0:
-            raise ValueError(f"GatedRMSNorm: hidden_size {hidden_size} must be divisible by group_size {group_size}")
-        self.eps = eps
-        self.group_size = group_size
-        self.norm_before_gate = norm_before_gate
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-
-    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
-        dtype = x.dtype
-        compute = torch.promote_types(dtype, torch.float32)
-        x = x.to(compute)
-        gate = F.silu(z.to(compute)) if z is not None else None
-        if gate is not None and not self.norm_before_gate:
-            x = x * gate
-        grouped = x.unflatten(-1, (-1, self.group_size))
-        x = (grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)).flatten(-2)
-        x = x * self.weight.to(compute)
-        if gate is not None and self.norm_before_gate:
-            x = x * gate
-        return x.to(dtype)
 
 
 @register_block("mamba2", aliases=("ssd",))
@@ -61,7 +28,7 @@ class Mamba2(SequenceBlock):
         S_t     = exp(dt_t A) S_{t-1} + dt_t x_t B_t^T,          y_t = S_t C_t + D x_t   (per head)
         out     = out_proj(GatedRMSNorm(y, z))   or   out_proj(y · silu(z)) when rmsnorm=False
 
-    (Mamba2 paper §7 "the Mamba-2 architecture"; mamba-ssm ``modules/mamba2.py``; NOTES.md §1.3.)
+    (Mamba2 paper §7 "the Mamba-2 architecture"; mamba-ssm ``modules/mamba2.py``; sizes: docs/models/cnn-mamba.md, "Mamba2 sizes".)
     Parameter names, shapes and initialisation are mamba-ssm's, so ``load_state_dict`` works both
     ways: ``in_proj`` ``(2·d_inner + 2·ngroups·d_state + nheads, d_model)``, ``conv1d`` depthwise
     over ``conv_dim``, ``dt_bias`` = softplus⁻¹ of a log-uniform step in ``[dt_min, dt_max]``,

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blocks.ssm import cpu_kernel
-from blocks.ssm._dispatch import optional_function, use_cuda_kernels
+from zoo.blocks.ssm import cpu_kernel
+from zoo.blocks.ssm._dispatch import optional_function, use_cuda_kernels
 
 # Per-buffer working-set size (elements) a group aims for, and the lane tensor size beyond which
 # running lanes side by side stops paying (per-op overhead is amortised by then).
@@ -58,7 +58,7 @@ def selective_scan(
     ``(b, g, n, l)``; ``D, delta_bias``: ``(d,)``. Returns ``out (b, d, l)`` in ``u``'s dtype and, with
     ``return_last_state``, also the final state ``(b, d, n)`` (float32, or float64 for float64 inputs).
     On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path);
-    on CPU with ``SEQREC_ZOO_CPU_KERNEL=1`` it calls the compiled kernel of :mod:`blocks.ssm.cpu_kernel`.
+    on CPU with ``SEQREC_ZOO_CPU_KERNEL=1`` it calls the compiled kernel of :mod:`zoo.blocks.ssm.cpu_kernel`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):

@@ -6,7 +6,7 @@ The recurrence, per batch row, head ``h`` (group ``g = h // (nheads / ngroups)``
     S_t   = exp(dt_t A_h) S_{t-1} + dt_t x_t B_t^T          S: (headdim, d_state), S_0 = initial state
     y_t   = S_t C_t + D x_t,      y_t *= silu(z_t)  when z is given
 
-(Mamba2 paper, Dao & Gu 2024, §6 "SSD algorithm"; NOTES.md §1.3.) ``dt`` is always clamped to
+(Mamba2 paper, Dao & Gu 2024, §6 "SSD algorithm".) ``dt`` is always clamped to
 ``dt_limit``, so with the default ``(0, inf)`` a negative ``dt`` counts as 0 -- as in mamba-ssm's
 Triton kernel.
 
@@ -23,7 +23,7 @@ block is a ``torch.autograd.Function`` with a hand-written backward (``_ChunkedS
 only its inputs and the chunk-boundary states.
 
 On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead; on CPU
-with ``SEQREC_ZOO_CPU_KERNEL=1``, the compiled recurrence of :mod:`blocks.ssm.cpu_kernel`.
+with ``SEQREC_ZOO_CPU_KERNEL=1``, the compiled recurrence of :mod:`zoo.blocks.ssm.cpu_kernel`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from blocks.ssm import cpu_kernel
-from blocks.ssm._dispatch import use_cuda_kernels
+from zoo.blocks.ssm import cpu_kernel
+from zoo.blocks.ssm._dispatch import use_cuda_kernels
 
 # Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
 # a CPU the intra-chunk work (``O(Q)`` per step) dominates beyond this size.

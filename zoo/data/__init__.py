@@ -17,10 +17,11 @@ from zoo.data.batching import (
     trim_padding,
 )
 from zoo.data.builtin import RECBOLE_INSTALL, builtin_names, builtin_path
-from zoo.data.dataset import InteractionDataset, ItemFeatures, Sequences
+from zoo.data.dataset import InteractionDataset, ItemFeatures
 from zoo.data.features import item_features
 from zoo.data.loading import load_dataset
 from zoo.data.preprocess import Preprocessing, build_dataset
+from zoo.data.sequences import Sequences
 from zoo.data.split import DataSplit, EvalTargets, leave_one_out, ratio_by_time
 from zoo.data.synthetic import generate_dataset, generate_sequences
 from zoo.data.vocab import PAD_TOKEN, Vocabulary

@@ -1,7 +1,7 @@
 """Samples and left-padded batches, built with vectorised numpy gathers.
 
 A sample is a window of one user's sequence: ``history = items[start:end]`` (flat positions
-of a :class:`~zoo.data.dataset.Sequences`). A batch keeps the most recent ``max_len`` items of
+of a :class:`~zoo.data.sequences.Sequences`). A batch keeps the most recent ``max_len`` items of
 each history, left-padded with 0, and the timestamps aligned with them (0.0 at pads):
 
 - :class:`NextItemSamples`: history -> the next item ``items[end]`` (evaluation, and
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from zoo.data.dataset import Sequences
+from zoo.data.sequences import Sequences
 
 
 def gather_windows(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int, fill: Any = 0) -> np.ndarray:

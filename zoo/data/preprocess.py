@@ -21,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from zoo.data.atomic import RawInteractions
-from zoo.data.dataset import InteractionDataset, Sequences
+from zoo.data.dataset import InteractionDataset
+from zoo.data.sequences import Sequences
 from zoo.data.vocab import Vocabulary, factorize
 
 DedupPolicy = Literal["all", "first", "last"]

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from zoo.data.batching import NextItemSamples, ShiftedSequenceSamples
-from zoo.data.dataset import InteractionDataset, Sequences
+from zoo.data.sequences import Sequences
+
+if TYPE_CHECKING:
+    from zoo.data.dataset import InteractionDataset
 
 log = logging.getLogger("zoo.data")
 

@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from zoo.data.dataset import InteractionDataset, Sequences
+from zoo.data.dataset import InteractionDataset
+from zoo.data.sequences import Sequences
 from zoo.data.vocab import Vocabulary
 
 Pattern = Literal["markov", "periodic", "mixed"]

@@ -1,5 +1,5 @@
-"""The fused post-norm Transformer layer for inference (zoo/fused_layer.py, blocks/transformer_layer_cpu.cpp)
-and the item encoder's fused pass against plain loops over positions, and when they are used.
+"""The ``transformer_layer`` block's compiled inference pass (blocks/transformer_layer_cpu.cpp) and the item
+encoder's fused pass against plain loops over positions, and when they are used.
 
 Tolerances: float64 agrees with the float64 loop to 1e-10; float32 to 1e-4 (LayerNorm with eps 1e-12
 divides by small deviations); under bf16 autocast (four bf16 products) to 0.1, the size of bf16
@@ -18,12 +18,9 @@ from spy import count_calls
 from test_attention_cpu_kernel import kernel_off_then_on, loop_attention
 
 import zoo
-from blocks import compiled
-from blocks.attention import SelfAttention
-from blocks.basic import FeedForward
-from blocks.item_id import ItemIdEncoder
-from zoo import fused_layer
-from zoo.combinators import Residual, Sequential
+from zoo.blocks import compiled
+from zoo.blocks.item_id import ItemIdEncoder
+from zoo.blocks.transformer_layer import TransformerLayer
 
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler to build the CPU kernel with"
@@ -32,13 +29,14 @@ pytestmark = pytest.mark.skipif(
 ACTIVATIONS = ["gelu", "relu", "silu", "tanh", "sigmoid", "identity"]
 
 
-def make_pair(width=16, heads=2, causal=True, activation="gelu", bias=True, norm="layernorm", norm_first=False, seed=0):
+def make_layer(width=16, heads=2, causal=True, activation="gelu", bias=True, seed=0) -> TransformerLayer:
     torch.manual_seed(seed)
-    first = Residual(SelfAttention(width, heads, dropout=0.1, causal=causal, bias=bias), width, 0.2, norm, 1e-12, norm_first)
-    second = Residual(FeedForward(width, 4, activation, dropout=0.1), width, 0.2, norm, 1e-5, norm_first)
-    for parameter in [*first.parameters(), *second.parameters()]:  # norms' weights and biases away from 1 and 0
+    layer = TransformerLayer(width, heads, causal, dropout=0.2, attention_dropout=0.1, expansion=4, activation=activation,
+                             ffn_dropout=0.1, norm_eps=1e-12, bias=bias)
+    layer.ffn_norm.eps = 1e-5  # the two norms' eps differ, so a kernel that mixes them up fails
+    for parameter in layer.parameters():  # norms' weights and biases away from 1 and 0
         torch.nn.init.normal_(parameter, std=0.3)
-    return first.eval(), second.eval()
+    return layer.eval()
 
 
 def inputs(batch: int, length: int, width: int, seed: int = 1, dtype=torch.float64):
@@ -68,10 +66,10 @@ ACTIVATION_FUNCTIONS = {
 }
 
 
-def loop_layer(first, second, x, mask, newest_only=False):
+def loop_layer(layer, x, mask, newest_only=False):
     """LayerNorm_2(h + FFN(h)), h = LayerNorm_1(x + zero_pads(MHA(zero_pads(x)))), one position at a time
     in float64 (attention from the test loop over sequences, heads and queries)."""
-    att, ffn = first.inner, second.inner
+    att, ffn = layer.attention, layer.ffn
     f64 = lambda t: t.detach().double()
     act = ACTIVATION_FUNCTIONS[activation_name(ffn.activation)]
     batch, length = mask.shape
@@ -96,8 +94,8 @@ def loop_layer(first, second, x, mask, newest_only=False):
     for b in range(batch):
         for i in range(rows):
             t = length - rows + i
-            h = layer_norm(x[b, t] + (linear(att.out, attended[b, i]) if mask[b, t] else 0), first.norm)
-            out[b, i] = layer_norm(h + linear(ffn.w2, act(linear(ffn.w1, h))), second.norm)
+            h = layer_norm(x[b, t] + (linear(att.out, attended[b, i]) if mask[b, t] else 0), layer.attention_norm)
+            out[b, i] = layer_norm(h + linear(ffn.w2, act(linear(ffn.w1, h))), layer.ffn_norm)
     return out
 
 
@@ -105,34 +103,34 @@ def loop_layer(first, second, x, mask, newest_only=False):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("newest_only", [False, True])
 def test_matches_loop_in_float64(activation, causal, newest_only):
-    first, second = (m.double() for m in make_pair(causal=causal, activation=activation))
+    layer = make_layer(causal=causal, activation=activation).double()
     x, mask = inputs(3, 7, 16)
     with torch.no_grad():
-        got = fused_layer.forward(first, second, x, mask, newest_only=newest_only)
-    torch.testing.assert_close(got, loop_layer(first, second, x, mask, newest_only), rtol=1e-10, atol=1e-10)
+        got = layer._forward_compiled(x, mask, newest_only=newest_only)
+    torch.testing.assert_close(got, loop_layer(layer, x, mask, newest_only), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("length", [1, 17])
 @pytest.mark.parametrize("heads,bias", [(1, True), (4, False)])
 def test_lengths_heads_and_no_bias_in_float32(length, heads, bias):
-    first, second = make_pair(heads=heads, bias=bias, seed=length)
+    layer = make_layer(heads=heads, bias=bias, seed=length)
     x, mask = inputs(4, length, 16, dtype=torch.float32)
     with torch.no_grad():
         for newest_only in (False, True):
-            got = fused_layer.forward(first, second, x, mask, newest_only=newest_only)
+            got = layer._forward_compiled(x, mask, newest_only=newest_only)
             assert got.dtype == torch.float32
-            torch.testing.assert_close(got.double(), loop_layer(first, second, x, mask, newest_only), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(got.double(), loop_layer(layer, x, mask, newest_only), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("newest_only", [False, True])
 def test_bf16_autocast_as_close_to_the_loop_as_pytorchs_own_autocast(newest_only):
-    first, second = make_pair(width=32, seed=3)
+    layer = make_layer(width=32, seed=3)
     x, mask = inputs(4, 20, 32, dtype=torch.float32)
-    want = loop_layer(first, second, x, mask, newest_only)
+    want = loop_layer(layer, x, mask, newest_only)
     real = mask[:, -want.shape[1]:, None].expand_as(want)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = fused_layer.forward(first, second, x, mask, newest_only=newest_only)
-        pure = second(first(x, mask), mask)[:, -want.shape[1]:]
+        fused = layer._forward_compiled(x, mask, newest_only=newest_only)
+        pure = layer(x, mask)[:, -want.shape[1]:]
     assert fused.dtype == torch.float32
     for got in (fused, pure):
         torch.testing.assert_close(got.double()[real], want[real], rtol=0.1, atol=0.1)
@@ -142,44 +140,39 @@ def test_bf16_autocast_as_close_to_the_loop_as_pytorchs_own_autocast(newest_only
 def test_buffers_kept_between_calls_serve_larger_and_smaller_batches():
     """Calls of different sizes in turn -- several chunks of sequences, one sequence longer than a chunk,
     then small ones reusing larger buffers: each equals the pure path."""
-    first, second = make_pair(width=16, seed=5)
+    layer = make_layer(width=16, seed=5)
     with torch.no_grad():
         for batch, length in [(3, 5), (700, 50), (2, 9), (1, 5000), (40, 50), (1, 1)]:
             x, mask = inputs(batch, length, 16, seed=batch, dtype=torch.float32)
-            torch.testing.assert_close(fused_layer.forward(first, second, x, mask), second(first(x, mask), mask),
+            torch.testing.assert_close(layer._forward_compiled(x, mask, newest_only=False), layer(x, mask),
                                        rtol=1e-4, atol=1e-4)
 
 
-def test_fusable_pairs():
-    assert fused_layer.fusable(*make_pair())
-    assert fused_layer.fusable(*make_pair(causal=False, activation="relu", bias=False))
-    assert not fused_layer.fusable(*make_pair(norm_first=True))
-    assert not fused_layer.fusable(*make_pair(norm="rmsnorm"))
-    first, second = make_pair()
-    assert not fused_layer.fusable(second, first)
-    second.inner.activation = torch.nn.GELU(approximate="tanh")
-    assert not fused_layer.fusable(first, second)
-    for name in ("sasrec", "bert4rec"):
-        encoder = zoo.create(name, num_items=20).encoder
-        assert all(layer._fusable == {0} for layer in encoder.layers)
+def test_activations_the_kernel_knows():
+    assert make_layer().activation_code() == 2
+    assert make_layer(activation="relu").activation_code() == 1
+    layer = make_layer()
+    layer.ffn.activation = torch.nn.GELU(approximate="tanh")
+    assert layer.activation_code() is None
 
 
-def run_both(sequential: Sequential, x, mask):
-    return sequential(x, mask), sequential.forward_last(x, mask)
+def run_both(layer: TransformerLayer, x, mask):
+    return layer(x, mask), layer.forward_last(x, mask)
 
 
-def test_sequential_fuses_only_for_inference_when_asked(monkeypatch):
-    first, second = make_pair()
-    sequential = Sequential([first, second]).eval()
+def test_the_layer_uses_the_kernel_only_for_inference_when_asked(monkeypatch):
+    layer = make_layer()
     x, mask = inputs(3, 8, 16, dtype=torch.float32)
-    calls = count_calls(monkeypatch, fused_layer, "forward")
-    pure, fused = kernel_off_then_on(monkeypatch, lambda: run_both(sequential, x, mask))
+    calls = count_calls(monkeypatch, TransformerLayer, "_forward_compiled")
+    pure, fused = kernel_off_then_on(monkeypatch, lambda: run_both(layer, x, mask))
     assert len(calls) == 2  # forward and forward_last, with the variable set
     for got, want in zip(fused, pure):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    run_both(sequential, x, mask)[0].sum()  # gradients wanted: the pure path
+    run_both(layer, x, mask)[0].sum()  # gradients wanted: the pure path
     with torch.no_grad():
-        run_both(sequential.train(), x, mask)  # dropout active: the pure path
+        run_both(layer.train(), x, mask)  # dropout active: the pure path
+        layer.eval().ffn.activation = torch.nn.GELU(approximate="tanh")
+        run_both(layer, x, mask)  # an activation the kernel lacks: the pure path
     assert len(calls) == 2
 
 
@@ -190,7 +183,7 @@ def test_models_score_the_same_with_the_kernel(monkeypatch, name):
     ids = torch.randint(1, 41, (5, 12))
     ids[0, :6] = 0
     ids[1, :11] = 0
-    calls = count_calls(monkeypatch, fused_layer, "forward")
+    calls = count_calls(monkeypatch, TransformerLayer, "_forward_compiled")
     pure, fused = kernel_off_then_on(monkeypatch, lambda: model.score(ids))
     assert len(calls) == 2  # both layers, with the variable set
     torch.testing.assert_close(fused, pure, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,88 @@
+"""Normalisation layers, and one factory that builds any of them by name (:func:`create_norm`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NormKind = Literal["layernorm", "rmsnorm", "layernorm_c", "none"]
+# Each kind's eps when a caller gives none: torch's LayerNorm default, mamba-ssm's RMSNorm, ConvRec's code.
+DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "layernorm_c": 1e-6}
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * g`` (Zhang & Sennrich 2019, Eq. 4)."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LayerNormC(nn.Module):
+    """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (docs/models/convrec.md, "ConvRec's layer norm")."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        return self.weight * centred / (x.std(-1, keepdim=True) + self.eps) + self.bias
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm with a SiLU gate, per group of ``group_size`` channels (mamba-ssm's ``RMSNormGated``).
+
+    ``norm_before_gate=False``: ``y = rmsnorm(x * silu(z)) * weight``; ``True``:
+    ``y = rmsnorm(x) * weight * silu(z)``. ``rmsnorm(v) = v / sqrt(mean_group(v^2) + eps)``, computed
+    in at least float32.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None,
+                 norm_before_gate: bool = False) -> None:
+        super().__init__()
+        group_size = hidden_size if group_size is None else group_size
+        if hidden_size % group_size != 0:
+            raise ValueError(f"GatedRMSNorm: hidden_size {hidden_size} must be divisible by group_size {group_size}")
+        self.eps = eps
+        self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
+        dtype = x.dtype
+        compute = torch.promote_types(dtype, torch.float32)
+        x = x.to(compute)
+        gate = F.silu(z.to(compute)) if z is not None else None
+        if gate is not None and not self.norm_before_gate:
+            x = x * gate
+        grouped = x.unflatten(-1, (-1, self.group_size))
+        x = (grouped * torch.rsqrt(grouped.square().mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        x = x * self.weight.to(compute)
+        if gate is not None and self.norm_before_gate:
+            x = x * gate
+        return x.to(dtype)
+
+
+def create_norm(kind: NormKind, width: int, eps: float | None = None) -> nn.Module:
+    """The norm ``kind`` over the last axis of width ``width``: torch's ``LayerNorm``, :class:`RMSNorm`,
+    ConvRec's :class:`LayerNormC`, or none (identity). ``eps`` defaults per kind (:data:`DEFAULT_EPS`)."""
+    if kind == "none":
+        return nn.Identity()
+    if kind not in DEFAULT_EPS:
+        raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(DEFAULT_EPS) + ['none']}")
+    eps = DEFAULT_EPS[kind] if eps is None else eps
+    if kind == "layernorm":
+        return nn.LayerNorm(width, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(width, eps)
+    return LayerNormC(width, eps)
