@@ -64,6 +64,7 @@ class SelfAttention(SequenceBlock):
         return self.out(y.transpose(1, 2).reshape(batch, rows, width))
 
     def _use_compiled_kernel(self, q: Tensor) -> bool:
-        """The fused C++ attention (``attention_cpu.cpp``) serves inference on the CPU when
-        ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no attention dropout to apply."""
-        return compiled.serves_inference(q, self, dropout_active=self.training and self.dropout > 0)
+        """The fused C++ attention (``attention_cpu.cpp``) serves inference on the CPU when the
+        compiled kernels are enabled (:mod:`zoo.blocks.compiled`): no gradient to compute and no attention dropout
+        to apply."""
+        return compiled.serves_inference("attention", q, self, dropout_active=self.training and self.dropout > 0)

@@ -1,7 +1,7 @@
 // Masked multi-head attention for inference, one fused CPU loop per (sequence, head)
 // (Vaswani et al. 2017 Eq. 1: softmax(Q K^T / sqrt(d_head) + M) V).
 //
-// Built on first use by blocks/compiled.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1) and called by the
+// Built on first use by blocks/compiled.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off) and called by the
 // self_attention block when no gradient is needed. It replaces the chain of PyTorch operations around
 // scaled_dot_product_attention (building the (B, 1, L, L) mask, splitting heads with permutes, the
 // attention kernel, merging heads with a copy) by one pass that reads Q, K and V where the QKV

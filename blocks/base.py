@@ -55,6 +55,23 @@ class SequenceBlock(Block):
         """
         return self.forward(x, mask)[:, -1:]
 
+    def offers_prefixes(self) -> bool:
+        """Whether :meth:`forward_prefixes` is exact for this instance: every causal block, and the
+        non-causal blocks that implement it."""
+        return self.causal
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """For every position ``t`` at once, the output at the newest position of the prefix ending at ``t``.
+
+        ``out[:, t] == forward(x[:, :t + 1], mask[:, :t + 1])[:, -1]``: what scoring the history up to ``t``
+        would see, so one pass trains every target of a window (objective ``all``). For a causal block
+        that is ``forward`` itself; a block that looks ahead overrides this with an exact computation
+        (and :meth:`offers_prefixes`), or has none.
+        """
+        if not self.causal:
+            raise NotImplementedError(f"{type(self).__name__} looks ahead and has no exact every-prefix pass")
+        return self.forward(x, mask)
+
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")
 
@@ -90,11 +107,23 @@ class FusionBlock(Block):
 
     kind = "fusion"
     causal = True
+    positionwise: ClassVar[bool] = False  # combines the streams position by position (nothing over time)
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = None
 
     def forward(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def offers_prefixes(self) -> bool:
+        """Whether :meth:`forward_prefixes` is exact: causal and position-wise fusions, and those that implement it."""
+        return self.causal or self.positionwise
+
+    def forward_prefixes(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        """At each position ``t``, the fusion of the streams' prefix outputs as the prefix ending at ``t`` would
+        fuse them (see :meth:`SequenceBlock.forward_prefixes`); ``x`` is the layer's (causal) input."""
+        if not self.offers_prefixes():
+            raise NotImplementedError(f"{type(self).__name__} pools over time and has no exact every-prefix pass")
+        return self.forward(streams, mask, x)
 
     def step(self, streams_t: Sequence[Tensor], state: State, x_t: Tensor) -> tuple[Tensor, State]:
         raise NotImplementedError(f"{type(self).__name__} does not support streaming (step-by-step) inference")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
-from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, zero_pads
+from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, shift_time, zero_pads
 from zoo.blocks.ssm.mamba import Mamba
+from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
 Flip = Literal["partial", "full", "none", "code"]
@@ -36,6 +38,85 @@ def partial_flip_index(mask: Tensor, remain: int) -> Tensor:
 def gather_time(x: Tensor, index: Tensor) -> Tensor:
     """``x[b, index[b, t]]`` for ``x (B, L, ...)`` and ``index (B, L)``."""
     return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -> Tensor:
+    """For every position ``t`` at once: ``mamba``'s output at the newest slot of the prefix ending at
+    ``t`` after its partial flip (:func:`partial_flip_index` with ``remain >= 1``). ``x (B, L, D)``
+    left-padded, pads zero.
+
+    For the prefix of ``n`` items ending at ``t`` the flipped order is ``h_p, ..., h_1, h_{p+1}, ...,
+    h_n`` with ``p = max(n - remain, 0)``. The selective scan (Mamba Eq. 2a: ``S <- exp(Δ A) ⊙ S + Δ u
+    B`` per step) is linear in its inputs, so its final state splits into the parts each run of steps
+    leaves, decayed by the steps after it. The causal convolution (width ``K``) reads, in the reversed
+    order, the ``K - 1`` *later* items, so:
+
+    * the first ``K - 1`` reversed items (``h_p .. h_{p-K+2}``, windows cut at item ``p``) differ per
+      prefix: short steps;
+    * every other reversed item ``j`` sees the same window in each prefix that holds it and is followed
+      only by the older items: its part is ``(prod_{i<j} a_i) b_j``, and the reversed run's part is one
+      prefix sum over items shared by all prefixes (``Q``), whose decay through the reversed run is one
+      step of ``Δ = sum_i Δ_i`` (``exp(A sum_i Δ_i) = prod_i exp(Δ_i A)``);
+    * the ``remain`` kept items are ordinary steps whose first windows reach back into the reversed
+      run's last items (``h_1, h_2, ...``).
+
+    Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero (:func:`selective_scan`, the
+    compiled kernel where it applies), plus ``C_t · (Λ_t ⊙ Q)`` for the shared part, ``Λ_t`` the decay of
+    the kept steps; nothing per prefix grows with its length.
+    """
+    batch, length, _ = x.shape
+    width = mamba.d_conv
+    weight = mamba.conv1d.weight.squeeze(1)  # (E, K); tap K-1 multiplies the current input
+    bias = mamba.conv1d.bias
+    A = -torch.exp(mamba.A_log)  # (E, N)
+    real = mask.unsqueeze(-1).to(x.dtype)
+    u, z = mamba.in_proj(x).chunk(2, dim=-1)
+    u = u * real  # (B, L, E), zero at pads
+
+    def project(conv: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``v = silu(conv)`` and its ``Δ`` (zero where not ``valid``), ``B``, ``C``."""
+        v = F.silu(conv if bias is None else conv + bias)
+        dt, B, C = mamba.x_proj(v).split([mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
+        return v, F.softplus(mamba.dt_proj(dt)) * valid, B, C
+
+    def anti_causal(reach: int) -> Tensor:
+        """The convolution at every slot ``s`` in the reversed order, its window holding slots ``s .. s + reach``."""
+        return sum(weight[:, width - 1 - j] * shift_time(u, -j) for j in range(min(reach, width - 1) + 1))
+
+    # The shared part: items whose window is whole, summed in item order, read at slot t - remain - K + 1.
+    v, delta, B, _ = project(anti_causal(width - 1), real)
+    reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
+    decays = torch.exp((reversed_delta - delta).unsqueeze(-1) * A)  # prod_{i < s} a_i
+    shared = (decays * (delta * v).unsqueeze(-1) * B.unsqueeze(-2)).cumsum(1)  # (B, L, E, N)
+    lag = remain + width - 1
+
+    # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
+    steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+    for reach in range(width - 1):  # slot e - reach, e = t - remain: its window cut at slot e
+        v_r, delta_r, B_r, C_r = project(anti_causal(reach), real)
+        steps.append(tuple(shift_time(s, remain + reach) for s in (v_r, delta_r, B_r, C_r)))
+    zero_e, zero_n = torch.zeros_like(u), torch.zeros_like(B)
+    steps.append((zero_e, shift_time(reversed_delta, lag), zero_n, zero_n))
+    first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
+    slots = torch.arange(length, device=x.device)
+    tail = []  # u of item j+1 (the reversed run ends with items ..., 2, 1) while it is in the reversed run
+    for j in range(width - 1):
+        item = u.gather(1, (first + j).clamp_max(length - 1).unsqueeze(-1).expand(batch, 1, u.shape[-1]))
+        tail.append(item * ((first + j <= slots - remain) & (first + j < length)).unsqueeze(-1).to(u.dtype))
+    for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back is kept slot s - k or item k - i + 1
+        conv = sum(weight[:, width - 1 - k] * (shift_time(u, remain - i + k) if k < i else tail[k - i])
+                   for k in range(width))
+        steps.append(project(conv, shift_time(real, remain - i)))
+    v_s, delta_s, B_s, C_s = (torch.stack(parts, -1).flatten(0, 1) for parts in zip(*steps))  # (rows, ., steps)
+    y = selective_scan(v_s, delta_s, A, B_s, C_s, D=mamba.D)[..., -1].reshape(batch, length, -1)
+
+    # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ).
+    kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
+    C_t = C_s[..., -1].reshape(batch, length, -1)
+    if lag < length:
+        decay = torch.exp(kept_delta[:, lag:].unsqueeze(-1) * A)
+        y = y + F.pad(torch.einsum("blen,bln->ble", decay * shared[:, : length - lag], C_t[:, lag:]), (0, 0, lag, 0))
+    return mamba.out_proj(y * F.silu(z))
 
 
 @register_block("bidirectional_mamba", aliases=("pf_mamba",))
@@ -160,15 +241,58 @@ class BidirectionalMamba(SequenceBlock):
         index = self.flip_index(mask)
         x_f, mask_f = gather_time(x, index), mask.gather(1, index)
         m = self.mamba(x, mask)
-        m_f = (self.mamba if self.flipped_mamba is None else self.flipped_mamba)(x_f, mask_f)
+        m_f = self._flipped_mamba()(x_f, mask_f)
         if self.gate_kind == "ds_gate":
             m, m_f = self._gated(x, mask, m, x_f, mask_f, m_f)
-        back = (lambda t: t) if self.flip == "code" else (lambda t: gather_time(t, index))
+        return self._sum(m, m_f if self.flip == "code" else gather_time(m_f, index))
+
+    def _flipped_mamba(self) -> Mamba:
+        return self.mamba if self.flipped_mamba is None else self.flipped_mamba
+
+    def _sum(self, m: Tensor, m_f: Tensor) -> Tensor:
+        """The (gated) forward stream and the flipped one, at the original positions, combined."""
         if self.gate_kind == "linear":
-            return self.mix(torch.cat([m, back(m_f)], -1))
+            return self.mix(torch.cat([m, m_f], -1))
         if self.stream_weights is not None:
             m, m_f = self.stream_weights[0] * m, self.stream_weights[1] * m_f
-        return m + back(m_f)
+        return m + m_f
+
+    def offers_prefixes(self) -> bool:
+        """Exact every-prefix outputs for the paper's flips that keep the newest item in place: ``"none"``,
+        and ``"partial"`` with ``remain >= 1`` -- with the paper's DS gate, ``remain`` must also exceed the
+        gate convolution's reach into the past, so that the flipped stream's gate window at the newest
+        item holds only kept items. ``"full"`` and ``"code"`` move the newest item; they train with ``last``."""
+        if self.flip == "none":
+            return True
+        if self.flip != "partial" or self.remain < 1:
+            return False
+        if self.gate_kind == "ds_gate" and self.gate.form == "paper" and not self.gate.causal:
+            return self.remain > self.gate.conv.pads[0]
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """For every position ``t``, the output at the newest item of the prefix ending at ``t``.
+
+        That item stays in place in the flipped stream (``remain >= 1``), so both streams are read at
+        ``t``: the forward Mamba is causal; the flipped one comes from :func:`flipped_prefix_outputs`; the
+        gate of both streams is the DS gate at the newest item of the prefix (its window there holds the
+        same items in both streams, see :meth:`offers_prefixes`).
+        """
+        if not self.offers_prefixes():
+            raise NotImplementedError(
+                f"bidirectional_mamba with flip={self.flip!r}, remain={self.remain} has no exact every-prefix pass")
+        x = zero_pads(x, mask)
+        m = self.mamba(x, mask)
+        flipped = self._flipped_mamba()
+        m_f = flipped(x, mask) if self.flip == "none" else flipped_prefix_outputs(flipped, x, mask, self.remain)
+        if self.gate_kind == "ds_gate":
+            if self.gate.form == "paper":
+                g = g_f = self.gate.forward_prefixes(x, mask)
+            else:
+                g = self.gate(x, mask)
+                g_f = self.gate.code_gate(x + self.flipped_dense(x), g)
+            m, m_f = self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
+        return self._sum(m, m_f)
 
     def _gated(self, x: Tensor, mask: Tensor, m: Tensor, x_f: Tensor, mask_f: Tensor, m_f: Tensor) -> tuple[Tensor, Tensor]:
         if self.gate.form == "paper":

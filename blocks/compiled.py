@@ -1,31 +1,40 @@
-"""Optional C++ CPU kernels, compiled from the sources beside the blocks on first use.
+"""The C++ CPU kernels, compiled from the sources beside the blocks on first use, and when to use them.
 
 The pure-PyTorch paths run everywhere but pay PyTorch's per-operation overhead and write
 intermediates to memory. The kernels fuse a block's inner loop into one pass on the intra-op
 threads: the selective scan (``ssm/selective_scan_cpu.cpp``, Mamba eq. 2a-2b), the SSD scan
 (``ssm/ssd_scan_cpu.cpp``, Mamba2), and for inference masked attention (``attention_cpu.cpp``), a
 whole post-norm Transformer layer (``transformer_layer_cpu.cpp``) and the item_id encoder
-(``item_embedding_cpu.cpp``). Each block that uses one owns the call; this module only builds and loads.
-They are opt-in because building needs a C++ compiler and takes about a minute per kernel the first
-time (the build is cached by ``torch.utils.cpp_extension``)::
+(``item_embedding_cpu.cpp``). Each block that uses one owns the call; this module only decides,
+builds and loads. Every kernel gives the pure path's result (tests check both against plain loops).
 
-    SEQREC_ZOO_CPU_KERNEL=1 python train.py
+``SEQREC_ZOO_CPU_KERNEL`` chooses:
 
-A failed build is an error that says how to fall back, never a silent switch.
+* unset (or ``auto``): the kernels are used wherever they apply when a C++ compiler is present. Each
+  is built on its first use (about a minute, once per machine: ``torch.utils.cpp_extension`` caches
+  the build), announced by one line on stderr. Without a compiler, or when a build fails, one
+  warning says so and the pure path runs;
+* ``1``: always the kernels; a failed build is an error that says how to fall back;
+* ``0``: never; the pure-PyTorch path everywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 KERNEL_ENV_VAR = "SEQREC_ZOO_CPU_KERNEL"
+MODES = {"": "auto", "auto": "auto", "1": "on", "0": "off"}
 _HERE = Path(__file__).resolve().parent
 SOURCES = {
     "selective_scan": _HERE / "ssm" / "selective_scan_cpu.cpp",
@@ -39,23 +48,57 @@ SOURCES = {
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 
-def requested() -> bool:
-    """True when ``SEQREC_ZOO_CPU_KERNEL=1`` asks for the compiled CPU kernels."""
-    return os.environ.get(KERNEL_ENV_VAR, "") == "1"
+def mode() -> Literal["auto", "on", "off"]:
+    """What ``SEQREC_ZOO_CPU_KERNEL`` asks for: ``auto`` (unset), ``on`` (``1``) or ``off`` (``0``)."""
+    value = os.environ.get(KERNEL_ENV_VAR, "").strip().lower()
+    if value not in MODES:
+        raise ValueError(f"{KERNEL_ENV_VAR}={value!r}: expected 1 (always the compiled CPU kernels), "
+                         "0 (never) or auto / unset (when a C++ compiler is present)")
+    return MODES[value]  # type: ignore[return-value]
 
 
-def applies(*tensors: Tensor | None) -> bool:
-    """Whether a compiled kernel should handle a call on these tensors: requested, and all of them on the CPU."""
-    return requested() and all(t.device.type == "cpu" for t in tensors if t is not None)
+def compiler() -> str | None:
+    """The C++ compiler ``torch.utils.cpp_extension`` would call (``$CXX``, else ``c++``), if it exists."""
+    return shutil.which(os.environ.get("CXX", "c++"))
 
 
-def serves_inference(x: Tensor, *modules: nn.Module, dropout_active: bool) -> bool:
-    """Whether an inference kernel should run ``modules`` on ``x`` now: requested, on the CPU, nothing to
-    differentiate (gradients off, or neither ``x`` nor a parameter requires them), no dropout active."""
-    if not applies(x) or dropout_active:
+def enabled(kernel: str) -> bool:
+    """Whether the compiled ``kernel`` runs where it applies (building it on first use in ``auto`` mode)."""
+    chosen = mode()
+    if chosen == "off":
         return False
-    return not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for m in modules
-                                                                       for p in m.parameters()))
+    if chosen == "on":
+        return True
+    return _built_in_auto_mode(kernel)
+
+
+@lru_cache(maxsize=None)
+def _built_in_auto_mode(kernel: str) -> bool:
+    if compiler() is None:
+        warnings.warn(f"seqrec-zoo: no C++ compiler found, so the pure-PyTorch path runs instead of the compiled "
+                      f"CPU {kernel} kernel (slower; same results). Install one (e.g. `apt install g++`), or set "
+                      f"{KERNEL_ENV_VAR}=0 to choose the pure path and silence this warning.", stacklevel=4)
+        return False
+    try:
+        load(kernel)
+    except RuntimeError as error:
+        warnings.warn(f"seqrec-zoo: {error} The pure-PyTorch path runs instead.", stacklevel=4)
+        return False
+    return True
+
+
+def applies(kernel: str, *tensors: Tensor | None) -> bool:
+    """Whether the compiled ``kernel`` should handle a call on these tensors: enabled, and all of them on the CPU."""
+    return all(t.device.type == "cpu" for t in tensors if t is not None) and enabled(kernel)
+
+
+def serves_inference(kernel: str, x: Tensor, *modules: nn.Module, dropout_active: bool) -> bool:
+    """Whether the inference ``kernel`` should run ``modules`` on ``x`` now: enabled, on the CPU, nothing to
+    differentiate (gradients off, or neither ``x`` nor a parameter requires them), no dropout active."""
+    if dropout_active or (torch.is_grad_enabled() and (x.requires_grad or any(
+            p.requires_grad for m in modules for p in m.parameters()))):
+        return False
+    return applies(kernel, x)
 
 
 @lru_cache(maxsize=None)
@@ -63,14 +106,18 @@ def load(kernel: str) -> ModuleType:
     """Build (or reuse the cached build of) the C++ kernel ``kernel`` (a key of ``SOURCES``) and import it."""
     source = SOURCES[kernel]
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" is irrelevant here
-    from torch.utils.cpp_extension import load as build
+    from torch.utils.cpp_extension import _get_build_directory, load as build
 
+    name = f"seqrec_zoo_{kernel}_cpu"
+    if not any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so")):  # nothing built yet
+        print(f"seqrec-zoo: compiling the CPU {kernel} kernel (first use on this machine, about a minute; "
+              f"{KERNEL_ENV_VAR}=0 skips it)", file=sys.stderr, flush=True)
     try:
-        return build(name=f"seqrec_zoo_{kernel}_cpu", sources=[str(source)], extra_cflags=COMPILE_FLAGS,
-                     extra_ldflags=["-fopenmp"], verbose=False)
+        return build(name=name, sources=[str(source)], extra_cflags=COMPILE_FLAGS, extra_ldflags=["-fopenmp"],
+                     verbose=False)
     except Exception as error:  # compiler missing, headers missing, ...: say what to do
         raise RuntimeError(
-            f"{KERNEL_ENV_VAR}=1 asks for the compiled CPU {kernel} kernel, but building {source} failed "
-            f"({type(error).__name__}: {error}). Install a C++ compiler (e.g. `apt install g++`) or unset "
-            f"{KERNEL_ENV_VAR} to use the pure-PyTorch path."
+            f"building the compiled CPU {kernel} kernel from {source} failed ({type(error).__name__}: "
+            f"{str(error).strip()[:2000]}). Install a C++ compiler (e.g. `apt install g++`), or set "
+            f"{KERNEL_ENV_VAR}=0 to use the pure-PyTorch path."
         ) from error

@@ -73,6 +73,16 @@ class DenseSelectiveGate(SequenceBlock):
             return self.code_gate(h, h)
         return self._paper_gate(self.conv(self.dense(x), mask))
 
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The gate at the newest position of every prefix: the convolution without its taps after it
+        (the code form is position-wise, so its ``forward``)."""
+        if self.form == "code" or self.causal:
+            return self.forward(x, mask)
+        return self._paper_gate(self.conv.forward_truncated(self.dense(x), mask, lookahead=0))
+
     def _paper_gate(self, g0: Tensor) -> Tensor:
         delta = self.delta(g0)
         return self.dropout(F.silu(delta) + torch.sigmoid(delta))

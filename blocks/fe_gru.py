@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from zoo.blocks.base import SequenceBlock, State
 from zoo.blocks.gru import masked_gru
 from zoo.blocks.masked_conv import MaskedConv1d, Padding
+from zoo.blocks.masking import shift_time, zero_pads
 from zoo.registry import register_block
 
 
@@ -54,6 +55,29 @@ class FeatureExtractGRU(SequenceBlock):
                 f"fe_gru: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
         return masked_gru(self.gru, self.conv(x, mask), mask)
+
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The FE-GRU at the newest position of every prefix, all at once.
+
+        A centred convolution reads ``R`` later positions (``R = 1`` for kernel 3). In the prefix ending at
+        ``t``, every position up to ``t - R`` still has all its taps, so the GRU state after ``t - R`` is
+        the ordinary one; the last ``R`` positions have their later taps cut off by the prefix's end
+        (:meth:`MaskedConv1d.forward_truncated`), so ``R`` more GRU steps per prefix start from that state.
+        """
+        if self.causal:
+            return self.forward(x, mask)
+        reach = self.conv.lookahead
+        hidden = shift_time(zero_pads(masked_gru(self.gru, self.conv(x, mask), mask), mask), reach)
+        rows = hidden.shape[0] * hidden.shape[1]
+        for i in range(1, reach + 1):  # position t - reach + i of the prefix ending at t
+            c = shift_time(self.conv.forward_truncated(x, mask, lookahead=reach - i), reach - i)
+            real = shift_time(mask, reach - i).unsqueeze(-1)
+            _, stepped = self.gru(c.reshape(rows, 1, -1), hidden.reshape(1, rows, -1).contiguous())
+            hidden = torch.where(real, stepped.reshape(hidden.shape), hidden)
+        return hidden
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.streaming:

@@ -28,6 +28,7 @@ class PositionwiseFusion(FusionBlock):
     """
 
     causal = True
+    positionwise = True
     streaming = True
     num_inputs: int
 
@@ -180,13 +181,23 @@ class AdaptiveFusion(FusionBlock):
         return a * first + (1 - a) * second
 
     def forward(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        return self._fuse(streams, mask, x, running=self.causal)
+
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        """The prefix ending at ``t`` pools its own items, ``mean_{s <= t}``: the running mean, exactly."""
+        return self._fuse(streams, mask, x, running=True)
+
+    def _fuse(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor, running: bool) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
             raise ValueError(
                 f"adaptive: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
         check_streams("adaptive", streams, 2, x)
         h = self.pool_proj(x)
-        pooled = causal_prefix_mean(h, mask) if self.causal else masked_mean(h, mask).unsqueeze(1)
+        pooled = causal_prefix_mean(h, mask) if running else masked_mean(h, mask).unsqueeze(1)
         return self._mix(streams, pooled)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:

@@ -1,7 +1,7 @@
 // The item_id encoder's inference pass, fused into one CPU call (blocks/item_id.py): item and position
 // embeddings, scale and LayerNorm per position, one pass per sequence.
 //
-// Built on first use by blocks/compiled.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1) and called by the item_id
+// Built on first use by blocks/compiled.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off) and called by the item_id
 // block when no gradient is needed.
 
 #include "layer_norm.h"

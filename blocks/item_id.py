@@ -87,12 +87,12 @@ class ItemIdEncoder(ItemEncoderBlock):
         return self._finish(self._add_position(e, positions_from_mask(mask)))
 
     def _use_compiled_kernel(self, item_ids: Tensor) -> bool:
-        """The fused C++ pass (``item_embedding_cpu.cpp``) serves inference on the CPU when
-        ``SEQREC_ZOO_CPU_KERNEL=1``: no gradient to compute and no dropout to apply."""
+        """The fused C++ pass (``item_embedding_cpu.cpp``) serves inference on the CPU when the
+        compiled kernels are enabled (:mod:`zoo.blocks.compiled`): no gradient to compute and no dropout to apply."""
         norm_supported = isinstance(self.norm, nn.Identity) or (self.norm.weight is not None and self.norm.bias is not None)
         float_table = self.embedding.weight.dtype in (torch.float32, torch.float64)
         return (float_table and norm_supported
-                and compiled.serves_inference(item_ids, self, dropout_active=self.training and self.dropout.p > 0))
+                and compiled.serves_inference("item_embedding", item_ids, self, dropout_active=self.training and self.dropout.p > 0))
 
     def _forward_compiled(self, item_ids: Tensor, mask: Tensor) -> Tensor:
         table = self.embedding.weight

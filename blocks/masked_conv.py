@@ -38,6 +38,25 @@ class MaskedConv1d(nn.Module):
         x = zero_pads(x, mask).transpose(1, 2)
         return self.conv(F.pad(x, self.pads)).transpose(1, 2)
 
+    @property
+    def lookahead(self) -> int:
+        """How many later positions an output reads (0 for causal padding)."""
+        return self.pads[1]
+
+    def forward_truncated(self, x: Tensor, mask: Tensor, lookahead: int = 0) -> Tensor:
+        """``forward`` as if every input more than ``lookahead`` positions after each output were absent.
+
+        ``y_s = sum_{j <= lookahead} w_j x_{s+j}`` over the taps ``j`` (offsets from ``s``): what the
+        convolution gives at ``s`` in a prefix that ends ``lookahead`` positions after ``s`` (its own zero
+        padding stands in for the missing inputs). ``lookahead=0``: the output at the newest position of
+        the prefix ending at each ``s``.
+        """
+        left = self.pads[0]
+        taps = left + min(max(lookahead, 0), self.lookahead) + 1
+        x = zero_pads(x, mask).transpose(1, 2)
+        weight = self.conv.weight[..., :taps]
+        return F.conv1d(F.pad(x, (left, taps - 1 - left)), weight, self.conv.bias).transpose(1, 2)
+
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """The last ``k - 1`` inputs ``(B, k - 1, C_in)``, zeros before the sequence starts (causal only)."""
         if self.padding != "causal":

@@ -80,3 +80,15 @@ def fit_to_length(x: Tensor, mask: Tensor, length: int, who: str) -> tuple[Tenso
             raise ValueError(f"{who}: a sequence has {longest} real items but the block was built for max_len={length}")
         x, mask = x[:, current - length:], mask[:, current - length:]
     return x, mask
+
+
+def shift_time(x: Tensor, steps: int) -> Tensor:
+    """``x (B, L, ...)`` moved ``steps`` positions later in time (earlier when negative):
+    ``out[:, t] = x[:, t - steps]``, zeros where that falls outside ``0 .. L - 1``."""
+    length = x.shape[1]
+    if steps == 0:
+        return x
+    if abs(steps) >= length:
+        return torch.zeros_like(x)
+    zeros = x.new_zeros(x.shape[0], abs(steps), *x.shape[2:])
+    return torch.cat([zeros, x[:, :-steps]], 1) if steps > 0 else torch.cat([x[:, -steps:], zeros], 1)

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from zoo.blocks.activations import make_activation
 from zoo.blocks.base import SequenceBlock, State
 from zoo.blocks.masked_conv import MaskedConv1d, Padding
+from zoo.blocks.masking import shift_time
 from zoo.blocks.squeeze_excite import SqueezeExcite
 from zoo.registry import register_block
 
@@ -77,6 +78,29 @@ class SEConv(SequenceBlock):
             )
         s = self._short_term(self.conv(self.input_transform(x), mask))
         return self.se(s, mask)
+
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """SE-Conv at the newest position of every prefix, all at once.
+
+        The prefix ending at ``t`` squeezes the mean of its own short-term features ``S``. With a centred
+        window that reads ``R`` later positions, its last ``R`` positions have those taps cut off by the
+        prefix's end (:meth:`MaskedConv1d.forward_truncated`); every earlier one is the ordinary ``S``. So
+        the mean is a running sum of the ordinary ``S`` up to ``t - R`` plus the ``R`` cut values.
+        """
+        u = self.input_transform(x)
+        reach = self.conv.lookahead
+        cut = [self._short_term(self.conv.forward_truncated(u, mask, lookahead)) for lookahead in range(reach)]
+        full = self._short_term(self.conv(u, mask))
+        real = mask.unsqueeze(-1).to(u.dtype)
+        total = shift_time((full * real).cumsum(1), reach)
+        for lookahead, s in enumerate(cut):  # position t - lookahead of the prefix ending at t
+            total = total + shift_time(s * real, lookahead)
+        newest = cut[0] if cut else full
+        pooled = total / real.cumsum(1).clamp_min(1.0)
+        return newest * self.se.channel_weights(pooled)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.streaming:

@@ -53,6 +53,13 @@ class SqueezeExcite(SequenceBlock):
         pooled = causal_prefix_mean(x, mask) if self.causal else masked_mean(x, mask).unsqueeze(1)
         return x * self.channel_weights(pooled)
 
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The prefix ending at ``t`` squeezes its own items, ``mean_{s <= t} x_s``: the running mean, exactly."""
+        return x * self.channel_weights(causal_prefix_mean(x, mask))
+
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         """Running sum ``(B, D)`` and count ``(B, 1)`` of the items seen so far (causal squeeze only)."""
         if not self.causal:

@@ -26,7 +26,8 @@ class TransformerLayer(SequenceBlock):
     sub-layer's output before the residual sum, ``attention_dropout`` the dropout on attention
     weights, ``ffn_dropout`` the one between the feed-forward's two products.
 
-    In inference on the CPU with ``SEQREC_ZOO_CPU_KERNEL=1`` (no gradient wanted, no active dropout)
+    In inference on the CPU with the compiled kernels enabled (:mod:`zoo.blocks.compiled`; no gradient
+    wanted, no active dropout)
     the whole layer runs as one compiled pass (``transformer_layer_cpu.cpp``) that takes a few
     thousand rows at a time through attention, both norms and the feed-forward while they are in
     cache; the result equals the PyTorch path. Under bf16 autocast its matrix products run in bf16,
@@ -83,7 +84,7 @@ class TransformerLayer(SequenceBlock):
     def _use_compiled_kernel(self, x: Tensor) -> bool:
         dropouts = (self.attention_dropout.p, self.attention.dropout, self.ffn_dropout.p, self.ffn.dropout.p)
         return self.activation_code() is not None and compiled.serves_inference(
-            x, self, dropout_active=self.training and any(dropouts))
+            "transformer_layer", x, self, dropout_active=self.training and any(dropouts))
 
     def _forward_compiled(self, x: Tensor, mask: Tensor, newest_only: bool) -> Tensor:
         """The layer -- or, with ``newest_only``, its newest position ``(B, 1, D)`` -- from the compiled pass."""

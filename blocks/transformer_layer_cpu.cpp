@@ -6,7 +6,7 @@
 //     h = LayerNorm_1(x + a)
 //     y = LayerNorm_2(h + act(h W_1 + b_1) W_2 + b_2)
 //
-// Built on first use by blocks/compiled.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1) and called by the
+// Built on first use by blocks/compiled.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off) and called by the
 // transformer_layer block (blocks/transformer_layer.py) when no gradient is needed. PyTorch runs this as
 // about twenty operations, each a pass over the batch with its own dispatch, temporary and (under
 // autocast) casts. Here the batch goes through kChunkRows rows (whole sequences) at a time so that each

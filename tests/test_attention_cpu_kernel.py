@@ -92,8 +92,8 @@ def test_bad_arguments_are_errors():
 
 
 def kernel_off_then_on(monkeypatch: pytest.MonkeyPatch, run) -> tuple:
-    """``run()`` without gradients, with SEQREC_ZOO_CPU_KERNEL unset and then set to 1."""
-    monkeypatch.delenv(compiled.KERNEL_ENV_VAR, raising=False)
+    """``run()`` without gradients, with SEQREC_ZOO_CPU_KERNEL=0 (the pure path) and then 1 (the kernels)."""
+    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "0")
     with torch.no_grad():
         pure = run()
     monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "1")

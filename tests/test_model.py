@@ -148,12 +148,14 @@ def test_recommend_rejects_empty_history_and_bad_k():
         model.recommend([[1]], k=0)
 
 
-def test_all_positions_loss_needs_a_causal_model():
+def test_all_positions_loss_needs_a_state_per_position():
     ids = left_pad([[1, 2, 3, 4]])
     targets = left_pad([[2, 3, 4, 5]])
     assert torch.isfinite(make("sasrec").loss({"item_ids": ids, "targets": targets}))
-    with pytest.raises(ValueError, match="causal model with a position-wise readout"):
-        make("sasrec", readout="mean").loss({"item_ids": ids, "targets": targets})
+    with pytest.raises(ValueError, match="read out by 'mean', not at each position"):
+        make("sasrec", readout="mean")  # its recipe trains with 'all': refused when built
+    with pytest.raises(ValueError, match="read out by 'mean', not at each position"):
+        make("sasrec", readout="mean", **{"train.objective": "last"}).loss({"item_ids": ids, "targets": targets})
 
 
 def test_no_weight_decay_lists_norms_biases_and_ssm_parameters():

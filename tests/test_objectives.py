@@ -47,7 +47,8 @@ def model(name="sasrec", **overrides):
 
 
 def bidirectional(**overrides):
-    return model(**{"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True, **overrides})
+    return model(**{"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True, "train.objective": "masked",
+                    **overrides})
 
 
 # ---------------------------------------------------------------------------- windows and sample sets
@@ -211,9 +212,10 @@ def test_training_samples_dispatch_and_model_checks():
     seqs = sequences()
     config = zoo.create("sasrec", num_items=V).recipe.train
     assert isinstance(training_samples(model(), seqs, config.model_copy(update={"objective": "all"})), AllPositionSamples)
-    with pytest.raises(ValueError, match="causal"):
-        training_samples(model(**{"encoder.0.layers.0.causal": False}), seqs,
-                         config.model_copy(update={"objective": "all"}))
+    with pytest.raises(ValueError, match="'sasrec'.*block 'transformer_layer'.*looks ahead.*use objective 'last'"):
+        model(**{"encoder.0.layers.0.causal": False})  # the recipe still trains with 'all': refused when built
+    with pytest.raises(ValueError, match="'transformer_layer'.*looks ahead"):
+        training_samples(bidirectional(), seqs, config.model_copy(update={"objective": "all"}))
     with pytest.raises(ValueError, match="MASK"):
         training_samples(model(), seqs, config.model_copy(update={"objective": "masked"}))
     assert isinstance(training_samples(bidirectional(), seqs, config.model_copy(update={"objective": "masked"})),

@@ -136,7 +136,7 @@ def test_float32_against_float64_loop():
 def test_selective_scan_uses_the_kernel_only_when_asked(monkeypatch):
     calls = count_calls(monkeypatch, cpu_kernel, "selective_scan_compiled")
     x = make_inputs(20, "batched", "batched", seed=5)
-    monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "0")
     pure = selective_scan(**x, delta_softplus=True)
     assert calls == []
     monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
@@ -161,7 +161,7 @@ def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
         return (out, *(p.grad.clone() for p in layer.parameters()))
 
     calls = count_calls(monkeypatch, cpu_kernel, "selective_scan_compiled")
-    monkeypatch.delenv(cpu_kernel.KERNEL_ENV_VAR, raising=False)
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "0")
     pure = run()
     assert calls == []
     monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
@@ -192,10 +192,3 @@ def test_chunk_starts_are_kept_only_for_a_call_autograd_records(monkeypatch):
     cpu_kernel.selective_scan_compiled(**leaves).sum().backward()
     assert kept == [False, False, True]
     assert all(v.grad is not None for v in leaves.values())
-
-
-def test_failed_build_says_how_to_fall_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a fresh build folder, so it must compile
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(RuntimeError, match=f"unset {cpu_kernel.KERNEL_ENV_VAR}"):
-        cpu_kernel.load.__wrapped__("selective_scan")

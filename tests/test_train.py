@@ -110,7 +110,7 @@ def test_cosine_schedule_with_warmup_is_stepped_per_update(data, tmp_path):
 
 
 @pytest.mark.parametrize("recipe, overrides, config", [
-    ("sasrec", {"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True},
+    ("sasrec", {"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True, "train.objective": "masked"},
      {"objective": "masked", "loss": "ce", "lr": 1e-2}),
     ("sasrec", {}, {"objective": "random_cut", "loss": "sampled_softmax", "num_negatives": 5, "grad_clip": 1.0, "lr": 1e-2}),
     ("gru4rec", {"d_model": 16}, {"objective": "last", "loss": "bce", "num_negatives": 3, "optimizer": "sgd", "lr": 0.05}),
@@ -147,7 +147,7 @@ def test_eval_precision_reaches_every_evaluation(data, tmp_path, monkeypatch):
 def test_bad_settings_are_reported(data, tmp_path):
     with pytest.raises(ValueError, match="valid_metric 'ndcg10'"):
         parse_metric("ndcg10")
-    with pytest.raises(ValueError, match="objective 'all' needs a causal model"):
+    with pytest.raises(ValueError, match="objective 'all' cannot train this model.*read out by 'mean'"):
         train("sasrec", data, tmp_path, epochs=1, overrides={**TINY, "readout": "mean"}, progress=False)
     with pytest.raises(ValueError, match="optimizer 'nope'"):
         train("sasrec", data, tmp_path, epochs=1, overrides=TINY, config={"optimizer": "nope"}, progress=False)

@@ -1,7 +1,8 @@
 """The structural layers a recipe's encoder is made of: sequential, parallel + fuse, residual.
 
 Each follows the sequence-block contract (``forward(x, mask)``; ``init_state`` / ``step`` when all
-its parts stream) and derives ``causal`` / ``streaming`` from its parts.
+its parts stream; ``forward_prefixes`` when its parts offer it) and derives ``causal`` /
+``streaming`` from its parts.
 """
 
 from __future__ import annotations
@@ -43,6 +44,26 @@ class Sequential(nn.Module):
             x = layer(x, mask)
         return x
 
+    def offers_prefixes(self) -> bool:
+        """Every layer offers it, and after the first one that looks ahead no layer mixes positions (a
+        layer's prefix outputs at different positions belong to different prefixes, so what follows may
+        only transform each position on its own)."""
+        looked_ahead = False
+        for layer in self.layers:
+            if not layer.offers_prefixes() or (looked_ahead and layer.mixes_positions):
+                return False
+            looked_ahead = looked_ahead or not layer.causal
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Causal layers run ``forward`` (their outputs at positions <= t do not see later ones), the
+        layer that looks ahead runs ``forward_prefixes``, and the position-wise rest runs ``forward``."""
+        if not self.offers_prefixes():
+            raise NotImplementedError("this sequence of layers has no exact every-prefix pass (see offers_prefixes)")
+        for layer in self.layers:
+            x = layer(x, mask) if layer.causal else layer.forward_prefixes(x, mask)
+        return x
+
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return [layer.init_state(batch_size, device, dtype) for layer in self.layers]
 
@@ -70,6 +91,17 @@ class Parallel(nn.Module):
 
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.forward(x, mask)[:, -1:]
+
+    def offers_prefixes(self) -> bool:
+        """Every branch and the fusion offer it."""
+        return self.fuse.offers_prefixes() and all(b.offers_prefixes() for b in self.branches)
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.causal:
+            return self.forward(x, mask)
+        if not self.offers_prefixes():
+            raise NotImplementedError("a branch or the fusion of this parallel layer has no exact every-prefix pass")
+        return self.fuse.forward_prefixes([branch.forward_prefixes(x, mask) for branch in self.branches], mask, x)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         branch_states = [b.init_state(batch_size, device, dtype) for b in self.branches]
@@ -110,6 +142,13 @@ class Residual(nn.Module):
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
         y = self.inner.forward_last(self.norm(x) if self.norm_first else x, mask)
         return self._combine(x[:, -1:], y)
+
+    def offers_prefixes(self) -> bool:
+        return self.inner.offers_prefixes()
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = self.inner.forward_prefixes(self.norm(x) if self.norm_first else x, mask)
+        return self._combine(x, y)
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return self.inner.init_state(batch_size, device, dtype)

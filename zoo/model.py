@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import State
 from zoo.builder import BuildContext
+from zoo.objectives import check_objective, mean_loss
 from zoo.recipe import Recipe
 
 
@@ -45,6 +46,11 @@ class SeqRecModel(nn.Module):
             self.apply(recbole_init)
         # Raw item ids of indices 1..num_items (a zoo.data.vocab.Vocabulary), set by training or loading.
         self.item_vocab: Any = None
+        try:
+            check_objective(self, recipe.train.objective)
+        except ValueError as error:
+            raise ValueError(f"recipe {recipe.name!r}: train.objective {recipe.train.objective!r} cannot train this model: "
+                             f"{error}") from None
 
     # ------------------------------------------------------------------ properties
 
@@ -52,6 +58,12 @@ class SeqRecModel(nn.Module):
     def causal(self) -> bool:
         """True when the state at every position depends only on the items up to it."""
         return bool(self.item_encoder.causal and self.encoder.causal)
+
+    @property
+    def trains_every_prefix(self) -> bool:
+        """True when one pass gives, at every position, the user vector of the history up to it (objective
+        ``all``): causal models, and models whose look-ahead blocks offer an exact ``forward_prefixes``."""
+        return bool(self.item_encoder.causal and self.encoder.offers_prefixes() and self.readout.positionwise)
 
     @property
     def supports_streaming(self) -> bool:
@@ -92,15 +104,20 @@ class SeqRecModel(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
 
-    def encode(self, item_ids: Tensor, timestamps: Tensor | None = None, newest_only: bool = False) -> tuple[Tensor, Tensor]:
+    def encode(self, item_ids: Tensor, timestamps: Tensor | None = None, newest_only: bool = False,
+               every_prefix: bool = False) -> tuple[Tensor, Tensor]:
         """Per-position states ``(B, L, D)`` and the mask, for checked, truncated inputs.
 
         ``newest_only`` returns the newest position alone, ``(B, 1, D)`` and its mask: the encoder's
-        last layers then run only there (``forward_last``)."""
+        last layers then run only there (``forward_last``). ``every_prefix`` gives at each position the
+        state the history up to it would have at its newest item (``forward_prefixes``; the ordinary
+        states for a causal encoder)."""
         mask = item_ids > 0
         x = self.item_encoder(item_ids, mask, timestamps)
         if newest_only:
             return self.encoder.forward_last(x, mask), mask[:, -1:]
+        if every_prefix and not self.encoder.causal:
+            return self.encoder.forward_prefixes(x, mask), mask
         return self.encoder(x, mask), mask
 
     def item_logits(self, user: Tensor) -> Tensor:
@@ -210,8 +227,6 @@ class SeqRecModel(nn.Module):
         models with a position-wise readout only); with ``batch["masked_targets"]`` (B, L) the
         masked positions predict their items (objective ``masked``). See :mod:`zoo.objectives`.
         """
-        from zoo.objectives import mean_loss
-
         return mean_loss(self, batch)
 
     def no_weight_decay(self) -> set[str]:

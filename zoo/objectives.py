@@ -246,11 +246,13 @@ class RandomCutSamples(TrainingSamples):
 
 def check_objective(model: "SeqRecModel", objective: str) -> None:
     """Raise a clear error when ``model`` cannot be trained with ``objective``."""
-    if objective == "all" and not (model.causal and model.readout.positionwise):
-        raise ValueError(
-            f"objective 'all' needs a causal model with a position-wise readout ('last'); {model.recipe.name!r} is "
-            f"{'not causal' if not model.causal else 'read out by ' + repr(model.recipe.readout.block)}: use objective 'last'"
-        )
+    if objective == "all" and not model.trains_every_prefix:
+        if not model.readout.positionwise:
+            why = f"it is read out by {model.recipe.readout.block!r}, not at each position"
+        else:
+            why = f"{_looks_ahead(model)} looks ahead and has no exact every-prefix pass"
+        raise ValueError(f"objective 'all' trains every position of a window at once, from the history up to each; "
+                         f"in {model.recipe.name!r} {why}: use objective 'last' (or 'random_cut')")
     if objective == "masked":
         if not model.readout.positionwise:
             raise ValueError(f"objective 'masked' predicts at every masked position and needs readout 'last'; "
@@ -258,6 +260,15 @@ def check_objective(model: "SeqRecModel", objective: str) -> None:
         if getattr(model.item_encoder, "mask_token_id", None) is None:
             raise ValueError(f"objective 'masked' needs an item encoder with a [MASK] token (item_id with mask_token: true); "
                              f"{model.recipe.name!r} has none")
+
+
+def _looks_ahead(model: "SeqRecModel") -> str:
+    """The first block of ``model`` that looks ahead without an exact ``forward_prefixes``, described."""
+    for module in (model.item_encoder, *model.encoder.modules()):
+        if hasattr(module, "block_name") and not module.causal and not module.offers_prefixes():
+            args = ", ".join(f"{k}={v!r}" for k, v in getattr(module, "recipe_args", {}).items())
+            return f"block {module.block_name!r}" + (f" ({args})" if args else "")
+    return "a layer after a look-ahead block that mixes positions"
 
 
 def training_samples(model: "SeqRecModel", train: Sequences, config: TrainConfig, seed: int = 0) -> TrainingSamples:
@@ -311,16 +322,18 @@ class LossTerms(NamedTuple):
 
 def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
     """User vectors ``(N, D)``, their targets ``(N,)`` and negatives ``(N, K)`` (or None)."""
-    item_ids = batch["item_ids"]
-    hidden, mask = model.encode(item_ids, batch.get("timestamps"))
+    item_ids, timestamps = batch["item_ids"], batch.get("timestamps")
     negatives = batch.get("negatives")
     if "target" in batch:
+        hidden, mask = model.encode(item_ids, timestamps)
         return model.readout(hidden, mask), batch["target"], negatives
     if "targets" in batch:
         check_objective(model, "all")
+        hidden, _ = model.encode(item_ids, timestamps, every_prefix=True)
         targets = batch["targets"]
     elif "masked_targets" in batch:
         check_objective(model, "masked")
+        hidden, _ = model.encode(item_ids, timestamps)
         targets = batch["masked_targets"]
     else:
         raise ValueError(f"a training batch needs one of {TARGET_KEYS}; got keys {sorted(batch)}")

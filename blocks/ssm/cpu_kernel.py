@@ -3,7 +3,7 @@
 The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and ``ssd_scan_cpu.cpp`` (Mamba2's SSD
 recurrence) run each channel's or head's recurrence as one vectorised loop instead of PyTorch
 operations over state-sized intermediates; their backward passes are the reverse-time adjoint
-recurrences with chunked recomputation (see the C++ files). With ``SEQREC_ZOO_CPU_KERNEL=1``,
+recurrences with chunked recomputation (see the C++ files). When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
 :func:`zoo.blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load, requested
+from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "load", "requested", "selective_scan_compiled", "ssd_scan_compiled"]
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "load", "selective_scan_compiled", "ssd_scan_compiled"]
 
 
 def selective_scan_compiled(

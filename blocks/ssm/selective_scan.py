@@ -58,13 +58,13 @@ def selective_scan(
     ``(b, g, n, l)``; ``D, delta_bias``: ``(d,)``. Returns ``out (b, d, l)`` in ``u``'s dtype and, with
     ``return_last_state``, also the final state ``(b, d, n)`` (float32, or float64 for float64 inputs).
     On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path);
-    on CPU with ``SEQREC_ZOO_CPU_KERNEL=1`` it calls the compiled kernel of :mod:`zoo.blocks.ssm.cpu_kernel`.
+    on CPU with the compiled kernels enabled (the default, :mod:`zoo.blocks.compiled`) it calls the compiled kernel of :mod:`zoo.blocks.ssm.cpu_kernel`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):
         kernel = optional_function("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if B.dim() > 2 and C.dim() > 2 and cpu_kernel.applies(u, delta, A, B, C, D, z, delta_bias):
+    if B.dim() > 2 and C.dim() > 2 and cpu_kernel.applies("selective_scan", u, delta, A, B, C, D, z, delta_bias):
         return cpu_kernel.selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 

@@ -1,6 +1,6 @@
 // Mamba's selective scan as one fused CPU loop per channel (Gu & Dao 2023, "Mamba", eq. 2a-2b).
 //
-// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). Only the
+// Built on first use by blocks/ssm/cpu_kernel.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off). Only the
 // recurrence, delta's bias and softplus and the skip term D u live here; the z gate stays in PyTorch.
 //
 // For batch b and channel d (in group g = d / (dim / groups)), with state h of size n and the step

@@ -23,7 +23,7 @@ block is a ``torch.autograd.Function`` with a hand-written backward (``_ChunkedS
 only its inputs and the chunk-boundary states.
 
 On CUDA with mamba-ssm installed, ``ssd_scan`` calls ``mamba_chunk_scan_combined`` instead; on CPU
-with ``SEQREC_ZOO_CPU_KERNEL=1``, the compiled recurrence of :mod:`zoo.blocks.ssm.cpu_kernel`.
+with the compiled kernels enabled (the default, :mod:`zoo.blocks.compiled`), the compiled recurrence of :mod:`zoo.blocks.ssm.cpu_kernel`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def ssd_scan(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states,
         )
-    if x.shape[1] > 0 and cpu_kernel.applies(x, dt, A, B, C, D, z, dt_bias, initial_states):
+    if x.shape[1] > 0 and cpu_kernel.applies("ssd_scan", x, dt, A, B, C, D, z, dt_bias, initial_states):
         y, final = cpu_kernel.ssd_scan_compiled(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
     else:
         y, final = _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)

@@ -1,7 +1,7 @@
 // Mamba2's SSD recurrence as one fused CPU loop per head (Dao & Gu 2024, "Transformers are SSMs",
 // §3 eq. (1)-(2) with the scalar-times-identity A of SSD, §6).
 //
-// Built on first use by blocks/ssm/cpu_kernel.py (opt-in: SEQREC_ZOO_CPU_KERNEL=1). The recurrence,
+// Built on first use by blocks/ssm/cpu_kernel.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off). The recurrence,
 // dt's bias, softplus and limits, and the skip term D x live here; the z gate stays in PyTorch.
 //
 // For batch b and head h (in group g = h / (heads / groups)), with a state S of shape (p, n) and the
