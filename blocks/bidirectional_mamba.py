@@ -79,22 +79,25 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
         dt, B, C = mamba.x_proj(v).split([mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
         return v, F.softplus(mamba.dt_proj(dt)) * valid, B, C
 
-    def anti_causal(reach: int) -> Tensor:
-        """The convolution at every slot ``s`` in the reversed order, its window holding slots ``s .. s + reach``."""
-        return sum(weight[:, width - 1 - j] * shift_time(u, -j) for j in range(min(reach, width - 1) + 1))
+    lag = remain + width - 1
+    padded_u, padded_real = (F.pad(s, (0, 0, lag, width)) for s in (u, real))
+
+    def earlier(padded: Tensor, steps: int) -> Tensor:
+        """A view of the sequence padded by ``F.pad(., (0, 0, lag, width))``, moved ``steps`` slots later."""
+        return padded[:, lag - steps: lag - steps + length]
 
     # The shared part: items whose window is whole, summed in item order, read at slot t - remain - K + 1.
-    v, delta, B, _ = project(anti_causal(width - 1), real)
+    full_window = sum(weight[:, width - 1 - j] * earlier(padded_u, -j) for j in range(width))
+    v, delta, B, _ = project(full_window, real)
     reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
     decays = torch.exp((reversed_delta - delta).unsqueeze(-1) * A)  # prod_{i < s} a_i
     shared = (decays * (delta * v).unsqueeze(-1) * B.unsqueeze(-2)).cumsum(1)  # (B, L, E, N)
-    lag = remain + width - 1
 
     # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for reach in range(width - 1):  # slot e - reach, e = t - remain: its window cut at slot e
-        v_r, delta_r, B_r, C_r = project(anti_causal(reach), real)
-        steps.append(tuple(shift_time(s, remain + reach) for s in (v_r, delta_r, B_r, C_r)))
+        conv = sum(weight[:, width - 1 - j] * earlier(padded_u, remain + reach - j) for j in range(reach + 1))
+        steps.append(project(conv, earlier(padded_real, remain + reach)))
     zero_e, zero_n = torch.zeros_like(u), torch.zeros_like(B)
     steps.append((zero_e, shift_time(reversed_delta, lag), zero_n, zero_n))
     first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
@@ -104,9 +107,9 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
         item = u.gather(1, (first + j).clamp_max(length - 1).unsqueeze(-1).expand(batch, 1, u.shape[-1]))
         tail.append(item * ((first + j <= slots - remain) & (first + j < length)).unsqueeze(-1).to(u.dtype))
     for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back is kept slot s - k or item k - i + 1
-        conv = sum(weight[:, width - 1 - k] * (shift_time(u, remain - i + k) if k < i else tail[k - i])
+        conv = sum(weight[:, width - 1 - k] * (earlier(padded_u, remain - i + k) if k < i else tail[k - i])
                    for k in range(width))
-        steps.append(project(conv, shift_time(real, remain - i)))
+        steps.append(project(conv, earlier(padded_real, remain - i)))
     v_s, delta_s, B_s, C_s = (torch.stack(parts, -1).flatten(0, 1) for parts in zip(*steps))  # (rows, ., steps)
     y = selective_scan(v_s, delta_s, A, B_s, C_s, D=mamba.D)[..., -1].reshape(batch, length, -1)
 
