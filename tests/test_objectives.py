@@ -15,6 +15,7 @@ from zoo.objectives import (
     LastItemSamples,
     MaskedItemSamples,
     RandomCutSamples,
+    check_objective,
     count_targets,
     covering_windows,
     loss_terms,
@@ -327,3 +328,10 @@ def test_sampled_loss_draws_its_own_negatives_when_the_batch_has_none():
     assert torch.equal(a.total, b.total) and torch.isfinite(a.total)
     with pytest.raises(ValueError, match="one of"):
         loss_terms(m, {"item_ids": torch.tensor([[1, 2]])}, "ce")
+
+
+def test_objective_all_names_a_look_ahead_item_encoder():
+    m = model(**{"train.objective": "last"})
+    m.item_encoder.causal = False  # as an item encoder that reads later items would be
+    with pytest.raises(ValueError, match="block 'item_id'.*looks ahead"):
+        check_objective(m, "all")

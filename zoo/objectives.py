@@ -265,7 +265,8 @@ def check_objective(model: "SeqRecModel", objective: str) -> None:
 def _looks_ahead(model: "SeqRecModel") -> str:
     """The first block of ``model`` that looks ahead without an exact ``forward_prefixes``, described."""
     for module in (model.item_encoder, *model.encoder.modules()):
-        if hasattr(module, "block_name") and not module.causal and not module.offers_prefixes():
+        offers = getattr(module, "offers_prefixes", None)  # item encoders have none: causal or not usable
+        if hasattr(module, "block_name") and not module.causal and not (offers and offers()):
             args = ", ".join(f"{k}={v!r}" for k, v in getattr(module, "recipe_args", {}).items())
             return f"block {module.block_name!r}" + (f" ({args})" if args else "")
     return "a layer after a look-ahead block that mixes positions"
