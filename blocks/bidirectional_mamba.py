@@ -141,11 +141,22 @@ class BidirectionalMamba(SequenceBlock):
     * ``"code"``: the released code's flip (docs/models/sigma.md, "Fixed-index flip"): the code right-pads, and reverses
       slots ``0 .. L - remain - 1`` of the *padded* tensor whatever each sequence's length. Our tensors
       are left-padded, so this mode right-aligns the batch, applies that fixed-index flip, runs
-      everything in right-aligned slots and left-aligns the result. Pads swapped into the flipped
-      stream are masked (zero input, no state update) rather than fed as a padding embedding.
+      everything in right-aligned slots and left-aligns the result. ``pad_slots`` says what the flipped
+      stream reads in the padded slots the flip moves into it: nothing (``"masked"``, the default: zero
+      input, no state update), or, with ``"read"``, what the input holds there -- in a model, the item
+      encoder's encoding of padding row 0 -- as the released code does (its padded slots hold LayerNorm
+      of RecBole's padding row, a random vector that never trains; docs/models/sigma.md, "Padding in the
+      released code"). ``"read"`` reads padded slots (``reads_pads``), so the input must be exactly
+      ``max_len`` wide, which :class:`zoo.model.SeqRecModel` ensures for a model holding such a block.
 
-    In the paper modes ``G(H^f)·M^f`` is mapped back to the original positions before the sum; in
-    ``"code"`` mode it is not (the code adds the flipped stream slot by slot).
+    ``map_back`` says whether ``G(H^f)·M^f`` is mapped back to the original positions before the sum
+    (slot ``i`` then adds the flipped stream's output *for item* ``i``) or added slot by slot (slot ``i``
+    adds the output at flipped slot ``i``, which belongs to another item wherever the flip moved one).
+    SIGMA's Eq. 3 writes the plain sum ``G(H)·M + G(H^f)·M^f`` and does not say; the released code adds
+    slot by slot. The default (``None``) maps back in the paper modes and not in ``"code"``. With
+    ``remain >= 1`` the newest item stays in place, so the two readings give the same output at the
+    newest position (what a ``last`` read-out scores); they differ at older positions, which matters
+    for a full flip (``remain = 0``) or when another sequence-mixing layer follows.
 
     ``"code"`` works in ``max_len`` slots, as the code does (RecBole pads every batch to
     ``MAX_ITEM_LIST_LENGTH``): each batch is first left-padded to ``max_len``, so the flipped slots
@@ -178,6 +189,7 @@ class BidirectionalMamba(SequenceBlock):
         {"flip": "none", "gate": "linear", "remain": 0},
         {"remain": 2, "gate_form": "code", "gate_dropout": 0.2},
         {"flip": "code", "gate_form": "code", "stream_weights": (0.8, 0.1)},
+        {"remain": 2, "map_back": False},
     )
 
     def __init__(
@@ -194,11 +206,18 @@ class BidirectionalMamba(SequenceBlock):
         gate_kernel_size: int = 3,
         gate_dropout: float = 0.0,
         stream_weights: tuple[float, float] | None = None,
+        map_back: bool | None = None,
+        pad_slots: Literal["masked", "read"] = "masked",
         max_len: int = 50,
     ) -> None:
         super().__init__()
         if flip not in ("partial", "full", "none", "code"):
             raise ValueError(f"bidirectional_mamba: flip must be 'partial', 'full', 'none' or 'code', got {flip!r}")
+        if pad_slots not in ("masked", "read"):
+            raise ValueError(f"bidirectional_mamba: pad_slots must be 'masked' or 'read', got {pad_slots!r}")
+        if pad_slots == "read" and flip != "code":
+            raise ValueError("bidirectional_mamba: pad_slots='read' belongs to flip='code' (the other flips never move "
+                             f"a padded slot into the sequence), got flip={flip!r}")
         if remain < 0:
             raise ValueError(f"bidirectional_mamba: remain (items kept in place) must be >= 0, got {remain}")
         if gate not in ("ds_gate", "sum", "linear"):
@@ -218,6 +237,8 @@ class BidirectionalMamba(SequenceBlock):
         elif gate == "linear":
             self.mix = nn.Linear(2 * d_model, d_model)
         self.stream_weights = None if stream_weights is None else nn.Parameter(torch.tensor([float(w) for w in stream_weights]))
+        self.map_back = flip != "code" if map_back is None else map_back
+        self.reads_pads = pad_slots == "read"
         self.max_len = max_len
 
     def flip_index(self, mask: Tensor) -> Tensor:
@@ -233,7 +254,11 @@ class BidirectionalMamba(SequenceBlock):
             raise ValueError(
                 f"bidirectional_mamba: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
-        x = zero_pads(x, mask)
+        if self.reads_pads and x.shape[1] != self.max_len:
+            raise ValueError(f"bidirectional_mamba: pad_slots='read' reads the padded slots of max_len={self.max_len} "
+                             f"slots, as the released code does, and needs inputs exactly that wide, got {x.shape[1]}")
+        if not self.reads_pads:
+            x = zero_pads(x, mask)
         if self.flip == "code":
             slots_x, slots_mask = fit_to_length(x, mask, self.max_len, "bidirectional_mamba")
             y = left_align(self._streams(right_align(slots_x, slots_mask), right_align(slots_mask, slots_mask)), slots_mask)
@@ -242,12 +267,13 @@ class BidirectionalMamba(SequenceBlock):
 
     def _streams(self, x: Tensor, mask: Tensor) -> Tensor:
         index = self.flip_index(mask)
-        x_f, mask_f = gather_time(x, index), mask.gather(1, index)
+        x_f = gather_time(x, index)
+        mask_f = torch.ones_like(mask) if self.reads_pads else mask.gather(1, index)  # "read": every slot is input
         m = self.mamba(x, mask)
         m_f = self._flipped_mamba()(x_f, mask_f)
         if self.gate_kind == "ds_gate":
             m, m_f = self._gated(x, mask, m, x_f, mask_f, m_f)
-        return self._sum(m, m_f if self.flip == "code" else gather_time(m_f, index))
+        return self._sum(m, gather_time(m_f, index) if self.map_back else m_f)
 
     def _flipped_mamba(self) -> Mamba:
         return self.mamba if self.flipped_mamba is None else self.flipped_mamba
@@ -277,8 +303,8 @@ class BidirectionalMamba(SequenceBlock):
         """For every position ``t``, the output at the newest item of the prefix ending at ``t``.
 
         That item stays in place in the flipped stream (``remain >= 1``), so both streams are read at
-        ``t``: the forward Mamba is causal; the flipped one comes from :func:`flipped_prefix_outputs`; the
-        gate of both streams is the DS gate at the newest item of the prefix (its window there holds the
+        ``t`` (with or without ``map_back``): the forward Mamba is causal; the flipped one comes from
+        :func:`flipped_prefix_outputs`; the gate of both streams is the DS gate at the newest item of the prefix (its window there holds the
         same items in both streams, see :meth:`offers_prefixes`).
         """
         if not self.offers_prefixes():

@@ -58,6 +58,20 @@ def calendar_context(timestamps: Tensor, year_range: tuple[int, int]) -> Tensor:
     return (fields - offset) / scale
 
 
+def known_item_count(num_known_items: int | float | None, num_items: int) -> int | None:
+    """K of the frequent-item ID trick: an int is K itself, a float in (0, 1) the share of the ``num_items`` items."""
+    if num_known_items is None:
+        return None
+    if isinstance(num_known_items, float):
+        if not 0.0 < num_known_items < 1.0:
+            raise ValueError(f"attribute_context: a float num_known_items is a share of the items, in (0, 1); got "
+                             f"{num_known_items} (write an int for a count of items)")
+        return max(1, int(num_known_items * num_items))
+    if not 1 <= num_known_items <= num_items:
+        raise ValueError(f"attribute_context: num_known_items must be in [1, num_items={num_items}], got {num_known_items}")
+    return num_known_items
+
+
 @register_block("attribute_context", aliases=("convrec_encoder",))
 class AttributeContextEncoder(ItemEncoderBlock):
     """ConvRec's item encoder (ConvRec §4.1 Eqs. 1-7; code ``ConvItemEncoder``, docs/models/convrec.md, "Item encoder").
@@ -76,9 +90,11 @@ class AttributeContextEncoder(ItemEncoderBlock):
       is the "w/o Intervals" ablation (ConvRec Table 4): ``[v]`` alone (width D) goes through the same
       GELU/Dropout/Norm/Linear/GELU.
     * Frequent-item ID trick (ProxyRCA; ConvRec §4.1): with ``num_known_items = K`` only the K most
-      frequent items keep their own ID embedding; all others share row K+1. The frequency order comes
-      from ``set_item_features(item_counts=...)``; until it is given, item ids are assumed to be numbered
-      by decreasing frequency already (id 1 the most frequent), so ids > K share the row.
+      frequent items keep their own ID embedding; all others share row K+1. A float in (0, 1) is a share
+      of the catalogue, ``K = max(1, floor(share * num_items))``, as ProxyRCA's ``num_known_item``. The
+      frequency order comes from ``set_item_features(item_counts=...)`` (the trainer passes the training
+      split's counts) and is kept in the ``id_rows`` buffer, so a saved model keeps it; until it is given,
+      item ids are assumed to be numbered by decreasing frequency already (id 1 the most frequent).
     * Attributes are a frozen buffer ``(num_items + 1, num_attributes)`` set with
       ``set_item_features(attributes=...)`` (row 0 zero; zeros until set; part of the checkpoint).
     * ``timestamps=None`` gives a zero context (and zero intervals). :meth:`item_table` encodes every item
@@ -93,6 +109,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
     item_features: ClassVar[tuple[str, ...]] = ("attributes", "item_counts")
     contract_variants = (
         {"intervals": False, "num_known_items": 5, "norm": "layernorm"},
+        {"num_known_items": 0.5},
         {"first_interval": "one", "num_attributes": 3, "dropout": 0.1},
     )
 
@@ -103,7 +120,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
         num_attributes: int = 19,
         intervals: bool = True,
         first_interval: Literal["zero", "one"] = "zero",
-        num_known_items: int | None = None,
+        num_known_items: int | float | None = None,
         dropout: float = 0.0,
         year_range: tuple[int, int] = (1990, 2030),
         norm: Literal["layernorm_c", "layernorm"] = "layernorm_c",
@@ -113,8 +130,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
             raise ValueError(f"attribute_context: num_items must be >= 1, got {num_items}")
         if num_attributes < 1:
             raise ValueError(f"attribute_context: num_attributes must be >= 1, got {num_attributes}")
-        if num_known_items is not None and not 1 <= num_known_items <= num_items:
-            raise ValueError(f"attribute_context: num_known_items must be in [1, num_items={num_items}], got {num_known_items}")
+        num_known_items = known_item_count(num_known_items, num_items)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"attribute_context: dropout must be in [0, 1), got {dropout}")
         if len(year_range) != 2 or year_range[1] <= year_range[0]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock, State
 from zoo.blocks.gru import masked_gru
 from zoo.blocks.masked_conv import MaskedConv1d, Padding
-from zoo.blocks.masking import shift_time, zero_pads
+from zoo.blocks.masking import left_align, right_align, shift_time, zero_pads
 from zoo.registry import register_block
 
 
@@ -25,10 +27,19 @@ class FeatureExtractGRU(SequenceBlock):
     ``GRU(bias=False)`` (docs/models/sigma.md, "FE-GRU"): ``kernel_size=3, padding="same", bias=False``
     reproduces it; ``bias=True`` has the paper's biases.
 
-    Pads never enter: they are zeroed before the convolution (acting as its zero padding) and the GRU
-    runs on the packed real items only, so its state is exactly zero at each sequence's first real
-    item. ``padding="causal"`` makes the block causal and streamable (state: the conv window and the
-    GRU hidden state).
+    With ``pad_slots="masked"`` (default) pads never enter: they are zeroed before the convolution
+    (acting as its zero padding) and the GRU runs on the packed real items only, so its state is exactly
+    zero at each sequence's first real item. ``padding="causal"`` makes the block causal and streamable
+    (state: the conv window and the GRU hidden state).
+
+    ``pad_slots="read"`` (with ``padding="same"``) convolves as the released SIGMA code does
+    (docs/models/sigma.md, "Padding in the released code"): over ``max_len`` right-padded slots whose
+    padded slots hold what the input holds there -- in a model, the item encoder's encoding of padding
+    row 0, a vector RecBole's initialisation makes non-zero -- so the window at the newest item of a
+    sequence shorter than ``max_len`` reads that vector in the slot after it. The GRU still starts at the
+    first real item (the code's GRU runs from slot 0, where its items start). The block then reads padded
+    slots (``reads_pads``): its input must be exactly ``max_len`` wide, which :class:`zoo.model.SeqRecModel`
+    ensures by padding every batch to ``max_len`` for a model holding such a block.
     """
 
     causal = False
@@ -41,23 +52,40 @@ class FeatureExtractGRU(SequenceBlock):
         padding: Padding = "same",
         conv_bias: bool = True,
         bias: bool = True,
+        pad_slots: Literal["masked", "read"] = "masked",
+        max_len: int = 50,
     ) -> None:
         super().__init__()
+        if pad_slots not in ("masked", "read"):
+            raise ValueError(f"fe_gru: pad_slots must be 'masked' or 'read', got {pad_slots!r}")
+        if pad_slots == "read" and padding != "same":
+            raise ValueError("fe_gru: pad_slots='read' needs padding='same' (only a centred window reaches a padded slot)")
         self.d_model = d_model
         self.conv = MaskedConv1d(d_model, d_model, kernel_size, padding, bias=conv_bias)
         self.gru = nn.GRU(d_model, d_model, num_layers=1, bias=bias, batch_first=True)
         self.causal = padding == "causal"
         self.streaming = self.causal
+        self.reads_pads = pad_slots == "read"
+        self.max_len = max_len
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
             raise ValueError(
                 f"fe_gru: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
-        return masked_gru(self.gru, self.conv(x, mask), mask)
+        conv = self._conv_reading_pads(x, mask) if self.reads_pads else self.conv(x, mask)
+        return masked_gru(self.gru, conv, mask)
+
+    def _conv_reading_pads(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The convolution over the right-aligned ``max_len`` slots, padded slots as given (``pad_slots="read"``)."""
+        if x.shape[1] != self.max_len:
+            raise ValueError(f"fe_gru: pad_slots='read' reads the padded slots of max_len={self.max_len} slots, as the "
+                             f"released code does, and needs inputs exactly that wide, got {x.shape[1]}")
+        slots = right_align(x, mask)
+        return left_align(self.conv(slots, torch.ones_like(mask)), mask)
 
     def offers_prefixes(self) -> bool:
-        return True
+        return not self.reads_pads
 
     def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
         """The FE-GRU at the newest position of every prefix, all at once.

@@ -27,25 +27,37 @@ def masked_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
 class GRU(SequenceBlock):
     """``h_t = GRU(x_t, h_{t-1})`` (Cho et al. 2014), ``y_t = h_t`` -- GRU4Rec's recurrence (Hidasi et al. 2016).
 
-    Hidden width equals ``d_model``; ``num_layers`` stacked with ``dropout`` between them.
+    ``num_layers`` stacked with ``dropout`` between them. The hidden width is ``d_model`` unless
+    ``hidden_size`` sets another; then ``y_t = h_t W + b`` maps the state back to ``d_model`` (parameters
+    ``proj.*``), as RecBole's GRU4Rec does with its ``dense`` layer when its ``hidden_size`` differs from
+    its ``embedding_size`` (``recbole/model/sequential_recommender/gru4rec.py``).
     """
 
     causal = True
     streaming = True
+    contract_variants = ({"hidden_size": 24, "num_layers": 2, "bias": False},)
 
-    def __init__(self, d_model: int, num_layers: int = 1, bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, num_layers: int = 1, bias: bool = True, dropout: float = 0.0,
+                 hidden_size: int | None = None) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"gru: num_layers must be >= 1, got {num_layers}")
-        self.gru = nn.GRU(d_model, d_model, num_layers=num_layers, bias=bias, batch_first=True,
+        hidden = d_model if hidden_size is None else hidden_size
+        if hidden < 1:
+            raise ValueError(f"gru: hidden_size must be >= 1, got {hidden_size}")
+        self.gru = nn.GRU(d_model, hidden, num_layers=num_layers, bias=bias, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
+        self.proj = nn.Linear(hidden, d_model) if hidden != d_model else None
+
+    def _output(self, h: Tensor) -> Tensor:
+        return h if self.proj is None else self.proj(h)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return masked_gru(self.gru, x, mask)
+        return self._output(masked_gru(self.gru, x, mask))
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         return torch.zeros(self.gru.num_layers, batch_size, self.gru.hidden_size, device=device, dtype=dtype)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         y, state = self.gru(x_t.unsqueeze(1), state)
-        return y.squeeze(1), state
+        return self._output(y.squeeze(1)), state

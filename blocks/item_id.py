@@ -26,7 +26,11 @@ class ItemIdEncoder(ItemEncoderBlock):
       official code") or norm-then-dropout (RecBole SASRec). ``scale=True`` multiplies ``E[i]`` by sqrt(D) (the original SASRec).
     * ``mask_token=True`` adds one more row, index ``num_items + 1``, as BERT4Rec's ``[MASK]``
       token (Sun et al. 2019 §3.6; ``mask_token_id``); ``item_table()`` still returns only rows
-      ``0..num_items``, so the token is never scored or recommended.
+      ``0..num_items``, so the token is never scored or recommended. At inference the model appends
+      it after the history; ``mask_displaces_oldest=True`` makes it always take the oldest item's
+      place, also in histories shorter than ``max_len``, as RecBole 1.2.1's BERT4Rec does
+      (``reconstruct_test_data`` appends the token, then drops the first slot of every row); by
+      default only a history of ``max_len`` items loses its oldest one.
     """
 
     causal = True
@@ -45,14 +49,18 @@ class ItemIdEncoder(ItemEncoderBlock):
         scale: bool = False,
         init_std: float = 0.02,
         mask_token: bool = False,
+        mask_displaces_oldest: bool = False,
     ) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"item_id: num_items must be >= 1, got {num_items}")
+        if mask_displaces_oldest and not mask_token:
+            raise ValueError("item_id: mask_displaces_oldest needs mask_token: true (it says where the [MASK] goes)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"item_id: dropout must be in [0, 1), got {dropout}")
         self.num_items = num_items
         self.mask_token_id = num_items + 1 if mask_token else None
+        self.mask_displaces_oldest = mask_displaces_oldest
         self.embedding = nn.Embedding(num_items + 2 if mask_token else num_items + 1, d_model, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.position = nn.Embedding(max_len, d_model) if positions == "learned" else None

@@ -49,7 +49,9 @@ class LLMProjector(ItemEncoderBlock):
     checkpoint, never trained), loaded with :meth:`set_item_features` (``text=``). Row 0 (padding) and
     the rows of items without a text (left at zero) are zero vectors, so every unknown item maps to the
     one learned vector ``A(0)``. The default ``text_dim = 384`` is all-MiniLM-L6-v2's width and the
-    adapter's hidden width defaults to ``text_dim // 2``.
+    adapter's hidden width defaults to ``text_dim // 2``. ``zoo.train`` fills the table from the
+    dataset's item texts (:mod:`zoo.data.item_text`); training with a table that was never loaded
+    (every row zero) raises, since the adapter would then see one constant input.
 
     Source: LLM-ESR's adapter over frozen LLM item embeddings (Linear(d_llm, d_llm/2) → Linear(·, D));
     M2Rec's semantic stream (LLM text embeddings of items; docs/models/m2rec.md, "Semantic stream and item encoder").
@@ -85,6 +87,7 @@ class LLMProjector(ItemEncoderBlock):
             raise ValueError(f"llm_projector: dropout must be in [0, 1), got {dropout}")
         self.num_items, self.text_dim = num_items, text_dim
         self.register_buffer("text", torch.zeros(num_items + 1, text_dim))
+        self._checked_table: tuple[int, int] | None = None  # (data_ptr, version) of the last table found loaded
         self.adapter = nn.Sequential(nn.Linear(text_dim, hidden), make_activation(activation), nn.Linear(hidden, d_model))
         self.id_embedding = nn.Embedding(num_items + 1, d_model, padding_idx=0) if id_embedding == "add" else None
         if self.id_embedding is not None:
@@ -112,9 +115,28 @@ class LLMProjector(ItemEncoderBlock):
         table = self._encode(torch.arange(self.num_items + 1, device=self.text.device))
         return torch.cat([torch.zeros_like(table[:1]), table[1:]], 0)
 
+    def _require_loaded_table(self) -> None:
+        """Raise when the text table is still all zeros: a training loop that forgot ``set_item_features``.
+
+        The table is looked at again only after it changed (new storage or an in-place write such as
+        ``set_item_features`` or ``load_state_dict``), so training steps do not pay for the check.
+        """
+        key = (self.text.data_ptr(), self.text._version)
+        if key == self._checked_table:
+            return
+        if not bool(self.text[1:].any()):
+            raise ValueError(
+                "llm_projector: training with an empty item text table (every item's row is zero, so the adapter sees "
+                f"one constant input); load it first with model.set_item_features(text=<({self.num_items + 1}, "
+                f"{self.text_dim}) tensor>), or train with zoo.train on a dataset with item texts, which embeds them"
+            )
+        self._checked_table = key
+
     def forward(self, item_ids: Tensor, mask: Tensor, timestamps: Tensor | None = None) -> Tensor:
         if item_ids.shape != mask.shape:
             raise ValueError(f"llm_projector: item_ids {tuple(item_ids.shape)} and mask {tuple(mask.shape)} must match")
+        if self.training:
+            self._require_loaded_table()
         e = self.dropout(self._encode(item_ids * mask))
         return e * mask.unsqueeze(-1).to(e.dtype)
 

@@ -15,3 +15,12 @@ def deterministic():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(flag)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: tiny models run fastest so, and a busy machine does not stall OpenMP."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -76,16 +76,18 @@ def flipped_order(n: int, remain: int) -> list[int]:
     return list(range(k - 1, -1, -1)) + list(range(k, n))
 
 
-@pytest.mark.parametrize("flip,remain,gate,shared", [
-    ("partial", 2, "ds_gate", False),
-    ("partial", 3, "sum", True),
-    ("full", 5, "ds_gate", True),
+@pytest.mark.parametrize("flip,remain,gate,shared,map_back", [
+    ("partial", 2, "ds_gate", False, True),
+    ("partial", 3, "sum", True, True),
+    ("full", 5, "ds_gate", True, True),
+    ("partial", 2, "ds_gate", False, False),
+    ("full", 5, "sum", True, False),
 ])
-def test_pf_mamba_paper_modes_match_per_sequence_reference(flip, remain, gate, shared):
+def test_pf_mamba_paper_modes_match_per_sequence_reference(flip, remain, gate, shared, map_back):
     torch.manual_seed(0)
     d, width, lengths = 6, 9, [9, 6, 3, 1]
     block = create_block("bidirectional_mamba", d_model=d, flip=flip, remain=remain, gate=gate, shared=shared,
-                         **SMALL_MAMBA).eval()
+                         map_back=map_back, **SMALL_MAMBA).eval()
     x, mask = left_padded(lengths, width, d)
     r = 0 if flip == "full" else remain
     backward = block.mamba if shared else block.flipped_mamba
@@ -100,8 +102,22 @@ def test_pf_mamba_paper_modes_match_per_sequence_reference(flip, remain, gate, s
                 ones = torch.ones(1, n, dtype=torch.bool)
                 m, m_f = block.gate(u, ones) * m, block.gate(u_f, ones) * m_f
             back = torch.empty_like(m_f)
-            back[:, order] = m_f
-            torch.testing.assert_close(y[b:b + 1, width - n:], m + back, atol=ATOL, rtol=1e-4)
+            back[:, order] = m_f  # map_back: slot i gets the flipped stream's output for item i
+            want = m + (back if map_back else m_f)  # else slot by slot, as the released code adds
+            torch.testing.assert_close(y[b:b + 1, width - n:], want, atol=ATOL, rtol=1e-4)
+
+
+def test_map_back_changes_only_the_positions_the_flip_moved():
+    torch.manual_seed(0)
+    kept = create_block("bidirectional_mamba", d_model=4, remain=2, **SMALL_MAMBA).eval()
+    slotwise = create_block("bidirectional_mamba", d_model=4, remain=2, map_back=False, **SMALL_MAMBA).eval()
+    slotwise.load_state_dict(kept.state_dict())
+    x, mask = left_padded([7, 3], 7, 4)
+    with torch.no_grad():
+        a, b = kept(x, mask), slotwise(x, mask)
+    torch.testing.assert_close(a[:, -2:], b[:, -2:], atol=ATOL, rtol=0)  # the remain = 2 newest items stay in place
+    assert not torch.allclose(a[0, :5], b[0, :5], atol=1e-4)  # the five reversed items of the 7-item row
+    assert create_block("bidirectional_mamba", d_model=4, flip="code").map_back is False
 
 
 def test_no_flip_with_shared_weights_is_twice_the_forward_stream():

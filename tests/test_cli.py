@@ -83,3 +83,36 @@ def test_eval_refuses_other_data(trained, tmp_path, capsys):
     other.write_text("user,item,timestamp\n" + "\n".join(f"u{u},x{t},{t}" for u in range(5) for t in range(4)) + "\n")
     assert main(["eval", str(trained), "--data", str(other)]) == 2
     assert "differ" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_sampled(tmp_path_factory, log_csv):
+    """A folder whose recipe selects and reports on 1 + 10 sampled candidates (train.eval_protocol)."""
+    out = tmp_path_factory.mktemp("run") / "gru-sampled"
+    code = main(["train", "gru4rec", "--data", str(log_csv), "--out", str(out), "--epochs", "2", "--set", "d_model=16",
+                 "--set", "train.batch_size=32", "--set", "train.eval_protocol=sampled", "--set", "train.eval_negatives=10",
+                 "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_train_reports_the_recipes_protocol_and_full_ranking(trained_sampled, log_csv, capsys):
+    # The module fixture trained already; training again resumes the finished run and prints its table.
+    assert main(["train", "gru4rec", "--data", str(log_csv), "--out",
+                 str(trained_sampled), "--epochs", "2", "--set", "d_model=16", "--set", "train.batch_size=32",
+                 "--set", "train.eval_protocol=sampled", "--set", "train.eval_negatives=10", "--quiet"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.split("  ")[0] == "metric" and "valid (1 + 10 sampled)" in header
+    assert "test (1 + 10 sampled)" in header and "test (full ranking)" in header
+
+
+def test_eval_follows_the_recipes_protocol_unless_told(trained_sampled, trained, log_csv, capsys):
+    assert main(["eval", str(trained_sampled), "--data", str(log_csv)]) == 0
+    out = capsys.readouterr().out
+    assert "sampled ranking, the recipe's protocol" in out and "1 + 10 negatives, seed 0" in out
+    assert main(["eval", str(trained_sampled), "--data", str(log_csv), "--mode", "full"]) == 0
+    assert "(test split, full ranking, 60 users" in capsys.readouterr().out
+    assert main(["eval", str(trained), "--data", str(log_csv), "--mode", "sampled", "--negatives", "5"]) == 0
+    assert "1 + 5 negatives" in capsys.readouterr().out
+    assert main(["eval", str(trained), "--data", str(log_csv)]) == 0
+    assert "full ranking, the recipe's protocol" in capsys.readouterr().out

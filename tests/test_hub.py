@@ -1,29 +1,26 @@
 """Trained folders: save_pretrained, strict loading, pretrained names, the Hub cache and a fake Hub.
 
 No test touches the network: Hub downloads are served by a pre-populated cache in ``tmp_path``
-(offline) or by a stdlib HTTP server on 127.0.0.1 standing in for the Hub. ``push_to_hub`` is
-tested with ``HfApi`` replaced by a recorder: what is checked is which repository, folder and
-files it would publish, not the Hub's upload protocol.
+(offline) or by the loopback stand-in of the Hub in ``tests/fake_hub.py``. Publishing, and the
+download protocol end to end, are tested in ``test_hub_loopback.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import FakeHub, online  # noqa: F401 (online is a fixture)
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
 import zoo
-from zoo import hub, pretrained, publish
+from zoo import hub, pretrained
 from zoo.data.vocab import Vocabulary
 from zoo.hub import PretrainedLoadError
 
@@ -301,12 +298,19 @@ def test_parse_source_rejects_ambiguous_names(name):
         hub.parse_source(name)
 
 
-def test_bare_name_without_published_weights_says_how_to_get_some():
+def test_bare_name_without_published_weights_says_how_to_get_some(tag_table):
     with pytest.raises(ValueError) as info:
         zoo.create("sasrec", pretrained=True)
     message = str(info.value)
     assert "no pretrained weights are published for 'sasrec'" in message
     assert "zoo train sasrec" in message and "local-dir:DIR" in message
+
+
+def test_a_tagged_name_without_pretrained_says_so(tag_table):
+    with pytest.raises(ValueError, match=r"'sigma.ml-100k' names pretrained weights of 'sigma', not a recipe: .*pretrained=True"):
+        zoo.create("sigma.ml-100k", num_items=10)
+    with pytest.raises(ValueError, match="unknown model 'nosuch.tag'"):
+        zoo.create("nosuch.tag", num_items=10)
 
 
 def test_a_recipe_file_with_pretrained_is_refused(tmp_path):
@@ -316,9 +320,82 @@ def test_a_recipe_file_with_pretrained_is_refused(tmp_path):
 
 @pytest.fixture
 def tag_table(monkeypatch):
+    """An empty tag table: the bundled recipes' tags count as read (and are not there)."""
     monkeypatch.setattr(pretrained, "_TAGS", {})
     monkeypatch.setattr(pretrained, "_DEFAULT_TAG", {})
+    monkeypatch.setattr(pretrained, "_DECLARED", [True])
     return pretrained
+
+
+@pytest.mark.parametrize("new_items", [NUM_ITEMS + 9, NUM_ITEMS - 4, NUM_ITEMS])
+def test_reset_items_keeps_every_weight_but_the_item_tables(tmp_path, new_items):
+    trained = tiny("cnn-mamba")  # item embeddings, an item bias in the head, learned positions
+    with torch.no_grad():
+        trained.head.bias.fill_(1.0)  # its fresh initialisation is 0
+    folder = trained.save_pretrained(tmp_path / "run")
+    moved = zoo.create(f"local-dir:{folder}", num_items=new_items, reset_items=True)
+    before, after = trained.state_dict(), moved.state_dict()
+    item_tables = {"item_encoder.embedding.weight", "head.bias"}
+    assert moved.num_items == new_items and getattr(moved, "item_vocab", None) is None
+    for key, value in after.items():
+        if key in item_tables:
+            assert value.shape[0] == new_items + 1 and not torch.equal(value[: min(new_items, NUM_ITEMS) + 1].float(),
+                                                                       before[key][: min(new_items, NUM_ITEMS) + 1].float())
+        else:
+            torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match="trained on 12 items; num_items=21 .*reset_items=True"):
+        zoo.create(f"local-dir:{folder}", num_items=21)
+    with pytest.raises(ValueError, match="reset_items applies to pretrained weights only"):
+        zoo.create("sasrec", num_items=5, reset_items=True)
+
+
+def test_tags_are_declared_by_the_recipes(saved, tmp_path, monkeypatch, capsys):
+    """A recipe's ``pretrained:`` section fills the table: bundled folder first, else its Hub repo."""
+    from zoo.builder import recipe_path
+    from zoo.cli import main as cli_main
+
+    model, folder = saved
+    recipes, weights = tmp_path / "recipes", tmp_path / "weights"
+    recipes.mkdir()
+    (recipes / "sasrec.yaml").write_text(recipe_path("sasrec").read_text() + (
+        "pretrained:\n"
+        "  hub: {dataset: ml-1m, hf_hub_id: org/toy, revision: " + SHA + "}\n"
+        "  toy: {dataset: ml-100k, default: true}\n"
+        "  later: {dataset: ml-20m}\n"), encoding="utf-8")
+    (weights / "sasrec.toy").mkdir(parents=True)
+    for file in folder.iterdir():
+        (weights / "sasrec.toy" / file.name).write_bytes(file.read_bytes())
+    monkeypatch.setattr(pretrained, "recipes_dir", lambda: recipes)
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: weights)
+    for table, empty in (("_TAGS", {}), ("_DEFAULT_TAG", {}), ("_DECLARED", [])):
+        monkeypatch.setattr(pretrained, table, empty)
+
+    assert zoo.list_models(pretrained=True) == ["sasrec.hub", "sasrec.toy"]  # 'later' has weights nowhere yet
+    assert zoo.list_models("sasrec", pretrained=True) == ["sasrec.hub", "sasrec.toy"]
+    torch.testing.assert_close(zoo.create("sasrec", pretrained=True).score(HISTORY), model.score(HISTORY), rtol=0, atol=0)
+    _, hub_tag = pretrained.find_pretrained("sasrec.hub")
+    assert (hub_tag.hf_hub_id, hub_tag.revision, hub_tag.local_dir, hub_tag.dataset) == ("org/toy", SHA, None, "ml-1m")
+    assert cli_main(["list", "--pretrained"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2].split() == ["sasrec.hub", "ml-1m", f"hf-hub:org/toy@{SHA}"]
+    assert rows[3].split() == ["sasrec.toy", "ml-100k", f"{METRICS['test']['ndcg@10']:.4f}", "bundled"]
+
+
+@pytest.mark.parametrize("section, message", [
+    ("  ml.100k: {dataset: ml-100k}\n", "no dots"),
+    ("  a: {dataset: x, default: true}\n  b: {dataset: y, default: true}\n", "mark one"),
+    ("  a: {dataset: x, hf_hub_id: noslash}\n", "hf_hub_id"),
+    ("  a: {dataset: x, folder: there}\n", "folder"),
+])
+def test_bad_tag_sections_are_refused_with_the_file(tmp_path, section, message):
+    from zoo.builder import recipe_path
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(recipe_path("sasrec").read_text().replace("name: sasrec", "name: mine") + "pretrained:\n" + section)
+    with pytest.raises(ValueError, match=message):
+        zoo.load_recipe(path)
+    with pytest.raises(ValueError, match=f"{path}.*{message}"):
+        pretrained.declared_tags(path)
 
 
 def test_tag_table_defaults(tag_table):
@@ -413,127 +490,28 @@ def test_environment_variables_reach_the_hub_client(saved, tmp_path):
     assert "['movie-1']" in done.stdout
 
 
-# ---------------------------------------------------------------- a fake Hub on the loopback interface
-
-
-class FakeHub:
-    """Serves ``resolve/<revision>/<file>`` of one repository, as the Hub's file endpoint does."""
-
-    def __init__(self, repo: str, files: dict[str, bytes], sha: str = SHA) -> None:
-        self.requests: list[tuple[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, with_body: bool) -> None:
-                outer.requests.append((self.command, self.path))
-                prefix = f"/{repo}/resolve/"
-                name = self.path.split("?")[0][len(prefix):].split("/", 1)[-1] if self.path.startswith(prefix) else None
-                if name not in files:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound" if name is not None else "RepoNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = files[name]
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", sha)
-                self.send_header("ETag", f'"{hashlib.sha256(body).hexdigest()}"')
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(body)
-
-            def do_HEAD(self) -> None:  # noqa: N802 (http.server naming)
-                self._answer(False)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(True)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FakeHub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def online(monkeypatch):
-    """The fake-Hub tests talk to a loopback server, so they run online even where HF_HUB_OFFLINE=1 (CI)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+# ---------------------------------------------------------------- a fake Hub on the loopback interface (tests/fake_hub.py)
 
 
 def test_download_from_a_fake_hub(saved, tmp_path, online):
     model, folder = saved
     files = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors", "README.md")}
-    with FakeHub("org/toy", files) as fake:
+    with FakeHub() as fake:
+        sha = fake.commit("org/toy", files)
         loaded = zoo.create("hf-hub:org/toy", endpoint=fake.url, cache_dir=tmp_path / "cache")
     torch.testing.assert_close(loaded.score(HISTORY), model.score(HISTORY), rtol=0, atol=0)
     fetched = [path.split("?")[0].rsplit("/", 1)[-1] for method, path in fake.requests if method == "GET"]
     assert fetched == ["config.json", "model.safetensors"], "config.json first (download counting), then the weights"
-    assert f"/org/toy/resolve/{SHA}/model.safetensors" in {p for _, p in fake.requests}, "weights from the config's commit"
-    snapshot = tmp_path / "cache" / "models--org--toy" / "snapshots" / SHA
+    assert f"/org/toy/resolve/{sha}/model.safetensors" in {p for _, p in fake.requests}, "weights from the config's commit"
+    snapshot = tmp_path / "cache" / "models--org--toy" / "snapshots" / sha
     assert (snapshot / "model.safetensors").is_file() and (snapshot / "config.json").is_file()
 
 
 def test_fake_hub_without_safetensors_is_refused(saved, tmp_path, online):
     _, folder = saved
     files = {"config.json": (folder / "config.json").read_bytes(), "pytorch_model.bin": b"pickle"}
-    with FakeHub("org/toy", files) as fake:
-        with pytest.raises(FileNotFoundError, match="has no model.safetensors.*never unpickles"):
+    with FakeHub() as fake:
+        fake.commit("org/toy", files)
+        with pytest.raises(FileNotFoundError, match="hf-hub:org/toy has no model.safetensors.*never unpickles"):
             zoo.create("hf-hub:org/toy", endpoint=fake.url, cache_dir=tmp_path / "cache")
     assert not any(path.endswith("pytorch_model.bin") for _, path in fake.requests)
-
-
-# ---------------------------------------------------------------- push_to_hub (HfApi replaced by a recorder)
-
-
-class RecordingApi:
-    calls: list[tuple[str, dict]] = []
-
-    def __init__(self, **kwargs) -> None:
-        RecordingApi.calls = [("init", kwargs)]
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs))
-        return "http://hub/commit/1"
-
-
-def test_push_to_hub_publishes_only_the_three_files(saved, monkeypatch):
-    import huggingface_hub
-
-    _, folder = saved
-    (folder / "checkpoint.pt").write_bytes(b"x")
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    url = publish.push_to_hub(folder, "org/toy", token="t", endpoint="http://127.0.0.1:9", private=True)
-    assert url == "http://hub/commit/1"
-    (_, init), (_, repo), (_, upload) = RecordingApi.calls
-    assert init["endpoint"] == "http://127.0.0.1:9" and init["token"] == "t" and init["library_name"] == "seqrec-zoo"
-    assert repo == {"repo_id": "org/toy", "private": True, "exist_ok": True}
-    assert upload["repo_id"] == "org/toy" and upload["folder_path"] == str(folder)
-    assert sorted(upload["allow_patterns"]) == ["README.md", "config.json", "model.safetensors"]
-
-
-def test_push_to_hub_refuses_a_folder_that_does_not_load(saved, monkeypatch):
-    import huggingface_hub
-
-    _, folder = saved
-    (folder / "model.safetensors").unlink()
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
-    RecordingApi.calls = []
-    with pytest.raises(FileNotFoundError, match="safetensors only"):
-        publish.push_to_hub(folder, "org/toy")
-    assert RecordingApi.calls == []

@@ -12,12 +12,17 @@ import zoo
 from zoo.data import Sequences
 from zoo.objectives import (
     AllPositionSamples,
+    ItemSets,
     LastItemSamples,
     MaskedItemSamples,
     RandomCutSamples,
+    _draw_negatives,
+    _users_and_targets,
+    add_negatives,
     check_objective,
     count_targets,
     covering_windows,
+    distinct_ranks,
     loss_terms,
     sample_negatives,
     training_samples,
@@ -246,6 +251,101 @@ def test_negatives_are_uniform_and_never_the_positive():
         assert counts[item - 1] == 0 and others.min() > 0.8 * others.mean()
     with pytest.raises(ValueError, match="at least 2 items"):
         sample_negatives(positives, 1, 3, rng)
+
+
+def random_sequences(rng: np.random.Generator, num_users: int, num_items: int) -> Sequences:
+    """Users with 0..30 interactions, repeats allowed (as re-consumed items)."""
+    return Sequences.from_rows([rng.integers(1, num_items + 1, size=rng.integers(0, 31)).tolist() for _ in range(num_users)])
+
+
+@pytest.mark.parametrize("objective", ["random_cut", "last", "all", "masked"])
+def test_unseen_negatives_are_distinct_and_never_in_the_users_sequence(objective):
+    """Property check over many random batches: train.negatives 'unseen' (ConvRec §4.3)."""
+    num_items, k = 60, 20
+    for trial in range(25):
+        rng = np.random.default_rng(trial)
+        train = random_sequences(rng, 40, num_items)
+        masked = {"encoder.0.layers.0.causal": False, "item_encoder.mask_token": True} if objective == "masked" else {}
+        m = zoo.create("sasrec", num_items=num_items, **SMALL, **masked, **{"train.objective": objective})
+        samples = training_samples(m, train, m.recipe.train, seed=trial)
+        size = samples.epoch_size(trial)
+        if not size:
+            continue
+        indices = rng.permutation(size)[: rng.integers(1, 17)]
+        batch = samples.batch(indices, trial, rng)
+        users = samples.users(indices, trial)
+        out = add_negatives(batch, num_items, k, rng, ItemSets.of_sequences(train, num_items), users)
+        key = next(key for key in ("target", "targets", "masked_targets") if key in batch)
+        negatives = out["negatives"].reshape(len(indices), -1, k).numpy()
+        for row, user in enumerate(users):
+            sequence = set(train[user].tolist())
+            shown = {int(i) for i in batch["item_ids"][row].tolist() + batch[key][row].reshape(-1).tolist()} - {0}
+            assert shown - {num_items + 1} <= sequence, "the sample's user is wrong"
+            for drawn in negatives[row]:
+                assert len(set(drawn.tolist())) == k, "negatives repeat within a target"
+                assert not set(drawn.tolist()) & sequence, "a negative is in the user's sequence (history or positive)"
+                assert drawn.min() >= 1 and drawn.max() <= num_items
+
+
+def test_unseen_negatives_are_uniform_over_the_items_outside_the_sequence():
+    rng = np.random.default_rng(0)
+    train = Sequences.from_rows([[2, 5, 5, 9], [1]])
+    draws = ItemSets.of_sequences(train, 10).sample_outside(np.zeros(30_000, dtype=np.int64), 4, rng)
+    counts = np.bincount(draws.ravel(), minlength=11)
+    allowed = [1, 3, 4, 6, 7, 8, 10]
+    assert counts[[0, 2, 5, 9]].sum() == 0
+    expected = 30_000 * 4 / len(allowed)
+    assert np.abs(counts[allowed] - expected).max() < 0.05 * expected
+    ranks = distinct_ranks(np.array([5, 5]), 5, rng)  # a row with exactly as many values as asked
+    assert ranks.tolist() == [[0, 1, 2, 3, 4]] * 2
+
+
+def test_unseen_negatives_need_enough_items_outside_the_sequence():
+    sets = ItemSets.of_sequences(Sequences.from_rows([[1, 2, 3], [4]]), 6)
+    with pytest.raises(ValueError, match="sequence 0 has only 3 of the 6 items outside it, fewer than the 4"):
+        sets.sample_outside(np.array([1, 0]), 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="one user per batch row"):
+        add_negatives({"target": torch.tensor([1, 2])}, 6, 2, np.random.default_rng(0), sets, None)
+
+
+def test_a_batch_without_negatives_draws_unseen_ones_outside_its_own_rows():
+    """model.loss on a bare batch: 'unseen' negatives avoid each row's history and targets."""
+    m = model(**{"train.objective": "all"}).eval()
+    ids = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]])
+    targets = torch.tensor([[0, 2, 3, 4, 10], [6, 7, 8, 9, 11]])
+    batch = {"item_ids": ids, "targets": targets}
+    found = _users_and_targets(m, batch)
+    drawn = _draw_negatives(batch, found, V, 3, "unseen", torch.Generator().manual_seed(0))
+    assert drawn.shape == (9, 3)
+    for row, negatives in zip(found.rows.tolist(), drawn.tolist()):
+        assert len(set(negatives)) == 3 and not set(negatives) & (set(ids[row].tolist()) | set(targets[row].tolist()))
+    a = loss_terms(m, batch, "bce", 3, torch.Generator().manual_seed(1), negatives_from="unseen")
+    b = loss_terms(m, batch, "bce", 3, torch.Generator().manual_seed(1), negatives_from="unseen")
+    assert torch.equal(a.total, b.total) and a.count == 9
+
+
+def test_bce_is_convrec_eq_15():
+    """Eq. 15 per target, -log σ(s+) - Σ_j log(1 - σ(s-_j)), from the model's own scores in float64."""
+    torch.manual_seed(0)
+    m = zoo.create("convrec", num_items=150, d_model=16, max_len=10).eval()
+    rng = np.random.default_rng(0)
+    histories = [[3, 4, 9], [1, 2, 3, 4, 5, 6, 7], [120]]
+    targets = [7, 100, 5]
+    negatives = np.stack([rng.choice(np.setdiff1d(np.arange(1, 151), h + [t]), 100, replace=False)
+                          for h, t in zip(histories, targets)])
+    ids = torch.tensor([left(h, 10) for h in histories])
+    times = torch.where(ids > 0, torch.arange(10, dtype=torch.float64) * 86_400 * 30 + 1e9, torch.zeros(()))
+    batch = {"item_ids": ids, "timestamps": times, "target": torch.tensor(targets), "negatives": torch.from_numpy(negatives)}
+    terms = loss_terms(m, batch, "bce")
+    with torch.no_grad():
+        scores = m.score(ids, times).double()
+    expected = 0.0
+    for row, (target, drawn) in enumerate(zip(targets, negatives)):
+        expected -= torch.log(torch.sigmoid(scores[row, target]))
+        expected -= torch.log(1 - torch.sigmoid(scores[row, torch.from_numpy(drawn)])).sum()
+    assert terms.count == 3
+    assert float(terms.total.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(m.loss(batch).detach()) == pytest.approx(float(expected) / 3, rel=1e-5)
 
 
 def reference_user_vectors(m, histories):

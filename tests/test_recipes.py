@@ -24,6 +24,29 @@ def test_header_names_paper_fidelity_and_deviations(name):
         assert len(recipe.description.split()) >= 40, f"{name}: a hybrid needs a one-paragraph rationale"
 
 
+def sentences(text: str) -> set[str]:
+    """The sentences of a description, whitespace-normalised; short fragments ("D 64.") are left out."""
+    flat = " ".join(text.split())
+    return {s.strip() for s in flat.replace("; ", ". ").split(". ") if len(s.strip()) >= 40}
+
+
+ABLATIONS = [n for n in zoo.list_models() if resolve_recipe(n).description.startswith("Ablation")]
+
+
+def test_some_recipes_are_ablations():
+    assert {"sigma-no-flip", "cnn-mamba-cnn-only", "convrec-one-conv"} <= set(ABLATIONS)
+
+
+@pytest.mark.parametrize("name", ABLATIONS)
+def test_ablations_describe_themselves_not_their_full_model(name):
+    """An ablation's description is about the ablated model, not a copy of the full model's (shared
+    sentences about unchanged parts, such as the head, are fine; most of the full model's are not)."""
+    parent = max((n for n in zoo.list_models() if name.startswith(n + "-")), key=len)
+    full = sentences(resolve_recipe(parent).description)
+    copied = sentences(resolve_recipe(name).description) & full
+    assert len(copied) < len(full) / 2, f"{name} repeats {parent}'s description: {sorted(copied)}"
+
+
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_zoo_info_renders_the_block_tree(name, capsys):
     assert cli_main(["info", name, "--num-items", "300", "--length", "20"]) == 0
@@ -50,8 +73,9 @@ def test_convrec_parameter_count_by_hand():
     # ConvRec paper §4.1-4.2 with the code's widths, D 256, 19 attributes
     # (docs/models/convrec.md, "Item encoder" and "Convolution down-scaling").
     d, v, f = 256, BEAUTY_ITEMS, 19
+    known = int(0.75 * v)  # frequent-item ID trick: the 75% most frequent items, one shared row, padding
     encoder = (
-        (v + 1) * d  # ID embedding (no frequent-item trick)
+        (known + 2) * d  # ID embedding
         + (f * 4 * d + 4 * d)  # attributes -> 4D
         + (6 * d + d)  # calendar context -> D
         + (5 * d * 4 * d + 4 * d)  # [attributes; context] -> 4D

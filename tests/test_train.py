@@ -11,19 +11,14 @@ import torch
 
 import zoo
 from zoo.data.synthetic import generate_dataset
+from zoo.checkpoint import latest_checkpoint
 from zoo.evaluate import evaluate
 from zoo.train import build_optimizer, parse_metric, train
 
 TINY = {"d_model": 16, "encoder.0.repeat": 1, "train.batch_size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models run fastest so, and a busy machine does not stall OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +65,22 @@ def test_finished_run_resumes_to_the_same_result_without_training(finished, data
     result, out = finished
     again = train("sasrec", data, out, epochs=4, seed=0, overrides=TINY, progress=False)
     assert again.history == result.history and again.test == result.test
+
+
+def test_a_checkpoint_written_before_new_recipe_fields_still_resumes(data, tmp_path):
+    settings = dict(epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    first = train("sasrec", data, tmp_path, **settings)
+    state_file = latest_checkpoint(tmp_path / "checkpoints") / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for name in ("negatives", "eval_protocol", "eval_negatives"):  # as an older version wrote it
+        del state["fingerprint"]["recipe"]["train"][name]
+    state_file.write_text(json.dumps(state))
+    again = train("sasrec", data, tmp_path, **settings)
+    assert again.history == first.history and again.test == first.test
+    state["fingerprint"]["recipe"]["train"]["lr"] = 0.5  # a real difference is still refused
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="different run.*recipe"):
+        train("sasrec", data, tmp_path, **settings)
 
 
 def test_resuming_a_different_run_is_refused(finished, data):
@@ -235,3 +246,31 @@ def test_resumes_exactly_after_a_crash_with_a_moving_average_or_shifted_windows(
     assert [r["valid"] for r in resumed.history] == [r["valid"] for r in reference.history]
     for name, value in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
+
+
+def test_init_from_starts_from_pretrained_weights(finished, data, tmp_path, monkeypatch):
+    """Same items: every weight is the pretrained one at the start; other items: all but the item tables."""
+    _, trained_dir = finished
+    pretrained = zoo.create(f"local-dir:{trained_dir}")
+    starts = {}
+
+    def record(_run, model, *_args, **_kwargs):
+        starts[model.num_items] = {k: v.clone() for k, v in model.state_dict().items()}
+        raise StopIteration  # stop before the first step: only the starting weights matter here
+
+    import zoo.train as training
+
+    monkeypatch.setattr(training._Run, "__init__", record)
+    with pytest.raises(StopIteration):
+        train("sasrec", data, tmp_path / "same", epochs=1, overrides=TINY, init_from=f"local-dir:{trained_dir}")
+    other = generate_dataset(num_users=40, num_items=45, length=(6, 12), pattern="markov", seed=1).split("loo")
+    with pytest.raises(StopIteration):
+        train("sasrec", other, tmp_path / "other", epochs=1, overrides=TINY, init_from=f"local-dir:{trained_dir}")
+    for key, value in pretrained.state_dict().items():
+        torch.testing.assert_close(starts[30][key], value, rtol=0, atol=0, msg=key)
+        if key == "item_encoder.embedding.weight":
+            assert starts[45][key].shape == (46, 16)
+        else:
+            torch.testing.assert_close(starts[45][key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(ValueError, match=r"--init-from .*do not fit recipe 'gru4rec'"):
+        train("gru4rec", data, tmp_path / "wrong", epochs=1, overrides={"d_model": 16}, init_from=f"local-dir:{trained_dir}")

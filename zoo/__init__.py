@@ -7,6 +7,7 @@ say what is there.
 
 from zoo import blocks  # registers the built-in blocks (zoo.registry, below it, imports nothing of the project)
 from zoo.builder import list_models
+from zoo.convert import convert_recbole
 from zoo.factory import create
 from zoo.model import Recommendations, SeqRecModel
 from zoo.recipe import Recipe, load_recipe
@@ -15,5 +16,5 @@ from zoo.version import __version__
 
 __all__ = [
     "create", "list_models", "list_blocks", "create_block", "get_block", "register_block",
-    "SeqRecModel", "Recommendations", "Recipe", "load_recipe",
+    "SeqRecModel", "Recommendations", "Recipe", "load_recipe", "convert_recbole",
 ]

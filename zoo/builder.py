@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from zoo import combinators
+from zoo.paths import recipes_dir
+from zoo.pretrained import list_pretrained
 from zoo.recipe import (
     BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, apply_overrides, checked, load_recipe, validate_recipe,
 )
 from zoo.registry import context_kwargs, get_block
 
 
-def recipes_dir() -> Path:
-    """The bundled recipes: ``recipes/`` of a source checkout, else the installed ``zoo.recipes`` package."""
-    checkout = Path(__file__).resolve().parent.parent / "recipes"
-    if checkout.is_dir():
-        return checkout
-    spec = importlib.util.find_spec("zoo.recipes")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the bundled recipes are missing: neither recipes/ in a checkout nor zoo.recipes installed")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the bundled recipes (file stems) matching a shell-style ``pattern``."""
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names of the bundled recipes (file stems) matching a shell-style ``pattern``; with
+    ``pretrained=True``, the published ``model.tag`` names instead (:mod:`zoo.pretrained`)."""
+    if pretrained:
+        return list_pretrained(pattern if "." in pattern or pattern.endswith("*") else f"{pattern}.*")
     return sorted(p.stem for p in recipes_dir().glob("*.yaml") if fnmatch.fnmatchcase(p.stem, pattern))
 
 
@@ -43,6 +36,14 @@ def recipe_path(name_or_path: str | Path) -> Path:
     bundled = recipes_dir() / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
+    model, _, tag = str(name_or_path).partition(".")
+    if tag and (recipes_dir() / f"{model}.yaml").is_file():
+        published = list_pretrained(f"{model}.*")
+        raise ValueError(
+            f"{str(name_or_path)!r} names pretrained weights of {model!r}, not a recipe: load them with "
+            f"zoo.create({str(name_or_path)!r}, pretrained=True) (published tags of {model!r}: "
+            f"{', '.join(published) or 'none yet'}), or build an untrained model with zoo.create({model!r}, num_items=N)"
+        )
     close = difflib.get_close_matches(str(name_or_path), list_models(), n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"unknown model {str(name_or_path)!r}{hint} (zoo.list_models() lists the bundled recipes; a path must end in .yaml)")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import zoo
@@ -39,12 +41,44 @@ def cmd_list(args: argparse.Namespace) -> int:
             rows.append([name, cls.kind, "yes" if cls.causal else "no", "yes" if cls.streaming else "no", summary[:70]])
         print(table(rows, ["block", "kind", "causal", "streaming", "what it computes"]))
         return 0
+    if args.pretrained:
+        return list_pretrained_table(args.pattern)
     rows = []
     for name in zoo.list_models(args.pattern):
         recipe = resolve_recipe(name)
         rows.append([name, recipe.fidelity, str(recipe.d_model), str(recipe.max_len), (recipe.paper or "")[:60]])
     print(table(rows, ["model", "fidelity", "d_model", "max_len", "paper"]))
     return 0
+
+
+def list_pretrained_table(pattern: str) -> int:
+    from zoo.pretrained import find_pretrained, stored_test_ndcg
+
+    rows = []
+    for name in zoo.list_models(pattern, pretrained=True):
+        _, tag = find_pretrained(name)
+        ndcg = stored_test_ndcg(tag)
+        where = "bundled" if tag.local_dir else f"hf-hub:{tag.hf_hub_id}" + (f"@{tag.revision}" if tag.revision else "")
+        rows.append([name, tag.dataset, "" if ndcg is None else f"{ndcg:.4f}", where])
+    print(table(rows, ["pretrained", "dataset", "test NDCG@10", "weights"]) if rows else "no pretrained weights match")
+    return 0
+
+
+def weights_line(name: str) -> str:
+    """What ``zoo info`` says about a model's published weights."""
+    from zoo.pretrained import find_pretrained, stored_test_ndcg
+
+    tags = zoo.list_models(name, pretrained=True)
+    if not tags:
+        return "none published (train with `zoo train`)"
+    default, _ = find_pretrained(name)
+    parts = []
+    for tag_name in tags:
+        _, tag = find_pretrained(tag_name)
+        ndcg = stored_test_ndcg(tag)
+        parts.append(tag_name + (" (default" + ("" if ndcg is None else f", test NDCG@10 {ndcg:.4f}") + ")"
+                                 if tag_name == default else "" if ndcg is None else f" (test NDCG@10 {ndcg:.4f})"))
+    return ", ".join(parts)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -64,7 +98,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             ["d_model / max_len", f"{recipe.d_model} / {recipe.max_len}"],
             ["causal", "yes" if model.causal else "no"],
             ["streaming (step)", "yes" if model.supports_streaming else "no"],
-            ["training", f"objective {recipe.train.objective}, loss {recipe.train.loss}, {recipe.train.optimizer} lr {recipe.train.lr}"],
+            ["training", f"objective {recipe.train.objective}, loss {recipe.train.loss}, {recipe.train.optimizer} lr {recipe.train.lr}"
+                         + (f", {recipe.train.scheduler} schedule" if recipe.train.scheduler else "")],
+            ["evaluation", "full ranking" if recipe.train.eval_protocol == "full"
+             else f"1 + {recipe.train.eval_negatives} sampled candidates (full ranking also reported)"],
+            ["pretrained weights", weights_line(recipe.name) if args.name == recipe.name else "none (a recipe file)"],
         ],
         ["property", "value"],
     ))
@@ -74,10 +112,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def trained_name(path: str) -> str:
-    """A trained folder argument as ``zoo.create`` takes it (a bare directory means ``local-dir:``)."""
+    """A model argument as ``zoo.create(..., pretrained=True)`` takes it: ``local-dir:`` / ``hf-hub:`` names
+    stay, a path (an existing folder, or anything with a path separator) means ``local-dir:``, and any
+    other word is a published tag (``sigma.ml-100k``, or ``sigma`` for its default)."""
     from zoo.factory import PRETRAINED_PREFIXES
 
-    return path if path.startswith(PRETRAINED_PREFIXES) else f"local-dir:{path}"
+    if path.startswith(PRETRAINED_PREFIXES):
+        return path
+    if Path(path).exists() or any(sep in path for sep in "/\\"):
+        return f"local-dir:{path}"
+    return path
+
+
+def metric_order(name: str) -> tuple[str, int]:
+    """``hr@5`` before ``hr@10`` before ``ndcg@5``: by metric, then by cut-off as a number."""
+    metric, _, k = name.partition("@")
+    return metric, int(k) if k.isdigit() else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,10 +136,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         args.recipe, args.data, args.out, epochs=args.epochs, seed=args.seed, overrides=parse_sets(args.set),
         resume=not args.restart, device=args.device, progress=not args.quiet,
+        init_from=None if args.init_from is None else trained_name(args.init_from),
     )
-    rows = [[metric, f"{result.valid.get(metric, float('nan')):.4f}", f"{result.test[metric]:.4f}"] for metric in sorted(result.test)]
+    from zoo.model_card import protocol_label
+
+    label = protocol_label(result.protocol)
+    also_full = result.protocol["mode"] != "full"
+    rows = [[metric, f"{result.valid.get(metric, float('nan')):.4f}", f"{result.test[metric]:.4f}"]
+            + ([f"{result.full_ranking['test'][metric]:.4f}"] if also_full else [])
+            for metric in sorted(result.test, key=metric_order)]
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.train_seconds:.0f} s training); trained folder: {result.out_dir}")
-    print(table(rows, ["metric", "valid", "test"]))
+    print(table(rows, ["metric", f"valid ({label})", f"test ({label})"] + (["test (full ranking)"] if also_full else [])))
     return 0
 
 
@@ -101,14 +158,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = trained_name(args.model)
     model = zoo.create(name, pretrained=True)
     facts = load_config(name).get("dataset", {})
-    dataset = load_dataset(args.data, **facts.get("preprocessing", {}))
+    data = args.data or facts.get("name")
+    if not data:
+        raise ValueError(f"{args.model} records no dataset name: pass --data")
+    dataset = load_dataset(data, **facts.get("preprocessing", {}))
     stored = getattr(model, "item_vocab", None)
     if stored is not None and list(stored.raw_ids) != list(dataset.item_vocab.raw_ids):
-        raise ValueError(f"{args.data}'s items differ from the items {args.model} was trained on; evaluate on the same data")
+        raise ValueError(f"{data}'s items differ from the items {args.model} was trained on; evaluate on the same data")
     split = dataset.split(facts.get("split", {}).get("method", "loo"))
-    result = evaluate(model, split, which=args.split, mode=args.mode, ks=args.k, num_negatives=args.negatives, seed=args.seed,
+    recipe_train = model.recipe.train  # the recipe's protocol unless --mode / --negatives say otherwise
+    mode = args.mode or recipe_train.eval_protocol
+    negatives = recipe_train.eval_negatives if args.negatives is None else args.negatives
+    result = evaluate(model, split, which=args.split, mode=mode, ks=args.k, num_negatives=negatives, seed=args.seed,
                       precision=args.precision)
-    print(f"{model.recipe.name} on {args.data} ({args.split} split, {args.mode} ranking, {len(result.ranks)} users, "
+    chosen = "" if args.mode else ", the recipe's protocol"
+    print(f"{model.recipe.name} on {data} ({args.split} split, {mode} ranking{chosen}, {len(result.ranks)} users, "
           f"{args.precision})")
     print(result.table())
     return 0
@@ -127,6 +191,32 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from zoo.publish import push_to_hub
+
+    folder = args.folder.removeprefix("local-dir:")
+    options = {"commit_message": args.commit_message} if args.commit_message else {}
+    url = push_to_hub(folder, args.repo, revision=args.revision, private=True if args.private else None, token=args.token,
+                      endpoint=args.endpoint, dry_run=args.dry_run, **options)
+    if not args.dry_run:
+        commit = url.rstrip("/").rsplit("/", 1)[-1]
+        print(f"published {folder} to hf-hub:{args.repo}: {url}\nload this commit with zoo.create('hf-hub:{args.repo}@{commit}')")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import yaml
+
+    from zoo.convert import convert_recbole
+
+    config = {key: yaml.safe_load(value) for key, value in parse_sets(args.config).items()}
+    out = convert_recbole(args.checkpoint, args.out, args.recipe, args.items, config=config)
+    model = zoo.create(f"local-dir:{out}")
+    print(f"{args.checkpoint} -> {out}: recipe {model.recipe.name}, {model.num_items} items "
+          f"(load it with zoo.create('local-dir:{out}'))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="seqrec-zoo: sequential recommendation models from recipes")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list bundled models (or blocks with --blocks)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'sigma*'")
     p.add_argument("--blocks", action="store_true", help="list registered blocks instead of models")
+    p.add_argument("--pretrained", action="store_true", help="list published weights (model.tag) with dataset and test NDCG@10")
     p.add_argument("--kind", choices=["sequence", "fusion", "readout", "item-encoder", "head"], help="with --blocks: one kind only")
     p.set_defaults(func=cmd_list)
 
@@ -153,15 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, e.g. train.lr=3e-4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming from the folder's checkpoint")
+    p.add_argument("--init-from", metavar="MODEL", help="start from pretrained weights of the same recipe: a published "
+                   "tag (sigma.ml-100k), a trained folder or hf-hub:org/name (fine-tuning; item tables start fresh on "
+                   "other items)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained folder on a dataset's test (or valid) split")
-    p.add_argument("model", help="trained folder (DIR or local-dir:DIR) or hf-hub:org/name")
-    p.add_argument("--data", required=True)
+    p.add_argument("model", help="trained folder (DIR or local-dir:DIR), hf-hub:org/name or a published tag (sigma.ml-100k)")
+    p.add_argument("--data", help="the dataset (default: the one the model's config.json records, e.g. ml-100k)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
-    p.add_argument("--mode", choices=["full", "sampled"], default="full", help="rank against all items or 1 + N sampled")
-    p.add_argument("--negatives", type=int, default=100, help="with --mode sampled: negatives per user")
+    p.add_argument("--mode", choices=["full", "sampled"],
+                   help="rank against all items or 1 + N sampled (default: the recipe's train.eval_protocol)")
+    p.add_argument("--negatives", type=int,
+                   help="with sampled ranking: negatives per user (default: the recipe's train.eval_negatives)")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--seed", type=int, default=0, help="with --mode sampled: the negatives' seed")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -169,12 +265,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
-    p.add_argument("model", help="trained folder (DIR or local-dir:DIR) or hf-hub:org/name")
+    p.add_argument("model", help="trained folder (DIR or local-dir:DIR), hf-hub:org/name or a published tag (sigma.ml-100k)")
     p.add_argument("--history", required=True, help="raw item ids, oldest first, comma-separated")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the history")
     p.add_argument("--unknown", choices=["error", "skip"], default="error", help="what to do with ids the model does not know")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("push", help="publish a trained folder to the Hugging Face Hub (after checking that it loads)")
+    p.add_argument("folder", help="trained folder (DIR or local-dir:DIR); its config.json, model.safetensors and README.md are sent")
+    p.add_argument("--repo", required=True, help="Hub repository 'org/name'; created if missing")
+    p.add_argument("--revision", help="branch to commit to (created from main if missing; default: main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--commit-message", help="default: 'Upload seqrec-zoo model'")
+    p.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or the `hf auth login` token)")
+    p.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--dry-run", action="store_true", help="check the folder and print what would be uploaded; send nothing")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("convert", help="a RecBole checkpoint (SASRec, GRU4Rec, BERT4Rec, Mamba4Rec, SIGMA) as a trained folder")
+    p.add_argument("checkpoint", help="the .pth file RecBole saved (read without running code from it)")
+    p.add_argument("--out", required=True, help="the trained folder to write (Hub layout)")
+    p.add_argument("--recipe", choices=["sasrec", "gru4rec", "bert4rec", "mamba4rec", "sigma-code"],
+                   help="the recipe to convert to (default: the one the checkpoint's config names)")
+    p.add_argument("--items", help="the item tokens: the RecBole dataset folder or .inter file, or a token list "
+                                   "(one raw item token per line, in id order)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RecBole config value the checkpoint lacks (n_heads=2), repeatable")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 
@@ -182,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`zoo list | head`): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"zoo {args.command}: error: {message}", file=sys.stderr)

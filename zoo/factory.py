@@ -32,10 +32,13 @@ def create(
     file (``"my/hybrid.yaml"``), a :class:`~zoo.recipe.Recipe`, or a trained folder
     (``"local-dir:DIR"``, ``"hf-hub:org/name[@revision]"``). ``overrides`` are dotted recipe paths
     (``d_model=128``, ``**{"encoder.0.d_state": 64}``). ``num_items`` comes from the argument, else
-    the recipe; a pretrained model brings its own.
+    the recipe; a pretrained model brings its own, unless ``reset_items=True`` gives it a new catalog
+    (see :func:`create_pretrained`).
     """
     if pretrained or (isinstance(name_or_path, str) and name_or_path.startswith(PRETRAINED_PREFIXES)):
         return create_pretrained(name_or_path, num_items=num_items, **overrides)
+    if "reset_items" in overrides:
+        raise ValueError("reset_items applies to pretrained weights only: zoo.create(name, pretrained=True, num_items=N, reset_items=True)")
     recipe = resolve_recipe(name_or_path, overrides)
     items = num_items if num_items is not None else recipe.num_items
     if items is None:
@@ -55,12 +58,15 @@ def create_pretrained(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
+    reset_items: bool = False,
     **overrides: Any,
 ) -> SeqRecModel:
     """A trained model from ``local-dir:DIR``, ``hf-hub:org/name[@rev]`` or a published tag (see :func:`create`).
 
     ``overrides`` are dotted recipe paths applied to the stored recipe (dropout, training
-    defaults); one that changes tensor shapes makes the strict weight load fail.
+    defaults); one that changes tensor shapes makes the strict weight load fail. ``reset_items=True``
+    moves the model to a new catalog of ``num_items`` items (default: as many as before): every
+    weight is kept except the item-dependent tables, which start fresh (:func:`with_new_catalog`).
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"pretrained=True needs a published name or a trained folder, got a {type(name_or_path).__name__}")
@@ -68,26 +74,31 @@ def create_pretrained(
         name_or_path, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
         local_files_only=local_files_only, force_download=force_download,
     )
-    return model_from_folder(folder, num_items, **overrides)
+    return model_from_folder(folder, num_items, reset_items=reset_items, **overrides)
 
 
-def model_from_folder(folder: str | os.PathLike, num_items: int | None = None, **overrides: Any) -> SeqRecModel:
-    """Build the model a trained folder describes and load its weights strictly (in eval mode)."""
+def model_from_folder(
+    folder: str | os.PathLike, num_items: int | None = None, *, reset_items: bool = False, **overrides: Any
+) -> SeqRecModel:
+    """Build the model a trained folder describes and load its weights strictly (in eval mode);
+    ``reset_items=True`` then moves it to a catalog of ``num_items`` items (:func:`with_new_catalog`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"trained folder {folder} does not exist (or is not a folder)")
     config = hub.read_config(folder)
     weights = hub.weights_file(folder)
     stored_items = config["num_items"]
-    if num_items is not None and num_items != stored_items:
+    if num_items is not None and num_items != stored_items and not reset_items:
         raise ValueError(
-            f"{folder} was trained on {stored_items} items; num_items={num_items} does not fit its weights "
-            "(leave num_items out, or train a new model for another item set)"
+            f"{folder} was trained on {stored_items} items; num_items={num_items} does not fit its item tables "
+            "(leave num_items out, or pass reset_items=True to keep every other weight and start the item tables afresh)"
         )
     data = apply_overrides(config["recipe"], overrides) if overrides else config["recipe"]
     recipe = validate_recipe(data, source=str(folder / hub.CONFIG_NAME))
     model = SeqRecModel(recipe, stored_items)
     hub.load_weights(model, weights)
+    if reset_items:
+        return with_new_catalog(model, stored_items if num_items is None else num_items)
     vocab = (config.get("dataset") or {}).get("item_vocabulary")
     if vocab is not None:
         model.item_vocab = Vocabulary.from_dict(vocab)
@@ -96,3 +107,27 @@ def model_from_folder(folder: str | os.PathLike, num_items: int | None = None, *
                 f"{folder / hub.CONFIG_NAME}: item vocabulary has {model.item_vocab.size} ids for {stored_items} items"
             )
     return model.eval()
+
+
+def item_dependent_keys(trained: SeqRecModel, num_items: int) -> set[str]:
+    """The state-dict keys of ``trained`` whose tensors depend on the item catalog, for a move to
+    ``num_items`` items: found by building the recipe for one more item and for ``num_items`` and
+    comparing shapes, so no block needs to declare them (a table sized by a share of the items, such as
+    ``attribute_context``'s ``num_known_items: 0.75``, may keep its size for one more item)."""
+    state = trained.state_dict()
+    grown = SeqRecModel(trained.recipe, trained.num_items + 1).state_dict()
+    target = SeqRecModel(trained.recipe, num_items).state_dict()
+    return {k for k, v in state.items() if v.shape != grown[k].shape or v.shape != target[k].shape}
+
+
+def with_new_catalog(trained: SeqRecModel, num_items: int) -> SeqRecModel:
+    """A model of ``trained``'s recipe for ``num_items`` items that keeps every trained weight except
+    the item-dependent ones (:func:`item_dependent_keys`: item embeddings, item biases, item
+    side-information tables), which keep their fresh initialisation; no item vocabulary (the new
+    catalog brings its own)."""
+    if num_items < 1:
+        raise ValueError(f"num_items must be >= 1, got {num_items}")
+    skip = item_dependent_keys(trained, num_items)
+    fresh = SeqRecModel(trained.recipe, num_items)
+    fresh.load_state_dict({k: v for k, v in trained.state_dict().items() if k not in skip}, strict=False)
+    return fresh.eval()

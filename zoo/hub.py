@@ -7,7 +7,8 @@ A trained folder holds exactly three files:
 
 - ``config.json`` -- the fully resolved recipe, ``num_items``, the library name and version, the
   dataset facts (name, preprocessing, split, max length, the item vocabulary as raw ids in index
-  order) and the validation / test metrics;
+  order), the validation / test metrics and, when recorded, the ranking protocol of each metrics
+  part (``protocols``);
 - ``model.safetensors`` -- the weights (tied tensors stored once). Pickle-based weights
   (``.bin``, ``.pt``, ...) are never read: unpickling can run arbitrary code;
 - ``README.md`` -- the model card (see :mod:`zoo.model_card`).
@@ -128,7 +129,26 @@ def _check_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _check_protocols(protocols: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each metrics part's ranking protocol, checked: ``{"split": "valid" | "test", "mode": "full" | "sampled"}``,
+    plus ``num_negatives`` (and ``seed``) when sampled."""
+    out: dict[str, dict[str, Any]] = {}
+    for part, protocol in protocols.items():
+        if part not in metrics:
+            raise ValueError(f"protocols[{part!r}] describes no metrics part (parts: {sorted(metrics)})")
+        protocol = dict(protocol)
+        if protocol.get("split") not in ("valid", "test") or protocol.get("mode") not in ("full", "sampled"):
+            raise ValueError(f"protocols[{part!r}] must say split ('valid' or 'test') and mode ('full' or 'sampled'), "
+                             f"got {protocol}")
+        negatives = protocol.get("num_negatives")
+        if protocol["mode"] == "sampled" and not (isinstance(negatives, int) and negatives >= 1):
+            raise ValueError(f"protocols[{part!r}]: sampled ranking needs num_negatives >= 1, got {negatives!r}")
+        out[str(part)] = protocol
+    return out
+
+
+def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[str, Any] | None = None,
+                 protocols: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of ``model`` (see the module docstring)."""
     facts = describe_data(dataset_facts) if dataset_facts is not None else {}
     vocab = facts.get("item_vocabulary")
@@ -140,7 +160,7 @@ def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[s
             raise ValueError(f"the item vocabulary has {size} raw ids but the model scores {model.num_items} items")
         facts["item_vocabulary"] = vocab
     facts.setdefault("max_len", model.recipe.max_len)
-    return {
+    config = {
         "library_name": LIBRARY_NAME,
         "library_version": __version__,
         "format_version": FORMAT_VERSION,
@@ -150,6 +170,9 @@ def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[s
         "dataset": facts,
         "metrics": _check_metrics(metrics or {}),
     }
+    if protocols:
+        config["protocols"] = _check_protocols(protocols, config["metrics"])
+    return config
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -159,7 +182,7 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} does not exist: a trained folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PretrainedLoadError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or config.get("library_name") != LIBRARY_NAME:
         found = config.get("library_name") if isinstance(config, dict) else type(config).__name__
@@ -212,6 +235,7 @@ def save_pretrained(
     *,
     dataset_facts: Any = None,
     metrics: Mapping[str, Mapping[str, float]] | None = None,
+    protocols: Mapping[str, Mapping[str, Any]] | None = None,
     card: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as a Hub folder (``config.json``, ``model.safetensors``, ``README.md``); returns it.
@@ -219,13 +243,15 @@ def save_pretrained(
     ``dataset_facts`` is a dict, or an ``InteractionDataset`` / ``DataSplit`` described by
     :func:`describe_data`; the item vocabulary comes from it (``item_vocabulary``) or from
     ``model.item_vocab``. ``metrics`` maps a split to its metrics (``{"valid": {"ndcg@10": ..},
-    "test": {..}}``). ``card`` adds to the model card (``license``, ``tags``, ``citation``,
+    "test": {..}}``); ``protocols`` says how each part was ranked (``{"test": {"split": "test", "mode":
+    "sampled", "num_negatives": 100, "seed": 0}}``; see :func:`_check_protocols`), which the model card
+    shows. ``card`` adds to the model card (``license``, ``tags``, ``citation``,
     ``notes``; see :func:`zoo.model_card.render_model_card`).
     """
     from zoo.model_card import render_model_card
 
     out = Path(out_dir)
-    config = build_config(model, dataset_facts, metrics)
+    config = build_config(model, dataset_facts, metrics, protocols)
     text = json.dumps(config, indent=2, default=_json_ready, allow_nan=False) + "\n"
     readme = render_model_card(config, dict(card or {}))
 
@@ -259,10 +285,18 @@ def _listing(names: list[str], limit: int = 40) -> str:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a ``.safetensors`` file into ``model`` strictly: every key present, none extra, shapes equal."""
+    from safetensors import SafetensorError
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PretrainedLoadError(f"{path}: only .safetensors weights are loaded (pickle-based files can run code)")
-    stored = load_file(str(path))
+    try:
+        stored = load_file(str(path))
+    except SafetensorError as exc:
+        raise PretrainedLoadError(
+            f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupted: delete it from the cache / "
+            "re-download it (force_download=True), or save the trained folder again"
+        ) from exc
     expected = model.state_dict()
     aliases = _alias_groups(expected)
     missing = sorted(k for k in expected if k not in stored and not (aliases.get(k, set()) & stored.keys()))
@@ -305,6 +339,29 @@ def _hub_errors() -> tuple[type, ...]:
     return LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """A connection or timeout failure (not an HTTP answer), whichever HTTP library the Hub client uses."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(names & {"TransportError", "ConnectionError", "Timeout"})
+
+
+def hub_reachable(repo_id: str, revision: str | None, endpoint: str | None, token: str | bool | None) -> bool:
+    """One request for ``config.json``'s metadata, without retries, within ``HF_HUB_ETAG_TIMEOUT`` seconds.
+
+    The Hub client retries a failed download for about 20 s (and a server that never answers for
+    minutes); one probe first lets an unreachable Hub fall back to the cache at once. Any HTTP answer,
+    an error one included, counts as reachable: the download then reports it precisely.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, CONFIG_NAME, revision=revision, endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT, endpoint=endpoint)
+    except Exception as exc:  # noqa: BLE001 -- only the kind of failure matters here
+        return not _unreachable(exc)
+    return True
+
+
 def download_folder(
     repo_id: str,
     revision: str | None = None,
@@ -328,13 +385,16 @@ def download_folder(
         force_download=force_download, library_name=LIBRARY_NAME, library_version=__version__,
     )
     where = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+    if not (local_files_only or constants.HF_HUB_OFFLINE) and not hub_reachable(repo_id, revision, endpoint, token):
+        options["local_files_only"] = True  # read the cache, without the client's retries against a dead Hub
 
     def fetch(filename: str, rev: str | None) -> Path:
         try:
             return Path(hf_hub_download(filename=filename, revision=rev, **options))
         except local_missing as exc:
             why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else (
-                "local_files_only=True" if local_files_only else f"the Hub at {endpoint or constants.ENDPOINT} could not be reached")
+                "local_files_only=True" if local_files_only else
+                f"the Hub at {endpoint or constants.ENDPOINT} could not be reached (check the network or HF_ENDPOINT)")
             raise FileNotFoundError(
                 f"{where}: {filename} is not in the Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and {why}; "
                 "download it once with network access, or load a trained folder with 'local-dir:DIR'"

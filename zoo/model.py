@@ -42,8 +42,8 @@ class SeqRecModel(nn.Module):
         self.readout = context.block(recipe.readout)
         self.head = context.block(recipe.head)
         self.register_buffer("_all_items", torch.arange(num_items + 1), persistent=False)
-        if recipe.init == "recbole":
-            self.apply(recbole_init)
+        if recipe.init != "blocks":
+            self.apply(INITIALISATIONS[recipe.init])
         # Raw item ids of indices 1..num_items (a zoo.data.vocab.Vocabulary), set by training or loading.
         self.item_vocab: Any = None
         try:
@@ -64,6 +64,13 @@ class SeqRecModel(nn.Module):
         """True when one pass gives, at every position, the user vector of the history up to it (objective
         ``all``): causal models, and models whose look-ahead blocks offer an exact ``forward_prefixes``."""
         return bool(self.item_encoder.causal and self.encoder.offers_prefixes() and self.readout.positionwise)
+
+    @property
+    def reads_pads(self) -> bool:
+        """True when an encoder block reads padded slots (``pad_slots: read``, the released SIGMA code's
+        way): every batch is then left-padded to ``max_len`` before encoding, as RecBole pads every batch to
+        ``MAX_ITEM_LIST_LENGTH``, so the padded slots such a block reads are always there."""
+        return any(getattr(module, "reads_pads", False) for module in self.encoder.modules())
 
     @property
     def supports_streaming(self) -> bool:
@@ -111,14 +118,19 @@ class SeqRecModel(nn.Module):
         ``newest_only`` returns the newest position alone, ``(B, 1, D)`` and its mask: the encoder's
         last layers then run only there (``forward_last``). ``every_prefix`` gives at each position the
         state the history up to it would have at its newest item (``forward_prefixes``; the ordinary
-        states for a causal encoder)."""
+        states for a causal encoder). A model that :attr:`reads_pads` encodes ``max_len`` slots and
+        returns the input's width."""
+        width = item_ids.shape[1]
+        if self.reads_pads and width < self.max_len:
+            item_ids = left_pad_to(item_ids, self.max_len)
+            timestamps = None if timestamps is None else left_pad_to(timestamps, self.max_len)
         mask = item_ids > 0
         x = self.item_encoder(item_ids, mask, timestamps)
         if newest_only:
             return self.encoder.forward_last(x, mask), mask[:, -1:]
         if every_prefix and not self.encoder.causal:
-            return self.encoder.forward_prefixes(x, mask), mask
-        return self.encoder(x, mask), mask
+            return self.encoder.forward_prefixes(x, mask)[:, -width:], mask[:, -width:]
+        return self.encoder(x, mask)[:, -width:], mask[:, -width:]
 
     def item_logits(self, user: Tensor) -> Tensor:
         """Scores of every item for user vectors ``(N, D)``; column 0 (padding) is ``-inf``."""
@@ -144,11 +156,16 @@ class SeqRecModel(nn.Module):
     def _append_mask_token(self, item_ids: Tensor, timestamps: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """A cloze model (item encoder with a ``[MASK]`` token) predicts the next item at a ``[MASK]``
         appended after the history (BERT4Rec, Sun et al. 2019 §3.6); at ``max_len`` the oldest item
-        makes room. Other models get their input unchanged."""
+        makes room, and with the item encoder's ``mask_displaces_oldest`` it always does (RecBole's
+        BERT4Rec). Other models get their input unchanged."""
         token = getattr(self.item_encoder, "mask_token_id", None)
         if token is None:
             return item_ids, timestamps
-        item_ids = torch.cat([item_ids, torch.full_like(item_ids[:, :1], token)], 1)[:, -self.max_len:]
+        item_ids = torch.cat([item_ids, torch.full_like(item_ids[:, :1], token)], 1)
+        if getattr(self.item_encoder, "mask_displaces_oldest", False):
+            oldest = (item_ids > 0).long().argmax(1, keepdim=True)  # left padding: the first real slot
+            item_ids = item_ids.scatter(1, oldest, 0)
+        item_ids = item_ids[:, -self.max_len:]
         if timestamps is not None:
             timestamps = torch.cat([timestamps, timestamps[:, -1:]], 1)[:, -self.max_len:]
         return item_ids, timestamps
@@ -274,6 +291,31 @@ class SeqRecModel(nn.Module):
 
         return save_pretrained(self, out_dir, **kwargs)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        dataset_facts: Any = None,
+        metrics: dict[str, dict[str, float]] | None = None,
+        card: dict[str, Any] | None = None,
+        **push_options: Any,
+    ) -> str:
+        """Publish this model to the Hub as a trained folder; returns the commit URL (or, with ``dry_run=True``, the plan).
+
+        The folder is written to a temporary directory by :meth:`save_pretrained` (``dataset_facts``,
+        ``metrics`` and ``card`` as there; the item vocabulary comes from ``item_vocab``), then
+        uploaded by :func:`zoo.upload.upload`, which takes ``push_options`` (``revision``,
+        ``private``, ``token``, ``endpoint``, ``commit_message``, ``dry_run``). To publish a folder
+        on disk, checking first that it loads, use :func:`zoo.publish.push_to_hub` or ``zoo push``.
+        """
+        import tempfile
+
+        from zoo.upload import upload
+
+        with tempfile.TemporaryDirectory(prefix="seqrec-zoo-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", dataset_facts=dataset_facts, metrics=metrics, card=card)
+            return upload(folder, repo_id, **push_options)
+
 
 def recbole_init(module: nn.Module) -> None:
     """RecBole's ``_init_weights``: Linear weights and Embeddings ~ N(0, 0.02), Linear biases 0.
@@ -285,6 +327,28 @@ def recbole_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def recbole_gru4rec_init(module: nn.Module) -> None:
+    """RecBole's GRU4Rec ``_init_weights``: Embeddings Xavier-normal, the first GRU layer's weights Xavier-uniform.
+
+    Everything else keeps its own initialisation (RecBole leaves its ``dense`` layer and any deeper GRU
+    layers at PyTorch's defaults, as the zoo's blocks do); ``recbole/model/sequential_recommender/gru4rec.py``.
+    """
+    if isinstance(module, nn.Embedding):
+        nn.init.xavier_normal_(module.weight)
+    elif isinstance(module, nn.GRU):
+        nn.init.xavier_uniform_(module.weight_ih_l0)
+        nn.init.xavier_uniform_(module.weight_hh_l0)
+
+
+# The recipe's ``init`` rules applied after every block initialised itself (``blocks`` applies none).
+INITIALISATIONS = {"recbole": recbole_init, "recbole_gru4rec": recbole_gru4rec_init}
+
+
+def left_pad_to(values: Tensor, width: int) -> Tensor:
+    """``values (B, L)`` left-padded with 0 to ``(B, width)`` (``width >= L``)."""
+    return torch.nn.functional.pad(values, (width - values.shape[1], 0))
 
 
 def left_pad(rows: Sequence[Sequence[float]], device: torch.device | None = None, dtype: torch.dtype = torch.long) -> Tensor:

@@ -3,13 +3,14 @@
 The YAML front matter is ``huggingface_hub``'s :class:`ModelCardData` with one ``EvalResult``
 per metric and split (the Hub shows them as the model's results); the page says which paper
 and recipe the model follows, what data and split it saw, how it was evaluated, its metrics and
-how to load it.
+how to load it. When ``config.json`` records each metrics part's ranking protocol (``protocols``;
+``zoo.train`` does), every number is labelled with it: full ranking, or 1 + N sampled candidates.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -22,24 +23,56 @@ SPLIT_PROTOCOLS = {
 }
 
 
+def protocol_label(protocol: Mapping[str, Any]) -> str:
+    """A ranking protocol in a few words: ``"full ranking"`` or ``"1 + 100 sampled"``."""
+    return "full ranking" if protocol["mode"] == "full" else f"1 + {protocol['num_negatives']} sampled"
+
+
+def _ranking_sentence(protocol: Mapping[str, Any]) -> str:
+    if protocol["mode"] == "full":
+        return "each target is ranked among all items"
+    seed = protocol.get("seed")
+    return (f"each target is ranked among itself and {protocol['num_negatives']} items drawn uniformly without "
+            "replacement from the items outside its history and the target"
+            + ("" if seed is None else f" (seed {seed}, drawn once)"))
+
+
+def _part_split(part: str, protocols: Mapping[str, Any]) -> str:
+    """The split a metrics part was measured on (``valid`` / ``test``)."""
+    return protocols[part]["split"] if part in protocols else part
+
+
+def _column(part: str, protocols: Mapping[str, Any]) -> str:
+    """A metrics part as a heading: its split and, when recorded, its ranking protocol."""
+    split = SPLIT_NAMES.get(_part_split(part, protocols), part)
+    return f"{split} ({protocol_label(protocols[part])})" if part in protocols else split
+
+
+def _metric_config(split_protocol: str | None, part: str, protocols: Mapping[str, Any]) -> str | None:
+    """The Hub's ``metric_config`` of a metrics part: the split and, when recorded, the ranking protocol."""
+    pieces = [split_protocol, protocol_label(protocols[part]) if part in protocols else None]
+    return "; ".join(p for p in pieces if p) or None
+
+
 def _metadata(config: dict[str, Any], card: dict[str, Any]) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     recipe, facts = config["recipe"], config["dataset"]
+    protocols = config.get("protocols") or {}
     dataset = str(facts.get("name", "unknown"))
     method = (facts.get("split") or {}).get("method")
-    protocol = SPLIT_SHORT.get(method, method)
+    split_protocol = SPLIT_SHORT.get(method, method)
     results = [
         EvalResult(
             task_type="sequential-recommendation",
             task_name="Next-item recommendation",
             dataset_type=dataset,
             dataset_name=dataset,
-            dataset_split=SPLIT_NAMES.get(part, part),
+            dataset_split=SPLIT_NAMES.get(_part_split(part, protocols), part),
             metric_type=metric.lower(),
-            metric_name=metric.upper(),
+            metric_name=metric.upper() + (f" ({protocol_label(protocols[part])})" if part in protocols else ""),
             metric_value=round(value, 6),
-            metric_config=protocol,
+            metric_config=_metric_config(split_protocol, part, protocols),
         )
         for part, table in config["metrics"].items()
         for metric, value in table.items()
@@ -56,12 +89,17 @@ def _metadata(config: dict[str, Any], card: dict[str, Any]) -> str:
     return data.to_yaml()
 
 
-def _protocol(facts: dict[str, Any], card: dict[str, Any]) -> str:
+def _protocol(facts: dict[str, Any], card: dict[str, Any], protocols: Mapping[str, Any]) -> str:
     if "protocol" in card:
         return str(card["protocol"])
     method = (facts.get("split") or {}).get("method")
     split = SPLIT_PROTOCOLS.get(method, f"split {method!r}" if method else "split not recorded")
-    return f"{split}; ranking as evaluated by zoo.evaluate (full ranking over all items unless noted)"
+    if not protocols:
+        return f"{split}; ranking as evaluated by zoo.evaluate (full ranking over all items unless noted)"
+    columns: dict[str, list[str]] = {}
+    for part, protocol in protocols.items():
+        columns.setdefault(_ranking_sentence(protocol), []).append(_column(part, protocols))
+    return f"{split}. Ranking: " + "; ".join(f"{', '.join(names)}: {sentence}" for sentence, names in columns.items())
 
 
 def _fact_rows(facts: dict[str, Any]) -> list[str]:
@@ -75,12 +113,12 @@ def _fact_rows(facts: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
+def _metrics_table(metrics: dict[str, dict[str, float]], protocols: Mapping[str, Any]) -> list[str]:
     if not metrics:
         return ["No metrics were recorded with this model."]
     parts = list(metrics)
     names = list(dict.fromkeys(m for table in metrics.values() for m in table))
-    lines = ["| metric | " + " | ".join(SPLIT_NAMES.get(p, p) for p in parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    lines = ["| metric | " + " | ".join(_column(p, protocols) for p in parts) + " |", "|---" * (len(parts) + 1) + "|"]
     for name in names:
         cells = [f"{metrics[p][name]:.4f}" if name in metrics[p] else "" for p in parts]
         lines.append(f"| {name.upper()} | " + " | ".join(cells) + " |")
@@ -113,8 +151,8 @@ def render_model_card(config: dict[str, Any], card: dict[str, Any] | None = None
     lines += ["", "## Recipe", "", "The fully resolved recipe (also in `config.json`):", "", "```yaml",
               yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```", "",
               "## Data", "", "| fact | value |", "|---|---|", *_fact_rows(facts), "",
-              "## Evaluation protocol", "", _protocol(facts, card) + ".", "",
-              "## Metrics", "", *_metrics_table(config["metrics"]), "",
+              "## Evaluation protocol", "", _protocol(facts, card, config.get("protocols") or {}) + ".", "",
+              "## Metrics", "", *_metrics_table(config["metrics"], config.get("protocols") or {}), "",
               "## How to load", "", "```python", "import zoo", "",
               'model = zoo.create("local-dir:PATH/TO/THIS/FOLDER")  # or "hf-hub:ORG/NAME"',
               'history = model.encode_items(["RAW_ID_1", "RAW_ID_2"])  # raw item ids -> indices',

@@ -40,9 +40,15 @@ parallel workers can divide by the global count and get exactly the single-proce
 - ``bce`` -- binary cross-entropy, the positive labelled 1 and each negative 0, summed over
   the ``1 + K`` candidates of a target (SASRec's loss with ``K = 1``; ConvRec Eq. 15 with 100).
 
-Negatives are drawn uniformly from ``1..num_items`` excluding the positive (with replacement
-across the ``K`` draws), by drawing from ``num_items - 1`` values and shifting those at or
-above the positive up by one.
+Negatives (``train.negatives``):
+
+- ``uniform`` -- drawn uniformly from ``1..num_items`` excluding the positive (with replacement
+  across the ``K`` draws), by drawing from ``num_items - 1`` values and shifting those at or
+  above the positive up by one;
+- ``unseen`` -- ``K`` distinct items drawn uniformly from the items outside the user's training
+  sequence (ConvRec §4.3: negatives exclude the items in the user's sequence), which contains the
+  positive (:class:`ItemSets`). The trainer knows each sample's user; a batch handed to
+  :func:`loss_terms` without negatives excludes the items its own row shows (history and targets).
 """
 
 from __future__ import annotations
@@ -102,6 +108,10 @@ class TrainingSamples:
         """The batch of samples ``indices`` of ``epoch`` (random choices drawn from ``rng``)."""
         raise NotImplementedError
 
+    def users(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        """The user (row of the training sequences) of each of the samples ``indices`` of ``epoch``."""
+        raise NotImplementedError
+
 
 class LastItemSamples(TrainingSamples):
     """Objective ``last``: every prefix of every training sequence -> its next item."""
@@ -116,6 +126,9 @@ class LastItemSamples(TrainingSamples):
     def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
         out = self.samples.batch(indices)
         return {"item_ids": out["item_ids"], "timestamps": out["timestamps"], "target": out["target"]}
+
+    def users(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        return self.samples.rows[indices]
 
 
 class AllPositionSamples(TrainingSamples):
@@ -181,6 +194,10 @@ class AllPositionSamples(TrainingSamples):
         targets = gather_windows(seqs.items, starts, ends, self.max_len).astype(np.int64)
         return {"item_ids": torch.from_numpy(items), "timestamps": torch.from_numpy(times), "targets": torch.from_numpy(targets)}
 
+    def users(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        first_target = self.windows_of(epoch)[2][indices]
+        return np.searchsorted(self.sequences.offsets, first_target, side="right") - 1
+
 
 class MaskedItemSamples(TrainingSamples):
     """Objective ``masked``: BERT4Rec cloze windows (see the module docstring)."""
@@ -214,6 +231,9 @@ class MaskedItemSamples(TrainingSamples):
             "masked_targets": torch.from_numpy(np.where(masked, items, 0)),
         }
 
+    def users(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        return self.rows[indices]
+
 
 class RandomCutSamples(TrainingSamples):
     """Objective ``random_cut``: one random prefix cut per user per epoch, drawn from ``(seed, epoch)``."""
@@ -242,6 +262,9 @@ class RandomCutSamples(TrainingSamples):
     def batch(self, indices: np.ndarray, epoch: int, rng: np.random.Generator) -> dict[str, Tensor]:
         out = self.samples_of(epoch).batch(indices)
         return {"item_ids": out["item_ids"], "timestamps": out["timestamps"], "target": out["target"]}
+
+    def users(self, indices: np.ndarray, epoch: int) -> np.ndarray:
+        return self.rows[indices]
 
 
 def check_objective(model: "SeqRecModel", objective: str) -> None:
@@ -299,11 +322,94 @@ def sample_negatives(positives: np.ndarray, num_items: int, num_negatives: int, 
     return draws + (draws >= positives[..., None])
 
 
-def add_negatives(batch: dict[str, Tensor], num_items: int, num_negatives: int, rng: np.random.Generator) -> dict[str, Tensor]:
-    """``batch`` with ``negatives`` for its targets (see :func:`sample_negatives`)."""
+def distinct_ranks(sizes: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``(len(sizes), count)`` integers, row ``i`` ``count`` distinct values uniform over ``0..sizes[i]-1``, sorted.
+
+    Every value is drawn uniformly and repeated values are drawn again until a row has none; the
+    procedure treats all values alike, so each ``count``-subset is equally likely. Needs
+    ``sizes >= count``.
+    """
+    high = np.broadcast_to(np.asarray(sizes, dtype=np.int64)[:, None], (len(sizes), count))
+    ranks = np.sort(rng.integers(0, high), axis=1)
+    while True:
+        repeated = np.zeros(ranks.shape, dtype=bool)
+        repeated[:, 1:] = ranks[:, 1:] == ranks[:, :-1]
+        if not repeated.any():
+            return ranks
+        ranks[repeated] = rng.integers(0, high[repeated])
+        ranks.sort(axis=1)
+
+
+class ItemSets:
+    """A set of items per row (sorted, distinct; CSR), and uniform draws of distinct items outside each set.
+
+    The rows are users with their training sequences (:meth:`of_sequences`, ``train.negatives:
+    unseen``; ConvRec §4.3) or the rows of a batch. Values outside ``1..num_items`` (padding, a
+    ``[MASK]`` token) are ignored. A draw picks ranks among the items outside the set
+    (:func:`distinct_ranks`) and maps rank ``r`` to its item by skipping the set's items, with one
+    ``searchsorted`` over all rows at once.
+    """
+
+    def __init__(self, rows: np.ndarray, items: np.ndarray, num_rows: int, num_items: int) -> None:
+        rows, items = np.asarray(rows, dtype=np.int64), np.asarray(items, dtype=np.int64)
+        real = (items >= 1) & (items <= num_items)
+        span = num_items + 1  # rows * span + value keeps every row's values apart and in row order
+        keys = np.unique(rows[real] * span + items[real])
+        self.num_items, self.span = num_items, span
+        self.rows, self.items = keys // span, keys % span
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(self.rows, minlength=num_rows))]).astype(np.int64)
+        rank_in_row = np.arange(len(keys), dtype=np.int64) - self.offsets[self.rows]
+        # For each set item: how many items outside the set lie below it (non-decreasing within a row).
+        self._outside_below = self.rows * span + self.items - 1 - rank_in_row
+
+    @classmethod
+    def of_sequences(cls, sequences: Sequences, num_items: int) -> "ItemSets":
+        """The distinct items of every sequence (row ``u`` = user ``u``)."""
+        return cls(sequences.row_of_position(), sequences.items, len(sequences), num_items)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Items in each row's set."""
+        return np.diff(self.offsets)
+
+    def check_room(self, count: int, rows: np.ndarray | None = None) -> None:
+        """Raise when one of ``rows`` (default: all) has fewer than ``count`` items outside its set."""
+        rows = np.arange(len(self.sizes)) if rows is None else np.asarray(rows, dtype=np.int64)
+        room = self.num_items - self.sizes[rows]
+        if len(rows) and room.min() < count:
+            worst = int(np.argmin(room))
+            raise ValueError(f"sequence {int(rows[worst])} has only {int(room[worst])} of the {self.num_items} items "
+                             f"outside it, fewer than the {count} distinct negatives to draw; lower train.num_negatives "
+                             "or use train.negatives: uniform")
+
+    def sample_outside(self, rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``(len(rows), count)`` distinct items per entry, uniform over the items outside that row's set."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.check_room(count, rows)
+        room = self.num_items - self.sizes[rows]
+        ranks = distinct_ranks(room, count, rng)
+        skipped = np.searchsorted(self._outside_below, rows[:, None] * self.span + ranks, side="right")
+        return ranks + 1 + skipped - self.offsets[rows][:, None]
+
+
+def add_negatives(batch: dict[str, Tensor], num_items: int, num_negatives: int, rng: np.random.Generator,
+                  outside: ItemSets | None = None, users: np.ndarray | None = None) -> dict[str, Tensor]:
+    """``batch`` with ``negatives`` ``target.shape + (num_negatives,)`` for its targets.
+
+    Without ``outside``: :func:`sample_negatives` (``train.negatives: uniform``). With it: distinct
+    items outside the set of each row's user ``users[b]`` (``unseen``), the same set for every
+    target of a row.
+    """
     key = next(k for k in TARGET_KEYS if k in batch)
-    negatives = sample_negatives(batch[key].numpy(), num_items, num_negatives, rng)
-    return {**batch, "negatives": torch.from_numpy(negatives)}
+    positives = batch[key].numpy()
+    if outside is None:
+        return {**batch, "negatives": torch.from_numpy(sample_negatives(positives, num_items, num_negatives, rng))}
+    if users is None or len(users) != len(positives):
+        raise ValueError(f"negatives outside the users' sequences need one user per batch row ({len(positives)}), "
+                         f"got {None if users is None else len(users)}")
+    per_row = int(np.prod(positives.shape[1:]))
+    drawn = outside.sample_outside(np.repeat(users, per_row), num_negatives, rng)
+    return {**batch, "negatives": torch.from_numpy(drawn.reshape(*positives.shape, num_negatives))}
 
 
 def count_targets(batch: dict[str, Tensor]) -> int:
@@ -321,13 +427,24 @@ class LossTerms(NamedTuple):
     count: int
 
 
-def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-    """User vectors ``(N, D)``, their targets ``(N,)`` and negatives ``(N, K)`` (or None)."""
+class _Targets(NamedTuple):
+    """The prediction targets of a batch: user vectors ``(N, D)``, items ``(N,)``, the batch row of each
+    ``(N,)`` and the batch's negatives ``(N, K)`` (None when the batch brings none)."""
+
+    users: Tensor
+    items: Tensor
+    rows: Tensor
+    negatives: Tensor | None
+
+
+def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> _Targets:
+    """The targets of ``batch`` with the user vector that predicts each (see :class:`_Targets`)."""
     item_ids, timestamps = batch["item_ids"], batch.get("timestamps")
     negatives = batch.get("negatives")
     if "target" in batch:
         hidden, mask = model.encode(item_ids, timestamps)
-        return model.readout(hidden, mask), batch["target"], negatives
+        rows = torch.arange(len(item_ids), device=item_ids.device)
+        return _Targets(model.readout(hidden, mask), batch["target"], rows, negatives)
     if "targets" in batch:
         check_objective(model, "all")
         hidden, _ = model.encode(item_ids, timestamps, every_prefix=True)
@@ -339,7 +456,30 @@ def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> tuple[
     else:
         raise ValueError(f"a training batch needs one of {TARGET_KEYS}; got keys {sorted(batch)}")
     keep = targets > 0
-    return hidden[keep], targets[keep], None if negatives is None else negatives[keep]
+    return _Targets(hidden[keep], targets[keep], keep.nonzero()[:, 0], None if negatives is None else negatives[keep])
+
+
+def _draw_negatives(batch: dict[str, Tensor], found: _Targets, num_items: int, num_negatives: int,
+                    kind: Literal["uniform", "unseen"], generator: torch.Generator | None) -> Tensor:
+    """Negatives ``(N, K)`` for a batch that brings none, drawn with ``generator`` (torch's global one when None).
+
+    ``uniform``: any item but the positive. ``unseen``: distinct items outside what the target's batch
+    row shows (its history and its targets), the closest a bare batch comes to the user's sequence.
+    """
+    if num_items < 2:
+        raise ValueError(f"sampled negatives need at least 2 items, got num_items={num_items}")
+    device = generator.device if generator is not None else torch.device("cpu")
+    targets = found.items
+    if kind == "uniform":
+        draws = torch.randint(1, num_items, (len(targets), num_negatives), generator=generator, device=device)
+        draws = draws.to(targets.device)
+        return draws + (draws >= targets[:, None]).long()
+    item_ids = batch["item_ids"]
+    row_targets = batch[next(k for k in TARGET_KEYS if k in batch)].reshape(len(item_ids), -1)
+    shown = torch.cat([item_ids, row_targets.to(item_ids.device)], 1).cpu().numpy()
+    sets = ItemSets(np.repeat(np.arange(len(shown)), shown.shape[1]), shown.ravel(), len(shown), num_items)
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=generator, device=device)))
+    return torch.from_numpy(sets.sample_outside(found.rows.cpu().numpy(), num_negatives, rng)).to(targets.device)
 
 
 def loss_terms(
@@ -348,13 +488,19 @@ def loss_terms(
     loss: Literal["ce", "sampled_softmax", "bce"] = "ce",
     num_negatives: int = 100,
     generator: torch.Generator | None = None,
+    negatives_from: Literal["uniform", "unseen"] = "uniform",
 ) -> LossTerms:
     """The summed loss of ``batch`` and its number of targets (see the module docstring).
 
-    Negatives come from ``batch["negatives"]`` when present, else are drawn here with
-    ``generator`` (torch's global generator when None).
+    Negatives come from ``batch["negatives"]`` when present, else are drawn here as
+    ``negatives_from`` says (:func:`_draw_negatives`) with ``generator``.
+
+    ``bce`` is ConvRec's Eq. 15 for each target: ``-log σ(s⁺) - Σ_j log(1 - σ(s⁻_j))`` over its
+    positive score and its ``K`` negative scores, written with softplus for stability
+    (``-log σ(x) = softplus(-x)``, ``-log(1 - σ(x)) = softplus(x)``).
     """
-    users, targets, negatives = _users_and_targets(model, batch)
+    found = _users_and_targets(model, batch)
+    users, targets, negatives = found.users, found.items, found.negatives
     count = int(targets.shape[0])
     table = model.item_encoder.item_table()
     if loss == "ce":
@@ -365,12 +511,7 @@ def loss_terms(
     if loss not in ("sampled_softmax", "bce"):
         raise ValueError(f"unknown loss {loss!r}; expected ce, sampled_softmax or bce")
     if negatives is None:
-        if model.num_items < 2:
-            raise ValueError(f"sampled negatives need at least 2 items, got num_items={model.num_items}")
-        draws = torch.randint(1, model.num_items, (count, num_negatives), generator=generator,
-                              device=generator.device if generator is not None else torch.device("cpu"))
-        negatives = draws.to(targets.device)
-        negatives = negatives + (negatives >= targets[:, None]).long()
+        negatives = _draw_negatives(batch, found, model.num_items, num_negatives, negatives_from, generator)
     candidates = torch.cat([targets[:, None], negatives.to(targets.device)], 1)
     logits = model.head(users, table[candidates], candidates).float()
     if loss == "sampled_softmax":
@@ -381,7 +522,7 @@ def loss_terms(
 def mean_loss(model: "SeqRecModel", batch: dict[str, Tensor], config: TrainConfig | None = None) -> Tensor:
     """Mean loss per target of ``batch`` with the recipe's (or ``config``'s) loss."""
     config = config or model.recipe.train
-    terms = loss_terms(model, batch, config.loss, config.num_negatives)
+    terms = loss_terms(model, batch, config.loss, config.num_negatives, negatives_from=config.negatives)
     if terms.count == 0:
         raise ValueError("the batch has no targets (all target entries are 0)")
     return terms.total / terms.count

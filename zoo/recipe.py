@@ -30,10 +30,12 @@ from pydantic import (
     Tag,
     ValidationError,
     create_model,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from zoo.pretrained import TagSpec, check_tags
 from zoo.registry import CONTEXT_ARGS, BlockRegistryError, get_block, unknown_block_message
 
 
@@ -127,7 +129,13 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     objective: Literal["last", "all", "masked", "random_cut"] = "last"
     loss: Literal["ce", "sampled_softmax", "bce"] = "ce"
-    num_negatives: int = Field(100, ge=1)
+    num_negatives: int = Field(100, ge=1, description="losses sampled_softmax / bce: negatives per target")
+    negatives: Literal["uniform", "unseen"] = Field(
+        "uniform",
+        description="losses sampled_softmax / bce: how training negatives are drawn. 'uniform': uniformly from all "
+        "items except the positive, with replacement; 'unseen': num_negatives distinct items, uniformly from the items "
+        "outside the user's training sequence (ConvRec §4.3)",
+    )
     mask_prob: float = Field(0.2, gt=0.0, lt=1.0)
     mask_last_prob: float = Field(
         0.1, ge=0.0, le=1.0,
@@ -170,6 +178,13 @@ class TrainConfig(BaseModel):
         None, ge=1, description="examples per evaluation batch; None: zoo.evaluate's default (scores of a batch within 64 MB)")
     eval_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="validation and test evaluation under bf16 autocast ('bf16'; item scores stay fp32) or fp32")
+    eval_protocol: Literal["full", "sampled"] = Field(
+        "full",
+        description="the ranking protocol of validation (early stopping, the best weights) and of the reported test: "
+        "'full' ranks each target among all items; 'sampled' among itself and eval_negatives items drawn outside its "
+        "history (seed 0), as papers that report 1 + 100 candidates do; the test is then also reported with full ranking",
+    )
+    eval_negatives: int = Field(100, ge=1, description="eval_protocol sampled: the sampled items each target is ranked against")
 
 
 class Recipe(BaseModel):
@@ -184,17 +199,29 @@ class Recipe(BaseModel):
     d_model: int = Field(64, ge=1)
     max_len: int = Field(50, ge=1)
     num_items: int | None = Field(None, ge=1)
-    init: Literal["blocks", "recbole"] = Field(
+    init: Literal["blocks", "recbole", "recbole_gru4rec"] = Field(
         "blocks",
         description="'blocks': each block's own initialisation; 'recbole': afterwards every Linear weight and "
-        "Embedding ~ N(0, 0.02) and Linear biases 0, as RecBole's _init_weights does to the official "
-        "Mamba4Rec / SIGMA code (docs/models/mamba4rec.md, 'RecBole initialisation')",
+        "Embedding ~ N(0, 0.02) and Linear biases 0, as RecBole's _init_weights does to its SASRec / BERT4Rec and "
+        "the official Mamba4Rec / SIGMA code (docs/models/mamba4rec.md, 'RecBole initialisation'); "
+        "'recbole_gru4rec': afterwards Embeddings Xavier-normal and the first GRU layer's weights Xavier-uniform, "
+        "as RecBole's GRU4Rec does (docs/models/baselines.md, 'Initialisation')",
     )
     item_encoder: BlockSpec = BlockSpec(block="item_id")
     encoder: list[Layer] = []
     readout: BlockSpec = BlockSpec(block="last")
     head: BlockSpec = BlockSpec(block="tied_dot")
     train: TrainConfig = TrainConfig()
+    pretrained: dict[str, TagSpec] = Field(
+        {},
+        description="published weights of this recipe, by tag: {ml-100k: {dataset, hf_hub_id, revision, default}}; "
+        "zoo.create('NAME.TAG', pretrained=True) loads one (zoo.pretrained)",
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _tags(cls, tags: dict[str, TagSpec]) -> dict[str, TagSpec]:
+        return check_tags(tags)
 
 
 for _model in (Sequential, Parallel, Residual, Repeat, Recipe):

@@ -14,6 +14,14 @@ One run writes into ``out_dir``:
   Hub folder (:func:`zoo.hub.save_pretrained`), loadable with ``zoo.create("local-dir:OUT")``;
 - ``result.json`` -- the :class:`TrainResult` summary.
 
+Evaluation protocol: validation (early stopping, the best weights) and the reported test rank
+with the recipe's ``train.eval_protocol``: full ranking, or each target among itself and
+``eval_negatives`` items drawn once from seed :data:`EVAL_SEED` outside its history (papers that
+report 1 + 100 candidates, e.g. ConvRec Table 2). With a sampled protocol the best weights are also
+ranked against all items, so every run has full-ranking numbers comparable across models
+(``TrainResult.full_ranking``, ``result.json``, the ``*_full`` parts of ``config.json``'s metrics);
+the model card labels every number with its protocol.
+
 Reproducibility and resuming: the order of an epoch's samples is a permutation drawn from
 ``(seed, epoch)``; every random choice inside a batch (masks, negatives) comes from a generator
 seeded with ``(seed, epoch, step, rank)``; dropout uses torch's global generator, whose state
@@ -55,7 +63,7 @@ from zoo.data.dataset import InteractionDataset
 from zoo.data.split import DataSplit
 from zoo.evaluate import METRICS, evaluate
 from zoo.model import SeqRecModel
-from zoo.objectives import TrainingSamples, add_negatives, count_targets, loss_terms, training_samples
+from zoo.objectives import ItemSets, TrainingSamples, add_negatives, count_targets, loss_terms, training_samples
 from zoo.recipe import Recipe, TrainConfig
 
 log = logging.getLogger("zoo.train")
@@ -65,11 +73,17 @@ CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 CURVE = "curve.png"
 RESULT = "result.json"
+EVAL_SEED = 0  # sampled evaluation draws its negatives once from this seed: every epoch and run ranks the same candidates
 
 
 @dataclass
 class TrainResult:
-    """What a finished run produced: metrics of the best-validation weights and where things are."""
+    """What a finished run produced: metrics of the best-validation weights and where things are.
+
+    ``valid`` and ``test`` use the recipe's ranking protocol (``protocol``: ``zoo.evaluate``'s
+    ``mode`` and, when sampled, ``num_negatives`` and ``seed``); ``full_ranking`` holds the same
+    weights' validation and test metrics with full ranking, comparable across models.
+    """
 
     out_dir: Path
     model: SeqRecModel = field(repr=False)
@@ -81,11 +95,14 @@ class TrainResult:
     train_seconds: float
     history: list[dict[str, Any]] = field(repr=False)
     paths: dict[str, Path] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=lambda: {"mode": "full"})
+    full_ranking: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (without the model and the per-epoch history)."""
         return {
-            "out_dir": str(self.out_dir), "best_epoch": self.best_epoch, "valid": self.valid, "test": self.test,
+            "out_dir": str(self.out_dir), "best_epoch": self.best_epoch, "protocol": self.protocol,
+            "valid": self.valid, "test": self.test, "full_ranking": self.full_ranking,
             "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
             "paths": {k: str(v) for k, v in self.paths.items()},
         }
@@ -152,11 +169,95 @@ def _train_config(model: SeqRecModel, config: TrainConfig | Mapping[str, Any] | 
     return TrainConfig.model_validate(base)
 
 
+def init_weights_from(model: SeqRecModel, source: str | os.PathLike, item_vocab: Any) -> None:
+    """Copy pretrained weights into ``model`` (fine-tuning): all of them when the dataset's items are those
+    the weights were trained on (same raw ids, same order), else all but the item-dependent tensors, which
+    keep ``model``'s fresh initialisation (as ``zoo.create(..., reset_items=True)``). The architecture must
+    be the same: any other tensor that is missing or shaped differently is an error naming it.
+    """
+    from zoo.factory import create_pretrained, item_dependent_keys
+
+    pretrained = create_pretrained(source)
+    vocab = getattr(pretrained, "item_vocab", None)
+    same_items = vocab is not None and list(vocab.raw_ids) == list(item_vocab.raw_ids)
+    theirs, ours = pretrained.state_dict(), model.state_dict()
+    keys = set(ours) - (set() if same_items else item_dependent_keys(pretrained, model.num_items))
+    problems = sorted(
+        f"{k}: {'missing' if k not in theirs else f'stored {tuple(theirs[k].shape)}, model {tuple(ours[k].shape)}'}"
+        for k in keys if k not in theirs or theirs[k].shape != ours[k].shape
+    )
+    if problems:
+        raise ValueError(
+            f"--init-from {source}: its weights do not fit recipe {model.recipe.name!r} (train the recipe the weights "
+            "come from, with training overrides only): " + "; ".join(problems[:10])
+        )
+    model.load_state_dict({k: theirs[k] for k in keys}, strict=False)
+
+
+def give_item_features(model: SeqRecModel, split: DataSplit) -> None:
+    """Load what the model's item encoder uses from the data, as training does: the dataset's attributes
+    and item text embeddings, and the training split's item counts (use it for loops of your own)."""
+    _set_item_features(model, split)
+    _set_item_counts(model, split)
+
+
 def _set_item_features(model: SeqRecModel, split: DataSplit) -> None:
-    """Give the item encoder the dataset's attributes when it uses them."""
-    features = split.dataset.item_features
-    if features is not None and "attributes" in getattr(model.item_encoder, "item_features", ()):
+    """Give the item encoder the side information it declares: the dataset's attributes, its item text embeddings.
+
+    Text embeddings (:func:`zoo.data.item_text.item_text_table`, all-MiniLM-L6-v2, cached) become a
+    buffer of the encoder, so the trained folder carries them and predicts without the text encoder.
+    A dataset without item texts, or a text width other than the encoder's, fails here, before training.
+    """
+    used = getattr(model.item_encoder, "item_features", ())
+    dataset = split.dataset
+    features = dataset.item_features
+    if features is not None and "attributes" in used:
         model.set_item_features(attributes=torch.from_numpy(np.asarray(features.attributes, dtype=np.float32)))
+    if "text" not in used:
+        return
+    from zoo.data.item_text import MiniLMEncoder, item_text_table
+
+    block = model.recipe.item_encoder.block
+    if features is None or features.num_with_text == 0:
+        raise ValueError(
+            f"recipe {model.recipe.name!r}: its item encoder {block!r} embeds item texts, but dataset {dataset.name!r} "
+            "has none; give it an item file (a RecBole .item beside the .inter file, or load_dataset(..., item_file=...)) "
+            "with a title column ('title', 'name', '*_title' or '*_name', e.g. movie_title), or use an item encoder "
+            "without text"
+        )
+    encoder = MiniLMEncoder()
+    text_dim = getattr(model.item_encoder, "text_dim", encoder.dim)
+    if text_dim != encoder.dim:
+        raise ValueError(
+            f"recipe {model.recipe.name!r}: item encoder {block!r} has text_dim {text_dim}, but item texts are embedded "
+            f"by {encoder.name} ({encoder.dim}-d); set item_encoder.text_dim: {encoder.dim}"
+        )
+    model.set_item_features(text=torch.from_numpy(item_text_table(features.text, encoder)))
+
+
+def _set_item_counts(model: SeqRecModel, split: DataSplit) -> None:
+    """Give an item encoder that ranks items by frequency (ConvRec §4.1's frequent-item ID trick,
+    ``attribute_context`` with ``num_known_items``) the interaction count of every item in the
+    training split only, so validation and test interactions never shape the model."""
+    encoder = model.item_encoder
+    if "item_counts" in getattr(encoder, "item_features", ()) and getattr(encoder, "num_known_items", None) is not None:
+        counts = np.bincount(split.train.items, minlength=model.num_items + 1)
+        model.set_item_features(item_counts=torch.from_numpy(counts))
+
+
+def eval_protocol(config: TrainConfig) -> dict[str, Any]:
+    """The recipe's ranking protocol (``train.eval_protocol``) as :func:`zoo.evaluate.evaluate` arguments."""
+    if config.eval_protocol == "full":
+        return {"mode": "full"}
+    return {"mode": "sampled", "num_negatives": config.eval_negatives, "seed": EVAL_SEED}
+
+
+def _check_eval_room(config: TrainConfig, num_items: int) -> None:
+    """Sampled evaluation needs ``eval_negatives`` items besides each target."""
+    if config.eval_protocol == "sampled" and config.eval_negatives > num_items - 1:
+        raise ValueError(f"eval_protocol 'sampled' ranks each target among itself and eval_negatives="
+                         f"{config.eval_negatives} other items, but the dataset has only {num_items} items: set "
+                         f"train.eval_negatives to at most {num_items - 1} or use train.eval_protocol: full")
 
 
 def _autocast(device: torch.device, precision: Precision) -> tuple[Any, bool]:
@@ -221,6 +322,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _with_current_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A saved fingerprint with its recipe validated again: recipe fields added since the checkpoint was
+    written take their defaults, so a checkpoint of the same run still resumes."""
+    from pydantic import ValidationError
+
+    try:
+        recipe = Recipe.model_validate(fingerprint["recipe"]).model_dump(mode="json")
+    except (ValidationError, KeyError, TypeError):
+        return fingerprint
+    return {**fingerprint, "recipe": recipe}
+
+
 def _fingerprint(model: SeqRecModel, split: DataSplit, seed: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (the recipe with its train config, seed and data)."""
     return {
@@ -257,6 +370,12 @@ class _Run:
         self.autocast, fp16 = _autocast(device, precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.needs_negatives = config.loss in ("sampled_softmax", "bce")
+        self.negatives_outside = (ItemSets.of_sequences(split.train, model.num_items)
+                                  if self.needs_negatives and config.negatives == "unseen" else None)
+        if self.negatives_outside is not None:
+            self.negatives_outside.check_room(config.num_negatives)
+        _check_eval_room(config, model.num_items)
+        self.protocol = eval_protocol(config)
         self.fingerprint = _fingerprint(model, split, seed)
         # Trainer counters (all JSON-able; saved in every checkpoint).
         self.epoch = 0
@@ -314,8 +433,8 @@ class _Run:
 
     def restore(self, folder: Path) -> None:
         state = ckpt.load_checkpoint(folder, self.model, self.optimizer)
-        if state["fingerprint"] != self.fingerprint:
-            saved, now = state["fingerprint"], self.fingerprint
+        saved, now = _with_current_defaults(state["fingerprint"]), self.fingerprint
+        if saved != now:
             differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"{self.out_dir} holds a checkpoint of a different run (it differs in {differ}); "
                              "resume with the same recipe, training settings, seed and data, or pass resume=False "
@@ -349,7 +468,8 @@ class _Run:
             return {}
         batch = trim_padding(self.samples.batch(indices, self.epoch, rng))
         if self.needs_negatives:
-            batch = add_negatives(batch, self.model.num_items, self.config.num_negatives, rng)
+            users = None if self.negatives_outside is None else self.samples.users(indices, self.epoch)
+            batch = add_negatives(batch, self.model.num_items, self.config.num_negatives, rng, self.negatives_outside, users)
         return batch
 
     def _step(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, int]:
@@ -416,9 +536,12 @@ class _Run:
 
     # ------------------------------------------------------------ validation and early stopping
 
-    def evaluate(self, model: SeqRecModel, which: Literal["valid", "test"]) -> tuple[dict[str, float], float]:
+    def evaluate(self, model: SeqRecModel, which: Literal["valid", "test"],
+                 full_ranking: bool = False) -> tuple[dict[str, float], float]:
+        """Metrics (``"ndcg@10"``, ...) and seconds of ``which`` with the recipe's protocol, or with full ranking."""
+        protocol = {"mode": "full"} if full_ranking else self.protocol
         result = evaluate(model, self.split, which=which, ks=self.eval_ks, batch_size=self.config.eval_batch_size,
-                          device=self.device, precision=self.config.eval_precision)
+                          device=self.device, precision=self.config.eval_precision, **protocol)
         return _lower(result.metrics), result.seconds
 
     def end_epoch(self) -> None:
@@ -503,6 +626,7 @@ def train(
     eval_ks: tuple[int, ...] = (5, 10, 20),
     save_model: bool = True,
     plot: bool = True,
+    init_from: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train a model with early stopping on the validation metric; test the best weights; write ``out_dir``.
 
@@ -516,8 +640,12 @@ def train(
     bf16 autocast on CUDA (fp16 with gradient scaling where bf16 is unsupported) and fp32 on CPU;
     ``"bf16"`` also works on CPU. ``checkpoint_every``: also checkpoint every N optimiser steps.
     Returns the metrics of the best-validation weights on validation and test (keys like
-    ``"ndcg@10"``) and the paths written; the model holds those weights. ``save_model=False`` skips
-    the trained folder and ``plot=False`` the curve (both import heavy libraries).
+    ``"ndcg@10"``) with the recipe's ranking protocol (``train.eval_protocol``), the same weights'
+    full-ranking metrics (``full_ranking``) and the paths written; the model holds those weights.
+    ``save_model=False`` skips the trained folder and ``plot=False`` the curve (both import heavy
+    libraries). ``init_from``: start from pretrained weights (a tag such as ``"sigma.ml-100k"``,
+    ``"local-dir:DIR"`` or ``"hf-hub:org/name"``) of the same architecture (:func:`init_weights_from`);
+    a resumed run continues from its checkpoint instead.
     """
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 steps, got {checkpoint_every}")
@@ -529,8 +657,10 @@ def train(
     model = _resolve_model(model_or_recipe, data.dataset.num_items, dict(overrides or {}), seed)
     train_config = _train_config(model, config, epochs)
     model.recipe = model.recipe.model_copy(update={"train": train_config})
+    if init_from is not None:
+        init_weights_from(model, init_from, data.dataset.item_vocab)
     model.item_vocab = data.dataset.item_vocab
-    _set_item_features(model, data)
+    give_item_features(model, data)
     model.to(device)
     dist_utils.broadcast_parameters(model, context)
     torch.manual_seed(seed * 1000 + context.rank)  # dropout draws: reproducible, different on every process
@@ -554,6 +684,36 @@ def train(
     return result
 
 
+def _published_metrics(protocol: dict[str, Any], valid: dict[str, float], test: dict[str, float],
+                       full: dict[str, dict[str, float]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """The trained folder's metrics by part and each part's protocol: ``valid`` / ``test`` with the recipe's
+    protocol and, when that is sampled, ``valid_full`` / ``test_full`` with full ranking."""
+    metrics = {"valid": valid, "test": test}
+    protocols = {part: {"split": part, **protocol} for part in metrics}
+    if protocol["mode"] != "full":
+        for which in ("valid", "test"):
+            metrics[f"{which}_full"] = full[which]
+            protocols[f"{which}_full"] = {"split": which, "mode": "full"}
+    return metrics, protocols
+
+
+def _card_notes(run: _Run) -> str:
+    """The model card's paragraph on how the folder's weights were trained and chosen, and how to redo it."""
+    from zoo.model_card import protocol_label
+
+    config = run.config
+    epochs = len(run.history)
+    minutes = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history) / 60
+    dataset = run.split.dataset.name
+    return (f"Trained with `zoo.train` for {epochs} epoch{'s' if epochs != 1 else ''} in {minutes:.1f} minutes of "
+            f"training and validation (best validation {run.metric_key} {run.best_metric:.4f}, "
+            f"{protocol_label(run.protocol)}, at epoch {run.best_epoch + 1}; seed {run.seed}; "
+            f"objective {config.objective}, loss {config.loss}, {config.optimizer} lr {config.lr}, batch {config.batch_size}"
+            + ("" if config.ema_decay is None else f"; weights: moving average, decay {config.ema_decay}")
+            + f"). To train it again: `zoo train {run.model.recipe.name} --data {dataset} --out DIR --seed {run.seed}` "
+            "(the recipe as trained, overrides included, is the one in `config.json`).")
+
+
 def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
     """Load the best weights, test them, write the trained folder, the curve and the summary."""
     model, out = run.model, run.out_dir
@@ -565,18 +725,15 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
         model.load_state_dict({k: v.to(run.device) for k, v in run.best_state.items()})
         valid, _ = run.evaluate(model, "valid")
         test, _ = run.evaluate(model, "test")
+        full = ({"valid": valid, "test": test} if run.protocol["mode"] == "full" else
+                {which: run.evaluate(model, which, full_ranking=True)[0] for which in ("valid", "test")})
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)
-        summary = {"valid": valid, "test": test, "train_seconds": train_seconds, "best_epoch": run.best_epoch + 1,
-                   "history": run.history}
+        summary = {"valid": valid, "test": test, "full_ranking": full, "train_seconds": train_seconds,
+                   "best_epoch": run.best_epoch + 1, "history": run.history}
         if save_model:
-            notes = (f"Trained with `zoo.train` for {len(run.history)} epochs (best validation {run.metric_key} "
-                     f"{run.best_metric:.4f} at epoch {run.best_epoch + 1}; seed {run.seed}; objective "
-                     f"{run.config.objective}, loss {run.config.loss}, {run.config.optimizer} lr {run.config.lr}, "
-                     f"batch {run.config.batch_size}"
-                     + ("" if run.config.ema_decay is None else f"; weights: moving average, decay {run.config.ema_decay}")
-                     + ").")
-            model.save_pretrained(out, dataset_facts=run.split, metrics={"valid": valid, "test": test},
-                                  card={"notes": notes})
+            metrics, protocols = _published_metrics(run.protocol, valid, test, full)
+            model.save_pretrained(out, dataset_facts=run.split, metrics=metrics, protocols=protocols,
+                                  card={"notes": _card_notes(run)})
             paths["model"] = out
         if plot:
             paths["curve"] = plot_curve(run.history, run.metric_key, out / CURVE)
@@ -585,7 +742,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
     result = TrainResult(
         out_dir=out, model=model, best_epoch=summary["best_epoch"], valid=summary["valid"], test=summary["test"],
         epochs_run=len(summary["history"]), stopped_early=run.stopped, train_seconds=summary["train_seconds"],
-        history=list(summary["history"]), paths=paths,
+        history=list(summary["history"]), paths=paths, protocol=dict(run.protocol), full_ranking=summary["full_ranking"],
     )
     if run.context.is_main:
         paths["result"] = out / RESULT

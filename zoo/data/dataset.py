@@ -17,16 +17,22 @@ class ItemFeatures:
 
     ``attributes`` is a multi-hot float32 matrix ``(num_items + 1, len(attribute_names))``
     (e.g. MovieLens genres); ``text`` holds one string per item (e.g. ``"Toy Story (1995)"``),
-    ``""`` for padding and for items the item file does not describe.
+    ``""`` for padding and for items the item file does not describe (or all ``""`` when the
+    item file has no text field; see :func:`zoo.data.features.item_features`).
     """
 
     attributes: np.ndarray
     attribute_names: list[str]
     text: list[str]
 
+    @property
+    def num_with_text(self) -> int:
+        """How many items have a non-empty text (0: the dataset has no item texts)."""
+        return sum(bool(t) for t in self.text)
+
     def to_dict(self) -> dict[str, Any]:
         """Facts for a config file: the attribute vocabulary and how many items have text."""
-        return {"attribute_names": list(self.attribute_names), "num_with_text": sum(bool(t) for t in self.text)}
+        return {"attribute_names": list(self.attribute_names), "num_with_text": self.num_with_text}
 
 
 @dataclass

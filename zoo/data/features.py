@@ -11,7 +11,9 @@ from zoo.data.dataset import ItemFeatures
 from zoo.data.vocab import Vocabulary
 
 DEFAULT_ATTRIBUTE_FIELDS = ("class",)
-DEFAULT_TEXT_FIELDS = ("movie_title", "release_year")
+TITLE_NAMES = ("title", "name")  # a text field is named so, or ends in "_title" / "_name"
+YEAR_NAMES = ("release_year", "year")
+TEXT_TYPES = ("token", "token_seq")
 
 
 def _pick(table: AtomicTable, requested: Sequence[str] | None, defaults: Sequence[str], role: str) -> list[str]:
@@ -21,6 +23,21 @@ def _pick(table: AtomicTable, requested: Sequence[str] | None, defaults: Sequenc
     if missing:
         raise DataFormatError(f"{table.path}: {role} field(s) {missing} not found; the header has {list(table.types)}")
     return list(requested)
+
+
+def _default_text_fields(table: AtomicTable) -> list[str]:
+    """The title field, then a year field, when the table has them (``movie_title``, ``release_year``).
+
+    The title is the first ``token``/``token_seq`` field named ``title`` or ``name`` or ending in
+    ``_title`` / ``_name`` (``movie_title``, ``item_name``, ...); the year, the first of
+    ``release_year`` / ``year`` of those types. No title field means no text.
+    """
+    texts = [f for f, kind in table.types.items() if kind in TEXT_TYPES]
+    titles = [f for f in texts if f in TITLE_NAMES or f.endswith(tuple(f"_{n}" for n in TITLE_NAMES))]
+    if not titles:
+        return []
+    years = [f for f in YEAR_NAMES if f in texts]
+    return titles[:1] + years[:1]
 
 
 def _tokens(table: AtomicTable, name: str) -> list[np.ndarray]:
@@ -42,14 +59,15 @@ def item_features(
 
     Attributes: every token of the ``attribute_fields`` (default ``class``, MovieLens genres)
     becomes one multi-hot column, columns sorted by name. Text: the first ``text_fields``
-    value, then the others in parentheses (default ``movie_title (release_year)``). Items of
-    the table that are not in the vocabulary are ignored; vocabulary items the table lacks get
-    no attributes and empty text.
+    value, then the others in parentheses; by default a title field and a year field when the
+    table has them (:func:`_default_text_fields`: ``movie_title (release_year)`` for MovieLens,
+    ``"Toy Story (1995)"``), else no text. Items of the table that are not in the vocabulary
+    are ignored; vocabulary items the table lacks get no attributes and empty text.
     """
     if ITEM_FIELD not in table.types:
         raise DataFormatError(f"{table.path}: no {ITEM_FIELD!r} field; the header has {list(table.types)}")
     attribute_fields = _pick(table, attribute_fields, DEFAULT_ATTRIBUTE_FIELDS, "attribute")
-    text_fields = _pick(table, text_fields, DEFAULT_TEXT_FIELDS, "text")
+    text_fields = _default_text_fields(table) if text_fields is None else _pick(table, text_fields, (), "text")
 
     rows = item_vocab.encode(table.columns[ITEM_FIELD], unknown="skip")
     known = np.isin(table.columns[ITEM_FIELD], item_vocab.raw_ids)
