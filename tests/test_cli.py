@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -116,3 +119,64 @@ def test_eval_follows_the_recipes_protocol_unless_told(trained_sampled, trained,
     assert "1 + 5 negatives" in capsys.readouterr().out
     assert main(["eval", str(trained), "--data", str(log_csv)]) == 0
     assert "full ranking, the recipe's protocol" in capsys.readouterr().out
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["list", "--pretrained"]])
+def test_help_and_list_do_not_import_torch(argv):
+    """`zoo --help` / `zoo list` answer from the recipe files: torch (seconds to import) is never loaded."""
+    done = run_python(f"import sys, zoo.cli\ntry:\n    zoo.cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+                      "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    assert done.stdout.strip().splitlines()[-1] == "NO-TORCH", done.stderr
+
+
+def test_import_zoo_is_light_and_create_still_works():
+    done = run_python("import sys, zoo\nlight = 'torch' not in sys.modules\nm = zoo.create('sasrec', num_items=5)\n"
+                      "from zoo.registry import get_block\nprint(light, type(m).__name__, get_block('gru').__name__)")
+    assert done.stdout.split() == ["True", "SeqRecModel", "GRU"], done.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`zoo list | head` must not end in a BrokenPipeError traceback."""
+    done = subprocess.run(f"{sys.executable} -c 'import zoo.cli, sys; sys.exit(zoo.cli.main([\"list\", \"--blocks\"]))' | true",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_metrics_sort_by_name_then_cut_off():
+    from zoo.cli import metric_order
+
+    assert sorted(["ndcg@10", "hr@20", "hr@5", "hr@10", "ndcg@5"], key=metric_order) == ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10"]
+
+
+def test_compare_prints_one_table_and_one_plot(trained, trained_sampled, tmp_path, capsys):
+    import json
+
+    import zoo
+
+    plot = tmp_path / "curves.png"
+    assert main(["compare", str(trained), str(trained_sampled), "--plot", str(plot)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| run | recipe | test HR@10 | test NDCG@10")
+    rows = [line.split(" | ") for line in lines[2:4]]
+    for row, folder in zip(rows, (trained, trained_sampled)):
+        result = json.loads((folder / "result.json").read_text())
+        full = result["full_ranking"]["test"]
+        assert row[2:5] == [f"{full[m]:.4f}" for m in ("hr@10", "ndcg@10", "mrr@10")]  # full ranking, comparable
+        assert row[5] == f"{result['best_epoch']} / {result['epochs_run']}"
+        parameters = sum(p.numel() for p in zoo.create(f"local-dir:{folder}").parameters())
+        assert row[7].rstrip(" |") == f"{parameters:,}"
+    assert plot.stat().st_size > 1000
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "result.json does not exist" in capsys.readouterr().err
+
+
+def test_threads_option_sets_torchs_threads():
+    done = run_python("import torch, zoo.cli\nzoo.cli.main(['--threads', '1', 'info', 'gru4rec', '--num-items', '10'])\n"
+                      "a = torch.get_num_threads()\nzoo.cli.main(['--threads', '2', 'info', 'gru4rec', '--num-items', '10'])\n"
+                      "print(a, torch.get_num_threads())")
+    assert done.stdout.split()[-2:] == ["1", "2"], done.stderr
+    assert main(["--threads", "0", "info", "gru4rec"]) == 2

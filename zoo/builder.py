@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from zoo import combinators
+from zoo.catalog import list_models
 from zoo.paths import recipes_dir
 from zoo.pretrained import list_pretrained
 from zoo.recipe import (
     BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, apply_overrides, checked, load_recipe, validate_recipe,
 )
 from zoo.registry import context_kwargs, get_block
-
-
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Names of the bundled recipes (file stems) matching a shell-style ``pattern``; with
-    ``pretrained=True``, the published ``model.tag`` names instead (:mod:`zoo.pretrained`)."""
-    if pretrained:
-        return list_pretrained(pattern if "." in pattern or pattern.endswith("*") else f"{pattern}.*")
-    return sorted(p.stem for p in recipes_dir().glob("*.yaml") if fnmatch.fnmatchcase(p.stem, pattern))
 
 
 def recipe_path(name_or_path: str | Path) -> Path:

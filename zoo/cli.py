@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Sequence
 
 import zoo
-from zoo.builder import resolve_recipe
-from zoo.info import block_tree, count_parameters, flops_per_sequence
-from zoo.registry import get_block
 
 
 def table(rows: list[Sequence[str]], header: Sequence[str]) -> str:
@@ -32,8 +29,26 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+COMPUTING_COMMANDS = ("info", "train", "eval", "recommend", "convert", "push")
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads: ``threads``, else the CPUs this process may run on (its affinity mask, which
+    containers and ``taskset`` narrow, unlike torch's own default of the machine's cores). Only commands
+    that compute import torch, so listing stays fast."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if threads is None and not hasattr(os, "sched_getaffinity"):
+        return
+    import torch
+
+    torch.set_num_threads(threads if threads is not None else len(os.sched_getaffinity(0)))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.blocks:
+        from zoo.registry import get_block
+
         rows = []
         for name in zoo.list_blocks(args.pattern, kind=args.kind):
             cls = get_block(name)
@@ -43,11 +58,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if args.pretrained:
         return list_pretrained_table(args.pattern)
+    import yaml
+
+    from zoo.paths import recipes_dir
+
     rows = []
-    for name in zoo.list_models(args.pattern):
-        recipe = resolve_recipe(name)
-        rows.append([name, recipe.fidelity, str(recipe.d_model), str(recipe.max_len), (recipe.paper or "")[:60]])
+    for name in zoo.list_models(args.pattern):  # the bundled headers only: nothing is built, so no torch
+        header = yaml.safe_load((recipes_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
+        rows.append([name, header.get("fidelity", "baseline"), str(header.get("d_model", 64)), str(header.get("max_len", 50)),
+                     header.get("paper") or ""])
     print(table(rows, ["model", "fidelity", "d_model", "max_len", "paper"]))
+    print("\nfidelity: paper = follows its paper, code = follows the released code, baseline = a standard "
+          "re-implementation, hybrid = a new combination. `zoo info NAME` describes one.")
     return 0
 
 
@@ -82,6 +104,9 @@ def weights_line(name: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from zoo.builder import resolve_recipe
+    from zoo.info import block_tree, count_parameters, flops_per_sequence
+
     recipe = resolve_recipe(args.name, parse_sets(args.set))
     model = zoo.create(recipe, num_items=args.num_items if recipe.num_items is None else recipe.num_items)
     print(f"{recipe.name}: {recipe.paper or 'no paper'} (fidelity: {recipe.fidelity})")
@@ -217,8 +242,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from zoo.compare import comparison_table, plot_curves, read_run
+
+    runs = [read_run(folder) for folder in args.runs]
+    print(comparison_table(runs), end="")
+    if args.plot != "none":
+        print(f"validation curves: {plot_curves(runs, args.plot)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo", description="seqrec-zoo: sequential recommendation models from recipes")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: the CPUs this process may run on; on a machine shared with "
+                        "other jobs, fewer threads are often faster)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list bundled models (or blocks with --blocks)")
@@ -264,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16: the encoder under bf16 autocast (item scores stay fp32)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("compare", help="the metrics, training time and size of trained runs side by side, and their curves")
+    p.add_argument("runs", nargs="+", help="run folders written by `zoo train --out DIR`")
+    p.add_argument("--plot", default="compare.png", help="where to write the validation curves (PNG), or 'none'")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
     p.add_argument("model", help="trained folder (DIR or local-dir:DIR), hf-hub:org/name or a published tag (sigma.ml-100k)")
     p.add_argument("--history", required=True, help="raw item ids, oldest first, comma-separated")
@@ -299,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in COMPUTING_COMMANDS:
+            set_threads(args.threads)
         return args.func(args)
     except BrokenPipeError:
         # the reader went away (`zoo list | head`): stop quietly, and keep Python from complaining at exit

@@ -22,3 +22,4 @@ def recipes_dir() -> Path:
 def weights_dir() -> Path:
     """The bundled pretrained folders (``zoo/weights/<model>.<tag>/``), installed with the package."""
     return Path(__file__).resolve().parent / "weights"
+

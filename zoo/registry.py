@@ -1,21 +1,24 @@
 """The block registry: one name -> one block class.
 
 Blocks register themselves with ``@register_block("name")``. This module is the bottom layer: it
-imports nothing of the project. The built-in blocks register when ``zoo.blocks`` is imported (``import
-zoo`` does that); third-party blocks, advertised under the ``seqrec_zoo.blocks`` entry-point group,
-are imported at the first lookup.
+imports nothing of the project. The built-in blocks register when ``zoo.blocks`` is imported: the zoo
+package names it in :data:`BUILTIN_MODULES`, and the first lookup imports it (so ``import zoo`` stays
+light); third-party blocks, advertised under the ``seqrec_zoo.blocks`` entry-point group, are imported
+then too.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 from importlib.metadata import entry_points
 from typing import Callable, TypeVar
 
 BLOCK_KINDS = ("sequence", "fusion", "readout", "item-encoder", "head")
 ENTRY_POINT_GROUP = "seqrec_zoo.blocks"
 
+BUILTIN_MODULES: list[str] = []  # filled by the zoo package (``zoo.blocks``): no project import here
 _BLOCKS: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
 _entry_points_loaded = False
@@ -35,6 +38,7 @@ def register_block(name: str, *, aliases: tuple[str, ...] = (), override: bool =
     """
 
     def decorator(cls: T) -> T:
+        _load_blocks()  # built-ins first, so a name taken by one is caught whatever the import order
         kind = getattr(cls, "kind", None)
         if kind not in BLOCK_KINDS:
             raise BlockRegistryError(f"block {name!r} ({cls.__qualname__}) must declare kind in {BLOCK_KINDS}, got {kind!r}")
@@ -57,11 +61,14 @@ def register_block(name: str, *, aliases: tuple[str, ...] = (), override: bool =
 
 
 def _load_blocks() -> None:
-    """Import the third-party block modules advertised as entry points (once)."""
+    """Import the modules that register blocks, once, at the first lookup or registration: the built-in
+    ones named in :data:`BUILTIN_MODULES`, then the third-party ones advertised as entry points."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         ep.load()
 

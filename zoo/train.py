@@ -589,6 +589,7 @@ def plot_curve(history: list[dict[str, Any]], metric: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -602,6 +603,7 @@ def plot_curve(history: list[dict[str, Any]], metric: str, path: Path) -> Path:
     right.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"validation {metric}")
     for axis in (left, right):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     ckpt.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
