@@ -22,6 +22,7 @@ Usage::
     .venv/bin/python benchmarks/train_all.py --out runs/train-all                 # every recipe
     .venv/bin/python benchmarks/train_all.py --out runs/train-all --recipes 'sigma*' mamba4rec
     .venv/bin/python benchmarks/train_all.py --out runs/more --recipes convrec --keep benchmarks/results/train_all.json
+    .venv/bin/python benchmarks/train_all.py --out runs/all --recipes --collect runs/a runs/b   # tables only
 """
 
 from __future__ import annotations
@@ -136,12 +137,13 @@ def table(rows: list[dict]) -> str:
         test = r.get("test", {})
         best = r.get("time_to_best_s")
         lines.append(
-            f"| {r['recipe']} | {r.get('objective', '')} | {cell(r.get('ms_per_sequence'), '.2f')} | "
+            f"| {r['recipe']}{' *' if r.get('note') else ''} | {r.get('objective', '')} | {cell(r.get('ms_per_sequence'), '.2f')} | "
             f"{cell(r.get('targets_per_second'), ',.0f')} | {r.get('epochs', '')} | "
             f"{'' if best is None else f'{best / 60:.1f} min'} | {cell(test.get('hr@10'), '.4f')} | "
             f"{cell(test.get('ndcg@10'), '.4f')} | {cell(test.get('mrr@10'), '.4f')} | "
             f"{cell(r.get('peak_rss_mb'), ',.0f')}{' MB' if r.get('peak_rss_mb') else ''} |")
-    return "\n".join(lines) + "\n"
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    return "\n".join(lines + [""] + [f"\\* {n}" for n in notes]) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -173,6 +175,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recbole", type=Path, default=RECBOLE_DEFAULT, help="train_eval.py results with RecBole runs")
     parser.add_argument("--keep", type=Path, help="an earlier results.json whose rows for recipes not run now join the table")
+    parser.add_argument("--collect", type=Path, nargs="*", default=[],
+                        help="other --out folders whose finished rows (RECIPE/benchmark_row.json) join the table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +188,7 @@ def main() -> None:
     import zoo
 
     names = [n for n in zoo.list_models() if any(fnmatch.fnmatchcase(n, p) for p in args.recipes)]
-    rows = []
+    rows = [json.loads(f.read_text(encoding="utf-8")) for folder in args.collect for f in sorted(folder.glob("*/benchmark_row.json"))]
     for name in names:
         print(f"== {name}", flush=True)
         done = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--seed", str(args.seed), "--child", name])

@@ -25,5 +25,6 @@ def test_custom_hybrid(tmp_path):
 def test_quickstart_trains_and_recommends(tmp_path):
     pytest.importorskip("zoo.data").builtin_path("ml-100k")  # raises with the install command when missing
     out = run("quickstart.py", "1", cwd=tmp_path)
-    assert "test HR@10" in out and "after Star Wars" in out
+    assert "test HR@10" in out and "your sasrec, after Star Wars" in out
+    assert "mamba4rec.ml-100k, after Star Wars" in out  # the shipped pretrained model, first
     assert (tmp_path / "runs" / "quickstart" / "model.safetensors").is_file()

@@ -7,6 +7,7 @@ download protocol end to end, are tested in ``test_hub_loopback.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,6 +41,14 @@ def tiny(name: str = "sasrec", **overrides) -> zoo.SeqRecModel:
 
 def facts() -> dict:
     return {"name": "toy", "num_users": 3, "preprocessing": {"dedup": "all"}, "split": {"method": "loo"}}
+
+
+def rewrite_weights(folder: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Replace a folder's weights and record their digest, as a save of such weights would."""
+    save_file(weights, str(folder / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    config["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 @pytest.fixture
@@ -171,7 +180,7 @@ def test_missing_and_unexpected_keys_are_listed(saved):
     dropped = "head.bias" if "head.bias" in weights else sorted(weights)[0]
     del weights[dropped]
     weights["encoder.extra.weight"] = torch.zeros(2)
-    save_file(weights, str(folder / "model.safetensors"))
+    rewrite_weights(folder, weights)
     with pytest.raises(PretrainedLoadError) as info:
         zoo.create(f"local-dir:{folder}")
     message = str(info.value)
@@ -183,7 +192,7 @@ def test_shape_mismatch_is_an_error(saved):
     weights = load_file(str(folder / "model.safetensors"))
     key = next(k for k, v in weights.items() if v.dim() == 2)
     weights[key] = torch.zeros(weights[key].shape[0] + 1, weights[key].shape[1])
-    save_file(weights, str(folder / "model.safetensors"))
+    rewrite_weights(folder, weights)
     with pytest.raises(PretrainedLoadError, match=f"{key}: stored"):
         zoo.create(f"local-dir:{folder}")
 

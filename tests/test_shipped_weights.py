@@ -44,7 +44,7 @@ def test_shipped_model_reproduces_its_card(name):
                           num_negatives=protocol.get("num_negatives", 100), seed=protocol.get("seed", 0))
         for metric in METRICS:
             stated = config["metrics"][part][metric]
-            assert f"{result[metric]:.4f}" == f"{stated:.4f}", f"{name} {part} {metric}: {result[metric]:.4f} vs {stated:.4f}"
+            assert f"{result[metric.upper()]:.4f}" == f"{stated:.4f}", f"{name} {part} {metric}: {result[metric.upper()]:.4f} vs {stated:.4f}"
             assert f"{stated:.4f}" in card, f"{name}: the model card lacks {part} {metric} {stated:.4f}"
 
 
@@ -52,3 +52,15 @@ def test_shipped_weights_stay_small():
     sizes = {name: (weights_dir() / name / "model.safetensors").stat().st_size for name in SHIPPED}
     assert all(size < 16 * 2**20 for size in sizes.values()), sizes
     assert sum(sizes.values()) < 64 * 2**20, f"{sum(sizes.values()) / 2**20:.1f} MB in all"
+
+
+def test_published_facts_carry_no_local_paths(tmp_path):
+    """A card or config.json to publish never shows where the trainer's files were."""
+    from zoo.hub import describe_data
+
+    facts = describe_data(load_dataset("ml-100k"))
+    assert facts["source"] == "ml-100k.inter" and facts["item_file"] == "ml-100k.item"
+    for name in SHIPPED:
+        for file in ("README.md", "config.json"):
+            text = (weights_dir() / name / file).read_text(encoding="utf-8")
+            assert str(Path.home()) not in text and "site-packages" not in text, f"{name}/{file}"

@@ -9,19 +9,23 @@ A checkpoint is a folder ``checkpoints/step-<global step>/`` holding
   file when they did not change, so an unchanged best costs no disk writes);
 - ``trainer_state.json`` -- everything else: the optimiser's param groups and non-tensor state,
   the LR scheduler's and gradient scaler's state, the RNG states of torch (CPU and CUDA),
-  numpy and Python, and the trainer's counters (epoch, step within the epoch, best metric,
-  patience counter, the metrics history).
+  numpy and Python, the trainer's counters (epoch, step within the epoch, best metric,
+  patience counter, the metrics history) and the SHA-256 of every other file (``files``),
+  checked when the checkpoint is loaded.
 
 Every file is written to a temporary name in the folder, flushed and fsynced; the folder is
 built under a temporary name and renamed into place in one ``os.replace``, and only then does
 the pointer file ``checkpoints/latest`` (itself replaced atomically) name it. A process killed
-at any moment leaves either the previous checkpoint or the new one, never a torn one. Nothing
+at any moment (or a full disk) leaves either the previous checkpoint or the new one, never a
+torn one; the temporary files a killed process leaves are removed by the next save. One
+process writes a checkpoint folder at a time (training holds its run folder's lock). Nothing
 is ever pickled.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -35,6 +39,11 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
 LATEST = "latest"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -42,6 +51,7 @@ BEST_FILE = "best.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
+TEMP_SUFFIX = ".tmp"
 
 
 # ---------------------------------------------------------------------------- atomic files
@@ -65,7 +75,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Write ``path`` through ``write(temp_path)``: a temp file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     temp_path = Path(temp)
     try:
@@ -77,6 +87,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         temp_path.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lock_file(fd: int, *, wait: bool) -> bool:
+    """Take an exclusive advisory lock (``flock``) on the open file or folder ``fd``.
+
+    Returns False when another open file holds it and ``wait`` is False. The lock goes with the
+    last close of ``fd``, so a killed process never leaves it held. Where there is no ``fcntl``
+    (Windows) nothing is locked and this returns True.
+    """
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Remove the hidden temporary files and folders (``.*.tmp``) a killed writer left in ``folder``.
+
+    Only call it while no other process writes ``folder`` (training holds its run folder's lock).
+    """
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -213,25 +260,14 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     previous = latest_checkpoint(root)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=root))
     try:
-        save_model(model, str(staging / MODEL_FILE))
-        tensors, rest = split_optimizer_state(optimizer.state_dict())
-        save_file(tensors, str(staging / OPTIMIZER_FILE))
-        if ema is not None:
-            save_model(ema, str(staging / EMA_FILE))
-        if best is not None:
-            save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(staging / BEST_FILE))
-        elif previous is not None and (previous / BEST_FILE).is_file():
-            try:
-                os.link(previous / BEST_FILE, staging / BEST_FILE)
-            except OSError:
-                shutil.copy2(previous / BEST_FILE, staging / BEST_FILE)
-        document = {"format_version": FORMAT_VERSION, "optimizer": rest, **state}
+        optimizer_tensors, optimizer_rest = split_optimizer_state(optimizer.state_dict())
+        _write_tensors(staging, model, optimizer_tensors, best, previous, ema)
+        files = {file.name: _fsynced_digest(file) for file in sorted(staging.iterdir())}
+        document = {"format_version": FORMAT_VERSION, "optimizer": optimizer_rest, **state, "files": files}
         (staging / STATE_FILE).write_text(json.dumps(document, indent=1, allow_nan=True), encoding="utf-8")
-        for file in staging.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+        _fsynced_digest(staging / STATE_FILE)
         target = root / name
         if target.exists():
             shutil.rmtree(target)
@@ -244,7 +280,46 @@ def save_checkpoint(
     for old in kept[:-keep] if keep > 0 else []:
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
+    remove_temporaries(root)
     return root / name
+
+
+def _write_tensors(staging: Path, model: nn.Module, optimizer_tensors: dict[str, torch.Tensor],
+                   best: dict[str, torch.Tensor] | None, previous: Path | None, ema: nn.Module | None) -> None:
+    """Write a checkpoint's safetensors files into ``staging`` (an unchanged best is linked from ``previous``)."""
+    save_model(model, str(staging / MODEL_FILE))
+    save_file(optimizer_tensors, str(staging / OPTIMIZER_FILE))
+    if ema is not None:
+        save_model(ema, str(staging / EMA_FILE))
+    if best is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(staging / BEST_FILE))
+    elif previous is not None and (previous / BEST_FILE).is_file():
+        try:
+            os.link(previous / BEST_FILE, staging / BEST_FILE)
+        except OSError:
+            shutil.copy2(previous / BEST_FILE, staging / BEST_FILE)
+
+
+def _fsynced_digest(path: Path) -> str:
+    """Flush ``path`` to disk; returns its SHA-256."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+    return sha256_file(path)
+
+
+def _checked(folder: Path, name: str, document: dict[str, Any] | None = None) -> Path:
+    """``folder / name`` after checking it against the SHA-256 its ``trainer_state.json`` records
+    (checkpoints written before digests were recorded are not checked)."""
+    if document is None:
+        document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    path = folder / name
+    expected = document.get("files", {}).get(name)
+    if expected is not None and sha256_file(path) != expected:
+        raise ValueError(
+            f"{path}: its content does not match the SHA-256 that {folder / STATE_FILE} records (the file was corrupted "
+            "on disk), so the run cannot resume from it: start over with resume=False (`zoo train --restart`)"
+        )
+    return path
 
 
 def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -253,10 +328,12 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optimizer: torc
     document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
     if document.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: checkpoint format {document.get('format_version')!r}, this version reads {FORMAT_VERSION}")
-    load_weights(model, folder / MODEL_FILE)
+    load_weights(model, _checked(folder, MODEL_FILE, document))
     device = next(model.parameters()).device
-    tensors = {k: v.to(device) if v.dim() > 0 else v for k, v in load_file(str(folder / OPTIMIZER_FILE)).items()}
+    stored = load_file(str(_checked(folder, OPTIMIZER_FILE, document)))
+    tensors = {k: v.to(device) if v.dim() > 0 else v for k, v in stored.items()}
     optimizer.load_state_dict(join_optimizer_state(tensors, document.pop("optimizer"), optimizer.state_dict()))
+    document.pop("files", None)
     return document
 
 
@@ -265,10 +342,10 @@ def load_moving_average(folder: str | os.PathLike, ema: nn.Module) -> None:
     path = Path(folder) / EMA_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no {EMA_FILE}: it was written by a run without a moving average")
-    load_weights(ema, path)
+    load_weights(ema, _checked(Path(folder), EMA_FILE))
 
 
 def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     """The checkpoint's best weights (a CPU state dict), or None when it has none."""
     path = Path(folder) / BEST_FILE
-    return load_file(str(path)) if path.is_file() else None
+    return load_file(str(_checked(Path(folder), BEST_FILE))) if path.is_file() else None

@@ -7,11 +7,16 @@ A trained folder holds exactly three files:
 
 - ``config.json`` -- the fully resolved recipe, ``num_items``, the library name and version, the
   dataset facts (name, preprocessing, split, max length, the item vocabulary as raw ids in index
-  order), the validation / test metrics and, when recorded, the ranking protocol of each metrics
-  part (``protocols``);
-- ``model.safetensors`` -- the weights (tied tensors stored once). Pickle-based weights
-  (``.bin``, ``.pt``, ...) are never read: unpickling can run arbitrary code;
+  order), the validation / test metrics, when recorded the ranking protocol of each metrics
+  part (``protocols``), and the SHA-256 of ``model.safetensors`` (``weights_sha256``), checked on
+  every load;
+- ``model.safetensors`` -- the weights (tied tensors stored once; equal weights give equal bytes).
+  Pickle-based weights (``.bin``, ``.pt``, ...) are never read: unpickling can run arbitrary code,
+  and weights holding NaN or infinity are refused;
 - ``README.md`` -- the model card (see :mod:`zoo.model_card`).
+
+Rewriting a folder is atomic as loaders see it: they read the old three files or the new three,
+whenever the writer is stopped (see :func:`_write_folder`).
 
 ``zoo.create("local-dir:DIR")`` builds the model of such a folder; ``zoo.create("hf-hub:org/name@rev")`` and
 ``zoo.create("sasrec.ml-100k", pretrained=True)`` (a tag of :mod:`zoo.pretrained`) download it
@@ -28,24 +33,29 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file
 from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
 from zoo.version import __version__
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+WEIGHTS_SHA256 = "weights_sha256"
+UPDATE_DIR = ".update"
 LIBRARY_NAME = "seqrec-zoo"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class PretrainedLoadError(ValueError):
@@ -91,6 +101,9 @@ def parse_source(name: str | os.PathLike) -> Source:
 # ---------------------------------------------------------------- config.json
 
 
+LOCAL_PATH_FACTS = ("source", "item_file")  # dataset facts that hold local paths: stored as file names
+
+
 def describe_data(data: Any) -> dict[str, Any]:
     """Dataset facts for ``config.json`` from an ``InteractionDataset`` or a ``DataSplit`` (or a dict, as is)."""
     if isinstance(data, Mapping):
@@ -100,6 +113,9 @@ def describe_data(data: Any) -> dict[str, Any]:
     if not hasattr(dataset, "to_dict") or not hasattr(dataset, "item_vocab"):
         raise TypeError(f"dataset facts must be a dict, an InteractionDataset or a DataSplit, got {type(data).__name__}")
     facts = dataset.to_dict(with_vocabulary=True)
+    for key in LOCAL_PATH_FACTS:  # a published folder never carries the trainer's file system layout
+        if isinstance(facts.get(key), str) and facts[key] != "generated":
+            facts[key] = Path(facts[key]).name
     if split is not None:
         facts["split"] = split.to_dict()
     return facts
@@ -176,8 +192,8 @@ def build_config(model: nn.Module, dataset_facts: Any = None, metrics: Mapping[s
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    """The checked ``config.json`` of a trained folder."""
-    path = Path(folder) / CONFIG_NAME
+    """The checked ``config.json`` of a trained folder (as loaders see it: :func:`current_file`)."""
+    path = current_file(folder, CONFIG_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: a trained folder holds {CONFIG_NAME}, {WEIGHTS_NAME} and {CARD_NAME}")
     try:
@@ -195,38 +211,119 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     for key, kind in (("recipe", dict), ("num_items", int)):
         if not isinstance(config.get(key), kind):
             raise PretrainedLoadError(f"{path}: '{key}' is missing or not a {kind.__name__}")
+    digest = config.get(WEIGHTS_SHA256)
+    if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+        raise PretrainedLoadError(f"{path}: '{WEIGHTS_SHA256}' must be 64 lowercase hex digits, got {digest!r}")
     return config
 
 
 # ---------------------------------------------------------------- writing a folder atomically
 
 
-def _write_atomically(out_dir: Path, writers: dict[str, Callable[[Path], None]]) -> None:
-    """Write every file to a temporary name first; only complete files are renamed into place.
+def current_file(folder: str | os.PathLike, name: str) -> Path:
+    """The file ``name`` of a trained folder as loaders see it: the new one while an update is being applied.
 
-    A new folder appears whole (one directory rename); into an existing folder (a training run
-    with logs and checkpoints) each file is replaced by ``os.replace``, after all were written.
+    An update of an existing folder is committed when its complete set of files becomes
+    ``.update/`` inside the folder (one rename); the files then move into place one by one and
+    ``.update/`` goes. While it is there its files are the folder's, so a writer stopped at any
+    step leaves the old set or the new one, never a mix. The next write of the folder (or an
+    upload) finishes the update.
     """
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    pending = Path(folder) / UPDATE_DIR / name
+    return pending if pending.is_file() else Path(folder) / name
+
+
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (no file is added to it), waiting for another writer."""
     try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # where folders cannot be opened (Windows) they are not locked
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        lock_file(fd, wait=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _apply_update(folder: Path) -> None:
+    """Move the files of a committed update (``.update/``) into place, then remove it; nothing without one."""
+    pending = folder / UPDATE_DIR
+    if not pending.is_dir():
+        return
+    for path in sorted(pending.iterdir()):
+        os.replace(path, folder / path.name)
+    fsync_dir(folder)
+    os.rmdir(pending)
+    fsync_dir(folder)
+
+
+def finish_update(folder: str | os.PathLike) -> None:
+    """Finish an update of a trained folder that a crash interrupted (see :func:`current_file`)."""
+    with _folder_locked(Path(folder)):
+        _apply_update(Path(folder))
+
+
+def _staged(parent: Path, prefix: str, writers: Mapping[str, Callable[[Path], None]]) -> Path:
+    """A new temporary folder in ``parent`` holding every file of ``writers``, written in order and fsynced."""
+    staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
         for name, write in writers.items():
             write(staging / name)
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        if not out_dir.exists():
-            os.replace(staging, out_dir)
-            return
-        if not out_dir.is_dir():
-            raise NotADirectoryError(f"{out_dir} exists and is not a folder")
-        for name in writers:
-            os.replace(staging / name, out_dir / name)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _write_folder(out_dir: Path, writers: Mapping[str, Callable[[Path], None]]) -> None:
+    """Write a trained folder's files so that loaders see the old set or the new one, whenever this stops.
+
+    A new folder is built beside its place and appears whole with one rename. An existing folder
+    (a training run's, with logs and checkpoints) is updated under a lock on it: the files are
+    staged in a temporary folder inside it, which one rename makes ``.update/`` (the commit), and
+    then moved into place (:func:`current_file`). A crash leaves temporary files at most, which
+    the next write of the folder removes (two processes must not create one new folder at once).
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} exists and is not a folder")
+    if not out_dir.exists():
+        for leftover in out_dir.parent.glob(f".{out_dir.name}.*{TEMP_SUFFIX}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = _staged(out_dir.parent, f".{out_dir.name}.", writers)
+        try:
+            os.rename(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(out_dir.parent)
+        return
+    with _folder_locked(out_dir):
+        _apply_update(out_dir)
+        for leftover in out_dir.glob(f"{UPDATE_DIR}-*{TEMP_SUFFIX}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = _staged(out_dir, f"{UPDATE_DIR}-", writers)
+        try:
+            os.rename(staging, out_dir / UPDATE_DIR)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(out_dir)
+        _apply_update(out_dir)
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity, sorted."""
+    return sorted(name for name, tensor in tensors.items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
 
 
 def save_pretrained(
@@ -246,21 +343,27 @@ def save_pretrained(
     "test": {..}}``); ``protocols`` says how each part was ranked (``{"test": {"split": "test", "mode":
     "sampled", "num_negatives": 100, "seed": 0}}``; see :func:`_check_protocols`), which the model card
     shows. ``card`` adds to the model card (``license``, ``tags``, ``citation``,
-    ``notes``; see :func:`zoo.model_card.render_model_card`).
+    ``notes``; see :func:`zoo.model_card.render_model_card`). Weights holding NaN or infinity are
+    refused (such a model scores NaN). Equal arguments give byte-identical files.
     """
     from zoo.model_card import render_model_card
 
     out = Path(out_dir)
+    broken = _non_finite(model.state_dict())
+    if broken:
+        raise ValueError(f"{out}: not saved: {len(broken)} weight tensors hold NaN or infinity ({_listing(broken)}), so "
+                         "the model would score NaN; training diverged: lower the learning rate or set train.grad_clip")
     config = build_config(model, dataset_facts, metrics, protocols)
-    text = json.dumps(config, indent=2, default=_json_ready, allow_nan=False) + "\n"
     readme = render_model_card(config, dict(card or {}))
 
-    def write_weights(path: Path) -> None:
-        save_model(model, str(path), metadata={"format": "pt", "library": LIBRARY_NAME})
+    def write_config(path: Path) -> None:
+        recorded = {**config, WEIGHTS_SHA256: sha256_file(path.parent / WEIGHTS_NAME)}
+        path.write_text(json.dumps(recorded, indent=2, default=_json_ready, allow_nan=False) + "\n", encoding="utf-8")
 
-    _write_atomically(out, {
-        WEIGHTS_NAME: write_weights,
-        CONFIG_NAME: lambda path: path.write_text(text, encoding="utf-8"),
+    _write_folder(out, {
+        # One metadata key: safetensors writes its metadata in hash-map order, which varies between processes.
+        WEIGHTS_NAME: lambda path: save_model(model, str(path), metadata={"format": "pt"}),
+        CONFIG_NAME: write_config,
         CARD_NAME: lambda path: path.write_text(readme, encoding="utf-8"),
     })
     return out
@@ -283,20 +386,25 @@ def _listing(names: list[str], limit: int = 40) -> str:
     return shown + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a ``.safetensors`` file into ``model`` strictly: every key present, none extra, shapes equal."""
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a truncated or garbled one is a :class:`PretrainedLoadError` naming it."""
     from safetensors import SafetensorError
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise PretrainedLoadError(f"{path}: only .safetensors weights are loaded (pickle-based files can run code)")
     try:
-        stored = load_file(str(path))
+        return load_file(str(path))
     except SafetensorError as exc:
         raise PretrainedLoadError(
             f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupted: delete it from the cache / "
             "re-download it (force_download=True), or save the trained folder again"
         ) from exc
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a ``.safetensors`` file into ``model`` strictly: every key present, none extra, shapes equal, all finite."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise PretrainedLoadError(f"{path}: only .safetensors weights are loaded (pickle-based files can run code)")
+    stored = _read_safetensors(path)
     expected = model.state_dict()
     aliases = _alias_groups(expected)
     missing = sorted(k for k in expected if k not in stored and not (aliases.get(k, set()) & stored.keys()))
@@ -312,21 +420,47 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     wrong = [f"{k}: stored {tuple(v.shape)}, model {tuple(expected[k].shape)}" for k, v in stored.items() if v.shape != expected[k].shape]
     if wrong:
         raise PretrainedLoadError(f"{path}: tensor shapes do not fit the model:\n  " + "\n  ".join(wrong[:40]))
+    broken = _non_finite(stored)
+    if broken:
+        raise PretrainedLoadError(
+            f"{path}: {len(broken)} tensors hold NaN or infinity ({_listing(broken)}), so the model would score NaN; the "
+            "training that wrote them diverged, or the file is corrupted: retrain, or re-download it (force_download=True)"
+        )
     model.load_state_dict(stored, strict=False)
 
 
 def weights_file(folder: str | os.PathLike) -> Path:
-    """The safetensors weights of a trained folder; a folder with only pickle-based weights is refused."""
+    """The safetensors weights of a trained folder, checked against the SHA-256 its ``config.json`` records.
+
+    A folder with only pickle-based weights is refused; so are weights whose content is not what
+    the config recorded (a folder saved before digests were recorded is not checked).
+    """
     folder = Path(folder)
-    path = folder / WEIGHTS_NAME
-    if path.is_file():
-        return path
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
-    found = f" (found {', '.join(pickles)})" if pickles else ""
-    raise FileNotFoundError(
-        f"{folder / WEIGHTS_NAME} does not exist{found}: {LIBRARY_NAME} loads weights from safetensors only and "
-        "never unpickles .bin/.pt files, which can run arbitrary code. Convert them once in an environment you "
-        "trust: safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')"
+    path = current_file(folder, WEIGHTS_NAME)
+    if not path.is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+        found = f" (found {', '.join(pickles)})" if pickles else ""
+        raise FileNotFoundError(
+            f"{folder / WEIGHTS_NAME} does not exist{found}: {LIBRARY_NAME} loads weights from safetensors only and "
+            "never unpickles .bin/.pt files, which can run arbitrary code. Convert them once in an environment you "
+            "trust: safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')"
+        )
+    _check_digest(path, read_config(folder).get(WEIGHTS_SHA256), current_file(folder, CONFIG_NAME))
+    return path
+
+
+def _check_digest(path: Path, expected: str | None, config_path: Path) -> None:
+    """Refuse weights whose SHA-256 is not ``expected`` (what ``config_path`` records; None: nothing recorded)."""
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual == expected:
+        return
+    _read_safetensors(path)  # a truncated or garbled file says so
+    raise PretrainedLoadError(
+        f"{path}: its content (SHA-256 {actual}) is not what {config_path} records ({expected}): the file was changed "
+        "or corrupted after it was saved, or it belongs to another config.json; re-download it (force_download=True) "
+        "or save the trained folder again"
     )
 
 
@@ -473,12 +607,15 @@ def upload_folder(
 ) -> str:
     """Upload a trained folder's three files (never logs, checkpoints or pickles) in one commit; returns the commit URL.
 
-    Only the files are checked here (the config reads, the card exists); :func:`zoo.publish.push_to_hub`
-    also checks that the weights load into the model the config describes.
+    An update of the folder that a crash interrupted is finished first (:func:`finish_update`), so
+    the files sent are one consistent set. Only the files are checked here (the config reads, the
+    weights are the ones it records, the card exists); :func:`zoo.publish.push_to_hub` also checks
+    that the weights load into the model the config describes.
     """
     from huggingface_hub import HfApi
 
     folder = Path(model_dir)
+    finish_update(folder)
     read_config(folder)
     weights_file(folder)
     if not (folder / CARD_NAME).is_file():

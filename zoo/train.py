@@ -1,14 +1,17 @@
 """The trainer: ``train(model_or_recipe, dataset, out_dir)`` -> a trained folder and its metrics.
 
-One run writes into ``out_dir``:
+One run writes into ``out_dir``, which must be new, empty or a run folder of this trainer (it
+holds ``run.lock``, or a checkpoint), and which it holds locked while it runs:
 
+- ``run.lock`` -- marks a run folder; a running trainer holds an exclusive ``flock`` on it (a
+  second run into the folder fails at once, naming the holder's pid and host, written in it);
 - ``checkpoints/step-*/`` -- the latest checkpoint (see :mod:`zoo.checkpoint`), after every
   epoch and, with ``checkpoint_every=N``, every ``N`` optimiser steps;
 - ``metrics.jsonl`` -- one JSON object per epoch: mean training loss per target, learning
   rate, validation metrics, seconds spent training / evaluating, training throughput (prediction
   targets per second: one per sample for ``last``, one per position for ``all``),
-  wall time since the run began (rewritten atomically from the checkpointed history, so a
-  resumed run never repeats or loses a line);
+  wall time since the run began (rewritten atomically from the checkpointed history after
+  every checkpoint and when a run starts or resumes, so a resumed run never repeats or loses a line);
 - ``curve.png`` -- training loss and the validation metric per epoch;
 - ``config.json``, ``model.safetensors``, ``README.md`` -- the best-validation weights as a
   Hub folder (:func:`zoo.hub.save_pretrained`), loadable with ``zoo.create("local-dir:OUT")``;
@@ -27,7 +30,11 @@ Reproducibility and resuming: the order of an epoch's samples is a permutation d
 seeded with ``(seed, epoch, step, rank)``; dropout uses torch's global generator, whose state
 (with numpy's and Python's) is saved in every checkpoint. A resumed run therefore skips the
 steps already done and continues exactly as the uninterrupted run would have (bit for bit on
-CPU with the same thread count; see ``tests/test_train_resume.py``).
+CPU with the same thread count; see ``tests/test_train_resume.py``). A checkpoint resumes only
+the run that wrote it: the recipe, the seed and the data (its content, by a SHA-256 of the
+interaction arrays) must be the same. Every file derived from the checkpointed state
+(``metrics.jsonl`` at once; the trained folder, ``curve.png`` and ``result.json`` at the end) is
+rewritten by a resumed run, so a crash between writing them never leaves them behind.
 
 Moving average: with ``train.ema_decay`` a copy of the model (timm's ``ModelEmaV3``) follows the
 weights after every optimiser step; it is what validation, early stopping, the test and the
@@ -41,16 +48,18 @@ the single-process gradient of the global batch. Rank 0 evaluates, checkpoints a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -73,7 +82,16 @@ CHECKPOINTS = "checkpoints"
 METRICS_LOG = "metrics.jsonl"
 CURVE = "curve.png"
 RESULT = "result.json"
+RUN_LOCK = "run.lock"
 EVAL_SEED = 0  # sampled evaluation draws its negatives once from this seed: every epoch and run ranks the same candidates
+
+
+class NotARunFolderError(ValueError):
+    """``out_dir`` holds files that no training run wrote: training would overwrite or delete them."""
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another training run holds ``out_dir``: two runs in one folder would overwrite each other."""
 
 
 @dataclass
@@ -334,6 +352,30 @@ def _with_current_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
     return {**fingerprint, "recipe": recipe}
 
 
+def _hash_array(digest: Any, array: Any) -> None:
+    """Feed an array's dtype, shape and bytes to ``digest``."""
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+
+
+def data_digest(split: DataSplit) -> str:
+    """SHA-256 of the data a run learns from and is validated on: every user's items and timestamps,
+    the raw ids of items and users, the split's training sequences and evaluation targets, and the
+    item side information (attributes, texts)."""
+    digest = hashlib.sha256()
+    dataset = split.dataset
+    sequences = dataset.sequences
+    for array in (sequences.offsets, sequences.items, sequences.timestamps, dataset.item_vocab.raw_ids,
+                  dataset.user_vocab.raw_ids, split.train.offsets, split.train.items, split.valid.rows, split.valid.ends,
+                  split.test.rows, split.test.ends):
+        _hash_array(digest, array)
+    if dataset.item_features is not None:
+        _hash_array(digest, dataset.item_features.attributes)
+        _hash_array(digest, np.asarray(dataset.item_features.text, dtype=str))
+    return digest.hexdigest()
+
+
 def _fingerprint(model: SeqRecModel, split: DataSplit, seed: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (the recipe with its train config, seed and data)."""
     return {
@@ -341,8 +383,83 @@ def _fingerprint(model: SeqRecModel, split: DataSplit, seed: int) -> dict[str, A
         "seed": seed,
         "num_items": model.num_items,
         "data": {"name": split.dataset.name, "interactions": split.dataset.num_interactions, "split": split.method,
-                 "train_interactions": split.train.num_interactions},
+                 "train_interactions": split.train.num_interactions, "sha256": data_digest(split)},
     }
+
+
+def _fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Where a checkpoint's fingerprint differs from this run's (``data.*`` named by part); a checkpoint
+    written before the data's content was fingerprinted is compared on the rest."""
+    saved = _with_current_defaults(saved)
+    differ = sorted(k for k in set(saved) | set(now) if k != "data" and saved.get(k) != now.get(k))
+    saved_data, now_data = saved.get("data", {}), dict(now["data"])
+    if "sha256" not in saved_data:
+        log.warning("the checkpoint records no digest of the data's content: only its name and sizes are compared")
+        now_data.pop("sha256")
+    differ += [f"data.{k}" for k in sorted(set(saved_data) | set(now_data)) if saved_data.get(k) != now_data.get(k)]
+    return differ
+
+
+def _different_run_message(out_dir: Path, differ: list[str]) -> str:
+    """Why a checkpoint in ``out_dir`` is not resumed, and what to do."""
+    content = " (same sizes, other interactions: the data file changed)" if differ == ["data.sha256"] else ""
+    return (f"{out_dir} holds a checkpoint of a different run (it differs in {differ}{content}); resume with the same "
+            "recipe, training settings, seed and data, or start over with resume=False (`zoo train --restart`), "
+            "which replaces the checkpoint")
+
+
+# ---------------------------------------------------------------------------- the run folder
+
+
+def is_run_folder(out_dir: Path) -> bool:
+    """True when ``out_dir`` was written by a training run (it holds ``run.lock`` or a checkpoint)."""
+    return (out_dir / RUN_LOCK).is_file() or (out_dir / CHECKPOINTS / ckpt.LATEST).is_file()
+
+
+def check_run_folder(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that training would damage: a file, or a non-empty folder that is not a run folder."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise NotARunFolderError(f"{out_dir} is a file: train into a new or empty folder, or a run folder to resume")
+    if is_run_folder(out_dir) or next(out_dir.iterdir(), None) is None:
+        return
+    raise NotARunFolderError(
+        f"{out_dir} is not empty and is not a training run folder (it has no {RUN_LOCK} and no {CHECKPOINTS}/"
+        f"{ckpt.LATEST}): training would delete and overwrite files in it; train into a new or empty folder"
+    )
+
+
+def _holder(fd: int) -> str:
+    """Who holds a run lock, from what the holder wrote into the lock file."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {info['pid']} on {info['host']}, since {info['started']}"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "holder unknown"
+
+
+@contextmanager
+def run_folder_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir/run.lock`` exclusively (``flock``) while a run writes ``out_dir``; writes its pid and host there.
+
+    A second run into the folder fails at once with :class:`RunFolderBusyError` naming the holder;
+    a crashed or killed run releases the lock with its last open file.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not ckpt.lock_file(fd, wait=False):
+            raise RunFolderBusyError(
+                f"{out_dir} is being written by another training run ({_holder(fd)}): wait for it to end, or train "
+                "into another folder; two runs in one folder would overwrite each other's checkpoints and model"
+            )
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -429,16 +546,17 @@ class _Run:
                              best=self.best_state if self.best_changed else None,
                              ema=None if self.moving_average is None else self.moving_average.module)
         self.best_changed = False
+        self.write_metrics_log()
+
+    def write_metrics_log(self) -> None:
+        """Rewrite ``metrics.jsonl`` from the history (atomically)."""
         ckpt.atomic_write_text(self.out_dir / METRICS_LOG, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def restore(self, folder: Path) -> None:
         state = ckpt.load_checkpoint(folder, self.model, self.optimizer)
-        saved, now = _with_current_defaults(state["fingerprint"]), self.fingerprint
-        if saved != now:
-            differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ValueError(f"{self.out_dir} holds a checkpoint of a different run (it differs in {differ}); "
-                             "resume with the same recipe, training settings, seed and data, or pass resume=False "
-                             "to start over (the old checkpoint is then replaced)")
+        differ = _fingerprint_differences(state["fingerprint"], self.fingerprint)
+        if differ:
+            raise ValueError(_different_run_message(self.out_dir, differ))
         if state["world_size"] != self.context.world_size:
             log.warning("resuming a %d-process run with %d processes: the data order is the same, dropout draws differ",
                         state["world_size"], self.context.world_size)
@@ -637,13 +755,16 @@ def train(
     (``"ml-100k"``), a path, an ``InteractionDataset`` (split by ``split``) or a ``DataSplit``.
     ``overrides``: dotted recipe paths (``{"encoder.0.dropout": 0.1, "train.lr": 3e-4}``; for a built
     model only ``train.*``). ``config``: :class:`TrainConfig` fields replacing the recipe's training
-    defaults; ``epochs`` replaces ``config.epochs``. ``resume``: continue from ``out_dir``'s latest
-    checkpoint when there is one (False: start over, replacing it). ``precision``: ``"auto"`` is
-    bf16 autocast on CUDA (fp16 with gradient scaling where bf16 is unsupported) and fp32 on CPU;
-    ``"bf16"`` also works on CPU. ``checkpoint_every``: also checkpoint every N optimiser steps.
-    Returns the metrics of the best-validation weights on validation and test (keys like
-    ``"ndcg@10"``) with the recipe's ranking protocol (``train.eval_protocol``), the same weights'
-    full-ranking metrics (``full_ranking``) and the paths written; the model holds those weights.
+    defaults; ``epochs`` replaces ``config.epochs``. ``out_dir`` must be new, empty or a run folder
+    (:class:`NotARunFolderError` otherwise), and no other run may be writing it
+    (:class:`RunFolderBusyError`). ``resume``: continue from ``out_dir``'s latest checkpoint when
+    there is one (False: start over, replacing it; a checkpoint of another recipe, seed or data is
+    refused). ``precision``: ``"auto"`` is bf16 autocast on CUDA (fp16 with gradient scaling where
+    bf16 is unsupported) and fp32 on CPU; ``"bf16"`` also works on CPU. ``checkpoint_every``: also
+    checkpoint every N optimiser steps. Returns the metrics of the best-validation weights on
+    validation and test (keys like ``"ndcg@10"``) with the recipe's ranking protocol
+    (``train.eval_protocol``), the same weights' full-ranking metrics (``full_ranking``) and the
+    paths written; the model holds those weights.
     ``save_model=False`` skips the trained folder and ``plot=False`` the curve (both import heavy
     libraries). ``init_from``: start from pretrained weights (a tag such as ``"sigma.ml-100k"``,
     ``"local-dir:DIR"`` or ``"hf-hub:org/name"``) of the same architecture (:func:`init_weights_from`);
@@ -655,6 +776,8 @@ def train(
         raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
     context, device = dist_utils.setup(device)
     out = Path(out_dir)
+    if context.is_main:
+        check_run_folder(out)
     data = _resolve_split(dataset, split)
     model = _resolve_model(model_or_recipe, data.dataset.num_items, dict(overrides or {}), seed)
     train_config = _train_config(model, config, epochs)
@@ -667,23 +790,30 @@ def train(
     dist_utils.broadcast_parameters(model, context)
     torch.manual_seed(seed * 1000 + context.rank)  # dropout draws: reproducible, different on every process
     run = _Run(model, data, train_config, out, seed, device, context, precision, progress, checkpoint_every, eval_ks)
+    with run_folder_lock(out) if context.is_main else nullcontext():
+        _start(run, resume)
+        while not run.stopped and run.epoch < train_config.epochs:
+            run.train_epoch()
+            run.end_epoch()
+        result = _finish(run, save_model, plot)
+    dist_utils.cleanup(context)
+    return result
 
+
+def _start(run: _Run, resume: bool) -> None:
+    """Resume from the latest checkpoint (``resume``, when there is one) or start afresh; then rewrite the
+    files derived from the run's state that a crash may have left stale (``metrics.jsonl``)."""
     latest = ckpt.latest_checkpoint(run.checkpoint_root) if run.checkpoint_root.is_dir() else None
     if latest is not None and resume:
         run.restore(latest)
-        if context.is_main:
+        if run.context.is_main:
             log.info("resumed %s at epoch %d, step %d", latest, run.epoch, run.step)
-    elif context.is_main:
+    elif run.context.is_main:
         shutil.rmtree(run.checkpoint_root, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-
-    while not run.stopped and run.epoch < train_config.epochs:
-        run.train_epoch()
-        run.end_epoch()
-
-    result = _finish(run, save_model, plot)
-    dist_utils.cleanup(context)
-    return result
+        (run.out_dir / CURVE).unlink(missing_ok=True)
+    if run.context.is_main:
+        ckpt.remove_temporaries(run.out_dir)
+        run.write_metrics_log()
 
 
 def _published_metrics(protocol: dict[str, Any], valid: dict[str, float], test: dict[str, float],

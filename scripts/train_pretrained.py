@@ -1,0 +1,76 @@
+"""Train the shipped pretrained models from scratch and put their folders into the package.
+
+Every bundled recipe whose ``pretrained:`` section declares a tag for a built-in dataset (``ml-100k``) is
+trained with ``zoo.train`` on that dataset, with the recipe's own defaults and seed 0 (leave-one-out by
+time, early stopping on validation NDCG@10, full ranking unless the recipe names its paper's protocol),
+and its trained folder (``config.json``, ``model.safetensors``, ``README.md``) is copied to
+``zoo/weights/<model>.<tag>/``, where ``zoo.create("<model>.<tag>", pretrained=True)`` finds it.
+Runs resume from ``--runs`` when interrupted; ``--copy-only`` copies finished runs without training.
+
+Usage::
+
+    .venv/bin/python scripts/train_pretrained.py                     # every declared tag
+    .venv/bin/python scripts/train_pretrained.py --models sigma sasrec
+    .venv/bin/python scripts/train_pretrained.py --runs runs/weights --copy-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from zoo.catalog import list_models
+from zoo.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from zoo.paths import recipes_dir, weights_dir
+from zoo.pretrained import declared_tags
+
+SHIPPED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+
+
+def declared(models: list[str] | None) -> list[tuple[str, str, str]]:
+    """``(model, tag, dataset)`` for every tag the chosen bundled recipes declare."""
+    chosen = models or list_models()
+    return [(model, tag, spec.dataset) for model in chosen
+            for tag, spec in declared_tags(recipes_dir() / f"{model}.yaml").items()]
+
+
+def ship(run: Path, name: str) -> Path:
+    """Copy a finished run's trained folder into the package as ``zoo/weights/<name>/`` (replacing it)."""
+    missing = [f for f in SHIPPED_FILES if not (run / f).is_file()]
+    if missing:
+        raise SystemExit(f"{run} has no {', '.join(missing)}: train it first (without --copy-only)")
+    target = weights_dir() / name
+    staging = target.with_name(f".{name}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for file in SHIPPED_FILES:
+        shutil.copyfile(run / file, staging / file)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="bundled recipe names (default: every recipe that declares a tag)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"), help="where the training runs live")
+    parser.add_argument("--copy-only", action="store_true", help="copy finished runs, train nothing")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    targets = declared(args.models)
+    if not targets:
+        raise SystemExit("no recipe declares a pretrained tag (a 'pretrained:' section)")
+    for model, tag, dataset in targets:
+        run = args.runs / model
+        if not args.copy_only:
+            from zoo.train import train
+
+            train(model, dataset, run, seed=args.seed)
+        folder = ship(run, f"{model}.{tag}")
+        size = (folder / WEIGHTS_NAME).stat().st_size / 2**20
+        print(f"{model}.{tag}: {folder} ({size:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
