@@ -27,7 +27,9 @@ class SelfAttention(SequenceBlock):
     def __init__(self, d_model: int, num_heads: int = 2, dropout: float = 0.0, causal: bool = True, bias: bool = True) -> None:
         super().__init__()
         if num_heads < 1 or d_model % num_heads:
-            raise ValueError(f"self_attention: d_model {d_model} must be divisible by num_heads {num_heads}")
+            raise ValueError(f"self_attention: d_model {d_model} must be divisible by num_heads {num_heads} (>= 1)")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"self_attention: dropout must be in [0, 1), got {dropout}")
         self.causal = causal
         self.num_heads = num_heads
         self.dropout = dropout

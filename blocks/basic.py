@@ -35,6 +35,8 @@ class LayerNorm(PositionwiseBlock):
 
     def __init__(self, d_model: int, eps: float = 1e-12) -> None:
         super().__init__()
+        if not eps > 0.0:
+            raise ValueError(f"layernorm: eps must be > 0, got {eps}")
         self.norm = nn.LayerNorm(d_model, eps=eps)
 
     def transform(self, x: Tensor) -> Tensor:
@@ -83,6 +85,8 @@ class FeedForward(PositionwiseBlock):
         hidden = int(round(d_model * expansion))
         if hidden < 1:
             raise ValueError(f"ffn: expansion {expansion} gives a hidden width of {hidden}; it must be >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ffn: dropout must be in [0, 1), got {dropout}")
         self.w1 = nn.Linear(d_model, hidden)
         self.activation = make_activation(activation)
         self.dropout = nn.Dropout(dropout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import torch
@@ -17,6 +18,7 @@ SECONDS_PER_DAY = 86400
 NUM_CONTEXT = 6  # year, month, day, day of week, day of year, week of month
 NUM_INTERVALS = 3  # differences of the normalised (year, month, day)
 _DAYS_BEFORE_MONTH = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+FIRST_SECOND, LAST_SECOND = -62135596800, 253402300799  # 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z
 
 
 def calendar_fields(timestamps: Tensor) -> Tensor:
@@ -42,6 +44,18 @@ def calendar_fields(timestamps: Tensor) -> Tensor:
     day_of_week = (days + 3) % 7  # 1970-01-01 was a Thursday
     week = (day - 1) // 7 + 1
     return torch.stack([year, month, day, day_of_week, day_of_year, week], -1)
+
+
+def check_calendar_seconds(timestamps: Tensor) -> None:
+    """Refuse timestamps that have no calendar date: NaN, infinite, or outside the years 1..9999 (milliseconds
+    or microseconds given for seconds land there). Read them where the item is real: pads are zeroed first."""
+    outside = ~((timestamps >= FIRST_SECOND) & (timestamps <= LAST_SECOND))  # NaN compares False
+    if outside.any():
+        where = tuple(outside.nonzero()[0].tolist())
+        value = float(timestamps[where])
+        hint = " (milliseconds? divide by 1000)" if math.isfinite(value) and value > LAST_SECOND else ""
+        raise ValueError(f"attribute_context: timestamps{list(where)} is {value}: timestamps must be finite Unix "
+                         f"seconds of a date in the years 1..9999, {FIRST_SECOND}..{LAST_SECOND}{hint}")
 
 
 def calendar_context(timestamps: Tensor, year_range: tuple[int, int]) -> Tensor:
@@ -187,6 +201,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
             return torch.zeros(*shape, NUM_CONTEXT, device=device)
         if timestamps.shape != shape:
             raise ValueError(f"attribute_context: timestamps {tuple(timestamps.shape)} must match item_ids {tuple(shape)}")
+        check_calendar_seconds(timestamps)
         return calendar_context(timestamps, self.year_range)
 
     def _first_interval(self, like: Tensor) -> Tensor:

@@ -104,6 +104,8 @@ class FFTFilter(SequenceBlock):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"fft_filter: dropout must be in [0, 1), got {dropout}")
+        if not norm_eps > 0.0:
+            raise ValueError(f"fft_filter: norm_eps must be > 0, got {norm_eps}")
         self.filter = TimeFilter(d_model, max_len, causal, init)
         self.residual = residual
         self.dropout = nn.Dropout(dropout)

@@ -45,6 +45,8 @@ class GRU(SequenceBlock):
         hidden = d_model if hidden_size is None else hidden_size
         if hidden < 1:
             raise ValueError(f"gru: hidden_size must be >= 1, got {hidden_size}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"gru: dropout must be in [0, 1), got {dropout}")
         self.gru = nn.GRU(d_model, hidden, num_layers=num_layers, bias=bias, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
         self.proj = nn.Linear(hidden, d_model) if hidden != d_model else None

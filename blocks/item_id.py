@@ -58,6 +58,10 @@ class ItemIdEncoder(ItemEncoderBlock):
             raise ValueError("item_id: mask_displaces_oldest needs mask_token: true (it says where the [MASK] goes)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"item_id: dropout must be in [0, 1), got {dropout}")
+        if not init_std >= 0.0:
+            raise ValueError(f"item_id: init_std must be >= 0, got {init_std}")
+        if not norm_eps > 0.0:
+            raise ValueError(f"item_id: norm_eps must be > 0, got {norm_eps}")
         self.num_items = num_items
         self.mask_token_id = num_items + 1 if mask_token else None
         self.mask_displaces_oldest = mask_displaces_oldest

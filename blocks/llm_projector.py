@@ -85,6 +85,8 @@ class LLMProjector(ItemEncoderBlock):
             raise ValueError(f"llm_projector: hidden_dim must be >= 1, got {hidden_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"llm_projector: dropout must be in [0, 1), got {dropout}")
+        if not init_std >= 0.0:
+            raise ValueError(f"llm_projector: init_std must be >= 0, got {init_std}")
         self.num_items, self.text_dim = num_items, text_dim
         self.register_buffer("text", torch.zeros(num_items + 1, text_dim))
         self._checked_table: tuple[int, int] | None = None  # (data_ptr, version) of the last table found loaded

@@ -81,6 +81,8 @@ def create_norm(kind: NormKind, width: int, eps: float | None = None) -> nn.Modu
     if kind not in DEFAULT_EPS:
         raise ValueError(f"unknown norm {kind!r}; expected one of {sorted(DEFAULT_EPS) + ['none']}")
     eps = DEFAULT_EPS[kind] if eps is None else eps
+    if not eps > 0.0:
+        raise ValueError(f"{kind}: eps must be > 0, got {eps}")
     if kind == "layernorm":
         return nn.LayerNorm(width, eps=eps)
     if kind == "rmsnorm":

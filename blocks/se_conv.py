@@ -54,6 +54,8 @@ class SEConv(SequenceBlock):
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"se_conv: dropout must be in [0, 1), got {dropout}")
+        if not norm_eps > 0.0:
+            raise ValueError(f"se_conv: norm_eps must be > 0, got {norm_eps}")
         self.d_model = d_model
         self.input_transform = (
             nn.Sequential(nn.Linear(d_model, d_model), nn.Dropout(dropout), nn.LayerNorm(d_model, eps=norm_eps))

@@ -50,6 +50,11 @@ class TransformerLayer(SequenceBlock):
         bias: bool = True,
     ) -> None:
         super().__init__()
+        for name, p in (("dropout", dropout), ("attention_dropout", attention_dropout), ("ffn_dropout", ffn_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"transformer_layer: {name} must be in [0, 1), got {p}")
+        if not norm_eps > 0.0:
+            raise ValueError(f"transformer_layer: norm_eps must be > 0, got {norm_eps}")
         self.causal = causal
         self.attention = SelfAttention(d_model, num_heads, attention_dropout, causal, bias)
         self.attention_dropout = nn.Dropout(dropout)

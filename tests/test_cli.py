@@ -180,3 +180,14 @@ def test_threads_option_sets_torchs_threads():
                       "print(a, torch.get_num_threads())")
     assert done.stdout.split()[-2:] == ["1", "2"], done.stderr
     assert main(["--threads", "0", "info", "gru4rec"]) == 2
+
+
+def test_more_epochs_continue_a_finished_run(log_csv, tmp_path):
+    """``zoo train ... --epochs 3`` on a finished 2-epoch run trains epoch 3 (in a subprocess, as a user runs it)."""
+    args = ["train", "gru4rec", "--data", str(log_csv), "--out", str(tmp_path / "run"), "--set", "d_model=16",
+            "--set", "train.batch_size=32", "--quiet"]
+    for epochs in ("2", "3"):
+        done = subprocess.run([sys.executable, "-m", "zoo.cli", *args, "--epochs", epochs], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3

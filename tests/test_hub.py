@@ -400,7 +400,8 @@ def test_bad_tag_sections_are_refused_with_the_file(tmp_path, section, message):
     from zoo.builder import recipe_path
 
     path = tmp_path / "mine.yaml"
-    path.write_text(recipe_path("sasrec").read_text().replace("name: sasrec", "name: mine") + "pretrained:\n" + section)
+    own_tags_removed = recipe_path("sasrec").read_text().split("\npretrained:")[0]
+    path.write_text(own_tags_removed.replace("name: sasrec", "name: mine") + "\npretrained:\n" + section)
     with pytest.raises(ValueError, match=message):
         zoo.load_recipe(path)
     with pytest.raises(ValueError, match=f"{path}.*{message}"):

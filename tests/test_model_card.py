@@ -58,3 +58,20 @@ def test_without_protocols_the_card_reads_as_before(tmp_path):
 def test_bad_protocols_are_refused(tmp_path, protocols, message):
     with pytest.raises(ValueError, match=message):
         tiny().save_pretrained(tmp_path / "run", metrics={"test": {"ndcg@10": 0.2}}, protocols=protocols)
+
+
+@pytest.mark.parametrize("facts, card, expected", [
+    ({"name": "toy"}, None, {"license": "apache-2.0"}),
+    ({"name": "ml-100k"}, None, {"license": "other", "license_name": "movielens-100k",
+                                 "license_link": "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt"}),
+    ({"name": "ml-100k"}, {"license": "mit"}, {"license": "mit"}),
+])
+def test_every_card_states_a_license_the_hub_reads(tmp_path, facts, card, expected):
+    """The data's terms for a built-in dataset, the library's license otherwise, the trainer's choice first."""
+    from huggingface_hub import ModelCard
+
+    folder = tiny().save_pretrained(tmp_path / "run", dataset_facts=facts, metrics={"test": {"ndcg@10": 0.2}}, card=card)
+    data = ModelCard.load(folder / "README.md").data.to_dict()
+    assert {key: data.get(key) for key in ("license", "license_name", "license_link")} == {
+        "license": None, "license_name": None, "license_link": None, **expected}
+    assert "## License" in (folder / "README.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ from zoo.evaluate import evaluate
 from zoo.train import build_optimizer, parse_metric, train
 
 TINY = {"d_model": 16, "encoder.0.repeat": 1, "train.batch_size": 16}
+TIMING = {"train_seconds", "eval_seconds", "targets_per_second", "wall"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -53,6 +55,20 @@ def test_run_writes_logs_curve_and_a_loadable_trained_folder(finished, data):
     assert json.loads((out / "result.json").read_text())["best_epoch"] == result.best_epoch
 
 
+def test_artifacts_get_the_permissions_of_the_umask(data, tmp_path):
+    """Every file and folder of a run is readable as the umask allows, not the temp files' 0600 / 0700."""
+    previous = os.umask(0o022)
+    try:
+        train("sasrec", data, tmp_path, epochs=1, seed=0, overrides=TINY, progress=False, plot=False)
+    finally:
+        os.umask(previous)
+    paths = [p for p in tmp_path.rglob("*") if p.name != "run.lock"]
+    assert any(p.name == "model.safetensors" for p in paths) and any(p.parent.name == "checkpoints" for p in paths)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in paths}
+    expected = {name: oct(0o755 if (tmp_path / name).is_dir() else 0o644) for name in modes}
+    assert modes == expected
+
+
 def test_training_learns_the_markov_chain(data, tmp_path):
     result = train("sasrec", data, tmp_path, epochs=12, seed=0, progress=False, save_model=False, plot=False,
                    overrides={**TINY, "d_model": 32}, config={"lr": 1e-2})
@@ -81,6 +97,46 @@ def test_a_checkpoint_written_before_new_recipe_fields_still_resumes(data, tmp_p
     state_file.write_text(json.dumps(state))
     with pytest.raises(ValueError, match="different run.*recipe"):
         train("sasrec", data, tmp_path, **settings)
+
+
+def test_declaring_a_pretrained_tag_does_not_stop_a_run_from_resuming(data, tmp_path):
+    """A recipe's ``pretrained:`` tags say where weights are published; a run of it resumes when they change."""
+    settings = dict(epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    first = train("sasrec", data, tmp_path, **settings)
+    state_file = latest_checkpoint(tmp_path / "checkpoints") / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["fingerprint"]["recipe"]["pretrained"] = {"ml-100k": {"dataset": "ml-100k", "default": True}}
+    state_file.write_text(json.dumps(state))
+    again = train("sasrec", data, tmp_path, **settings)
+    assert again.history == first.history and again.test == first.test
+
+
+def test_raising_the_epochs_continues_a_finished_run_to_the_longer_runs_result(data, tmp_path):
+    """4 epochs, then 6 on the same folder: the same as 6 at once (no learning-rate schedule spans the epochs)."""
+    settings = dict(seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    first = train("sasrec", data, tmp_path / "twice", epochs=4, **settings)
+    longer = train("sasrec", data, tmp_path / "twice", epochs=6, **settings)
+    at_once = train("sasrec", data, tmp_path / "once", epochs=6, **settings)
+    assert longer.history[:4] == first.history and len(longer.history) == 6
+    without_wall = [{k: v for k, v in r.items() if k not in TIMING} for r in longer.history]
+    assert without_wall == [{k: v for k, v in r.items() if k not in TIMING} for r in at_once.history]
+    assert longer.test == at_once.test
+
+
+def test_raising_the_patience_continues_a_run_that_stopped_early(data, tmp_path):
+    settings = dict(epochs=8, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    stopped = train("sasrec", data, tmp_path, config={"lr": 1e-12, "patience": 1}, **settings)
+    assert stopped.stopped_early and stopped.epochs_run == 2
+    again = train("sasrec", data, tmp_path, config={"lr": 1e-12, "patience": 3}, **settings)
+    assert again.stopped_early and again.epochs_run == 4 and again.history[:2] == stopped.history
+
+
+def test_a_schedule_over_the_epochs_cannot_be_lengthened(data, tmp_path):
+    settings = dict(seed=0, overrides=TINY, progress=False, save_model=False, plot=False, config={"scheduler": "cosine"})
+    train("sasrec", data, tmp_path, epochs=2, **settings)
+    with pytest.raises(ValueError, match=r"differs in \['recipe.train.epochs'\] - its learning-rate schedule spans "
+                                         r"the epochs.*--restart"):
+        train("sasrec", data, tmp_path, epochs=3, **settings)
 
 
 def test_resuming_a_different_run_is_refused(finished, data):

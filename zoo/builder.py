@@ -13,7 +13,8 @@ from zoo.catalog import list_models
 from zoo.paths import recipes_dir
 from zoo.pretrained import list_pretrained
 from zoo.recipe import (
-    BlockSpec, Layer, Parallel, Recipe, Repeat, Residual, Sequential, apply_overrides, checked, load_recipe, validate_recipe,
+    BUDGET_HINT, LIMITS, BlockSpec, Layer, Parallel, Recipe, RecipeError, Repeat, Residual, Sequential, apply_overrides, checked,
+    load_recipe, measure_block, validate_recipe,
 )
 from zoo.registry import context_kwargs, get_block
 
@@ -47,22 +48,35 @@ def resolve_recipe(name_or_path: str | Path | Recipe, overrides: dict[str, Any] 
         if not overrides:
             return checked(name_or_path, source=f"recipe {name_or_path.name!r}")
         data = apply_overrides(name_or_path.model_dump(mode="json"), overrides)
-        return validate_recipe(data, source=f"recipe {name_or_path.name!r}")
+        return validate_recipe(data, source=f"recipe {name_or_path.name!r}", overrides=list(overrides))
     return load_recipe(recipe_path(name_or_path), overrides)
 
 
 class BuildContext:
-    """The model-level facts every block may ask for by name."""
+    """The model-level facts every block may ask for by name, and the parameter budget
+    (:attr:`zoo.recipe.Limits.max_parameters`) the blocks share: each block is sized on the meta device
+    before it is built, so a model over the budget fails before the block that would pass it allocates."""
 
     def __init__(self, d_model: int, num_items: int, max_len: int) -> None:
         self.d_model, self.num_items, self.max_len = d_model, num_items, max_len
+        self.budget = LIMITS.parameter_budget()
+        self.elements = 0  # parameter and buffer elements of the blocks built so far
 
     def block(self, spec: BlockSpec) -> nn.Module:
         cls = get_block(spec.block)
         facts = context_kwargs(cls, d_model=self.d_model, num_items=self.num_items, max_len=self.max_len)
+        self._reserve(spec.block, measure_block(cls, {**facts, **spec.args}, self.budget).elements)
         block = cls(**facts, **spec.args)
         block.recipe_args = dict(spec.args)
         return block
+
+    def _reserve(self, name: str, elements: int) -> None:
+        self.elements += elements
+        if self.elements > self.budget:
+            raise RecipeError(
+                f"block {name!r} would bring the model to {self.elements:,} parameter and buffer elements "
+                f"({self.num_items:,} items, d_model {self.d_model}), over the limit of {self.budget:,}; {BUDGET_HINT}"
+            )
 
     def layer(self, spec: Layer) -> nn.Module:
         if isinstance(spec, BlockSpec):

@@ -71,11 +71,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` with the process's umask applied: what ``open()`` would give a new file (``0o777`` for a folder).
+    Temporary files and folders start at 0600 / 0700; what is kept gets the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``write(temp_path)``: a temp file in the same folder, fsync, ``os.replace``."""
+    """Write ``path`` through ``write(temp_path)``: a temp file in the same folder, fsync, ``os.replace``.
+    The file gets the permissions of a newly created one (the umask's), not the temp file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.fchmod(fd, umask_mode())
     os.close(fd)
     temp_path = Path(temp)
     try:
@@ -268,6 +278,9 @@ def save_checkpoint(
         document = {"format_version": FORMAT_VERSION, "optimizer": optimizer_rest, **state, "files": files}
         (staging / STATE_FILE).write_text(json.dumps(document, indent=1, allow_nan=True), encoding="utf-8")
         _fsynced_digest(staging / STATE_FILE)
+        for file in staging.iterdir():
+            os.chmod(file, umask_mode())  # safetensors creates its files 0600
+        os.chmod(staging, umask_mode(0o777))
         target = root / name
         if target.exists():
             shutil.rmtree(target)

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file
+from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file, umask_mode
 from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
 from zoo.version import __version__
 
@@ -272,11 +272,10 @@ def _staged(parent: Path, prefix: str, writers: Mapping[str, Callable[[Path], No
     """A new temporary folder in ``parent`` holding every file of ``writers``, written in order and fsynced."""
     staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
+        os.chmod(staging, umask_mode(0o777))
         for name, write in writers.items():
             write(staging / name)
+            os.chmod(staging / name, umask_mode())  # safetensors creates its files 0600
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
     except BaseException:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence
 
@@ -80,6 +82,7 @@ class SeqRecModel(nn.Module):
     # ------------------------------------------------------------------ input checks
 
     def _check_ids(self, item_ids: Any, timestamps: Any) -> tuple[Tensor, Tensor | None]:
+        """``item_ids`` (and ``timestamps``) checked, as int64, and cut to the newest ``max_len`` positions."""
         if not isinstance(item_ids, Tensor):
             raise ValueError(f"item_ids must be a torch.LongTensor of shape (B, L), got {type(item_ids).__name__}")
         if item_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -88,15 +91,14 @@ class SeqRecModel(nn.Module):
             raise ValueError(f"item_ids must have shape (B, L), got {tuple(item_ids.shape)}")
         if item_ids.numel() == 0:
             raise ValueError(f"item_ids is empty: shape {tuple(item_ids.shape)}")
-        low, high = int(item_ids.min()), int(item_ids.max())
-        if low < 0 or high > self.num_items:
-            bad = low if low < 0 else high
-            raise ValueError(f"item index {bad} is out of range: expected 0 (padding) or 1..{self.num_items}")
+        outside = ((item_ids < 0) | (item_ids > self.num_items)).nonzero()
+        if len(outside):
+            row, column = outside[0].tolist()
+            raise ValueError(f"item index {int(item_ids[row, column])} at item_ids[{row}, {column}] is out of range: "
+                             f"expected 0 (padding) or 1..{self.num_items}")
         item_ids = item_ids.long()
         if timestamps is not None:
-            if not isinstance(timestamps, Tensor) or timestamps.shape != item_ids.shape:
-                shape = tuple(timestamps.shape) if isinstance(timestamps, Tensor) else type(timestamps).__name__
-                raise ValueError(f"timestamps must be a tensor shaped like item_ids {tuple(item_ids.shape)}, got {shape}")
+            check_timestamps(timestamps, item_ids, "timestamps")
         if item_ids.shape[1] > self.max_len:
             item_ids = item_ids[:, -self.max_len:]
             timestamps = None if timestamps is None else timestamps[:, -self.max_len:]
@@ -178,29 +180,34 @@ class SeqRecModel(nn.Module):
         timestamps: Sequence[Sequence[float]] | None = None,
         exclude_seen: bool = False,
     ) -> Recommendations:
-        """Top-``k`` items for each history (Python lists of item indices, oldest first)."""
-        if not 1 <= k <= self.num_items:
-            raise ValueError(f"k must be in 1..{self.num_items}, got {k}")
-        if not len(histories):
-            raise ValueError("histories is empty: pass at least one history")
-        for i, history in enumerate(histories):
-            if not len(history):
-                raise ValueError(f"history {i} is empty: a recommendation needs at least one item")
+        """Top-``k`` items for each history, best first: ``items`` and ``scores``, both ``(B, k)``.
+
+        ``histories`` are item indices, oldest first: lists of ints (numpy integers too) or 1-D
+        integer tensors. Anything that is not an integer is refused with a ``ValueError``: floats
+        (also integer-valued ones such as ``2.0``), bools, float or bool tensors. Leading 0s are
+        padding; a history longer than ``max_len`` is scored on its newest ``max_len`` items.
+        ``timestamps`` (Unix seconds, one finite number per item) go to time-aware models.
+
+        The padding index 0 is never returned. With ``exclude_seen=True`` no item of a history
+        (all of it, also the part beyond ``max_len``) is returned for it; ``k`` must then not
+        exceed any history's number of unseen items, else a ``ValueError`` says the largest ``k``
+        the batch allows, so every row always holds ``k`` real, allowed items.
+        """
+        k = item_count(k, self.num_items)
+        rows = history_rows(histories, self.num_items)
+        times = None if timestamps is None else timestamp_rows(timestamps, rows)
+        excluded = excluded_items(rows, self.num_items, exclude_seen)
+        check_enough_candidates(excluded, k)
         device = self._all_items.device
-        item_ids = left_pad([list(h)[-self.max_len:] for h in histories], device=device, dtype=torch.long)
-        ts = None
-        if timestamps is not None:
-            ts = left_pad([list(t)[-self.max_len:] for t in timestamps], device=device, dtype=torch.float64)
+        item_ids = left_pad([row[-self.max_len:] for row in rows], device=device, dtype=torch.long)
+        ts = None if times is None else left_pad([t[-self.max_len:] for t in times], device=device, dtype=torch.float64)
         was_training = self.training
         self.eval()
         try:
             scores = self.score(item_ids, ts)
         finally:
             self.train(was_training)
-        if exclude_seen:
-            scores = scores.masked_fill(seen_mask(item_ids, self.num_items), float("-inf"))
-        top = scores.topk(k, dim=-1)
-        return Recommendations(top.indices, top.values)
+        return top_allowed(scores, excluded.to(scores.device), k)
 
     # ------------------------------------------------------------------ streaming
 
@@ -228,6 +235,8 @@ class SeqRecModel(nn.Module):
             raise ValueError(f"item_ids_t must be a LongTensor of shape (B,), got {item_ids_t.dtype} {tuple(item_ids_t.shape)}")
         if int(item_ids_t.min()) < 1 or int(item_ids_t.max()) > self.num_items:
             raise ValueError(f"streamed item indices must be in 1..{self.num_items}")
+        if timestamps_t is not None:
+            check_timestamps(timestamps_t, item_ids_t, "timestamps_t")
         encoder_state, layers_state = state
         x_t, encoder_state = self.item_encoder.step(item_ids_t, encoder_state, timestamps_t)
         h_t, layers_state = self.encoder.step(x_t, layers_state)
@@ -361,9 +370,136 @@ def left_pad(rows: Sequence[Sequence[float]], device: torch.device | None = None
     return out
 
 
-def seen_mask(item_ids: Tensor, num_items: int) -> Tensor:
-    """``(B, num_items + 1)`` bool: True at items in each history (padding column excluded)."""
-    seen = torch.zeros(item_ids.shape[0], num_items + 1, dtype=torch.bool, device=item_ids.device)
-    seen.scatter_(1, item_ids, True)
-    seen[:, 0] = False
-    return seen
+def check_timestamps(timestamps: Any, item_ids: Tensor, name: str) -> None:
+    """Refuse ``timestamps`` that are not a real-valued tensor shaped like ``item_ids`` or that are NaN or
+    infinite at a real item (padded positions are never read)."""
+    if not isinstance(timestamps, Tensor) or timestamps.shape != item_ids.shape:
+        shape = tuple(timestamps.shape) if isinstance(timestamps, Tensor) else type(timestamps).__name__
+        raise ValueError(f"{name} must be a tensor shaped like the item ids {tuple(item_ids.shape)}, got {shape}")
+    if timestamps.dtype == torch.bool or timestamps.is_complex():
+        raise ValueError(f"{name} must hold Unix seconds (a float or integer tensor), got dtype {timestamps.dtype}")
+    broken = (~torch.isfinite(timestamps) & (item_ids > 0)).nonzero()
+    if len(broken):
+        where = tuple(broken[0].tolist())
+        raise ValueError(f"{name}{list(where)} is {float(timestamps[where])}: timestamps must be finite Unix seconds")
+
+
+def integer_id(value: Any) -> int | None:
+    """``value`` as an int when it is an integer (Python, numpy or a one-element integer tensor), else None;
+    bools and floats are not integers here, not even ``2.0``."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def item_count(k: Any, num_items: int) -> int:
+    """``k`` of :meth:`SeqRecModel.recommend`, checked: an integer in ``1..num_items``."""
+    count = integer_id(k)
+    if count is None or not 1 <= count <= num_items:
+        raise ValueError(f"k must be an integer in 1..{num_items}, got {k!r}")
+    return count
+
+
+def history_row(history: Any, index: int) -> Tensor:
+    """History ``index`` of :meth:`SeqRecModel.recommend` as a 1-D int64 CPU tensor; non-integer ids raise
+    (their range is checked by :func:`history_rows`)."""
+    if isinstance(history, Tensor):
+        if history.dim() != 1:
+            raise ValueError(f"history {index} must be 1-D (item indices, oldest first), got shape {tuple(history.shape)}")
+        if history.dtype == torch.bool or history.is_floating_point() or history.is_complex():
+            raise ValueError(f"history {index} holds {history.dtype} values; item indices must be integers")
+        return history.detach().long().cpu()
+    if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
+        raise ValueError(f"history {index} must be a sequence of item indices, got {type(history).__name__}")
+    values = list(history)
+    ids = [integer_id(value) for value in values]
+    if None in ids:
+        position = ids.index(None)
+        raise ValueError(f"history {index}, position {position}: {values[position]!r} is not an item index; item "
+                         "indices are integers (floats, even whole ones such as 2.0, and bools are refused)")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def history_rows(histories: Any, num_items: int) -> list[Tensor]:
+    """The histories of :meth:`SeqRecModel.recommend`, checked whole (also beyond ``max_len``): at least one,
+    none empty, integer ids in ``0..num_items``, 0 (padding) only before the first real item."""
+    if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
+        raise ValueError(f"histories must be a sequence of histories, got {type(histories).__name__}")
+    rows = [history_row(history, i) for i, history in enumerate(histories)]
+    if not rows:
+        raise ValueError("histories is empty: pass at least one history")
+    for i, row in enumerate(rows):
+        if not len(row):
+            raise ValueError(f"history {i} is empty: a recommendation needs at least one item")
+        outside = ((row < 0) | (row > num_items)).nonzero().flatten()
+        if len(outside):
+            position = int(outside[0])
+            raise ValueError(f"history {i}, position {position}: item index {int(row[position])} is out of range: "
+                             f"expected 0 (padding) or 1..{num_items}")
+        real = row > 0
+        misplaced = (~real & (real.cumsum(0) > 0)).nonzero().flatten()
+        if len(misplaced):
+            raise ValueError(f"history {i}, position {int(misplaced[0])}: padding (0) after a real item; 0 may only "
+                             "lead a history (left padding)")
+    return rows
+
+
+def timestamp_rows(timestamps: Any, rows: list[Tensor]) -> list[Tensor]:
+    """The timestamps of :meth:`SeqRecModel.recommend`: one finite number per item of each history."""
+    if isinstance(timestamps, (str, bytes)) or not isinstance(timestamps, Iterable):
+        raise ValueError(f"timestamps must be a sequence of rows of Unix seconds, got {type(timestamps).__name__}")
+    times = []
+    for i, row in enumerate(timestamps):
+        try:
+            times.append(torch.as_tensor(row, dtype=torch.float64).cpu().reshape(-1))
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"timestamps {i} must be a sequence of numbers (Unix seconds), got {row!r}") from None
+    if len(times) != len(rows):
+        raise ValueError(f"timestamps has {len(times)} rows for {len(rows)} histories; give one row per history")
+    for i, (row, ids) in enumerate(zip(times, rows)):
+        if len(row) != len(ids):
+            raise ValueError(f"timestamps {i} has {len(row)} values for the {len(ids)} items of history {i}")
+        broken = (~torch.isfinite(row)).nonzero().flatten()
+        if len(broken):
+            position = int(broken[0])
+            raise ValueError(f"timestamps {i}, position {position}: {float(row[position])} is not a finite "
+                             "Unix time in seconds")
+    return times
+
+
+def excluded_items(rows: list[Tensor], num_items: int, exclude_seen: bool) -> Tensor:
+    """``(B, num_items + 1)`` bool: True at what :meth:`SeqRecModel.recommend` must never return, the padding
+    column and, with ``exclude_seen``, every item of each (untruncated) history."""
+    excluded = torch.zeros(len(rows), num_items + 1, dtype=torch.bool)
+    excluded[:, 0] = True
+    if exclude_seen:
+        owners = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(row) for row in rows]))
+        excluded[owners, torch.cat(rows)] = True
+    return excluded
+
+
+def check_enough_candidates(excluded: Tensor, k: int) -> None:
+    """Refuse a ``k`` larger than some row's number of allowed items (see :func:`excluded_items`)."""
+    allowed = (~excluded).sum(1)
+    short = (allowed < k).nonzero().flatten()
+    if len(short):
+        row = int(short[0])
+        raise ValueError(f"k={k} but history {row} leaves only {int(allowed[row])} unseen items of "
+                         f"{excluded.shape[1] - 1} to recommend (exclude_seen=True); use k <= {int(allowed.min())} "
+                         "for these histories, or recommend for them one by one")
+
+
+def top_allowed(scores: Tensor, excluded: Tensor, k: int) -> Recommendations:
+    """The ``k`` best-scoring items of each row that are not ``excluded``, as :class:`Recommendations`.
+
+    An allowed item always ranks above an excluded one, even at a score of ``-inf``; NaN scores raise."""
+    broken = torch.isnan(scores).any(1).nonzero().flatten()
+    if len(broken):
+        raise RuntimeError(f"the model gave NaN scores for histories {broken.tolist()[:10]}; its weights or "
+                           "inputs are broken")
+    key = scores.clamp(min=torch.finfo(scores.dtype).min).masked_fill_(excluded, float("-inf"))
+    items = key.topk(k, dim=-1).indices
+    return Recommendations(items, scores.gather(1, items))

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
+LIBRARY_LICENSE = "apache-2.0"  # pyproject.toml's
 SPLIT_NAMES = {"valid": "validation", "test": "test"}
 SPLIT_SHORT = {"loo": "leave-one-out by time", "ratio": "ratio by time"}
 SPLIT_PROTOCOLS = {
@@ -54,6 +55,34 @@ def _metric_config(split_protocol: str | None, part: str, protocols: Mapping[str
     return "; ".join(p for p in pieces if p) or None
 
 
+def _license(facts: Mapping[str, Any], card: Mapping[str, Any]) -> dict[str, str]:
+    """The Hub's license fields: ``card["license"]`` when given, else the built-in dataset's terms
+    (MovieLens: ``other``, with a name and a link), else the library's own license (Apache-2.0)."""
+    from zoo.data.builtin import DATASET_TERMS
+
+    if card.get("license"):
+        return {"license": str(card["license"])}
+    terms = DATASET_TERMS.get(str(facts.get("name")))
+    if terms is None:
+        return {"license": LIBRARY_LICENSE}
+    return {key: terms[key] for key in ("license", "license_name", "license_link")}
+
+
+def _license_text(facts: Mapping[str, Any], card: Mapping[str, Any]) -> str:
+    """The card's license paragraph, saying where the license in the front matter comes from."""
+    from zoo.data.builtin import DATASET_TERMS
+
+    fields = _license(facts, card)
+    if card.get("license"):
+        return f"License: {fields['license']} (set by whoever trained the model)."
+    terms = DATASET_TERMS.get(str(facts.get("name")))
+    if terms is not None:
+        return (f"License: the terms of the training data, {fields['license_name']} ({fields['license_link']}): "
+                f"{terms['summary']}. The library that built the model is under {LIBRARY_LICENSE}.")
+    return (f"License: {LIBRARY_LICENSE}, the library's license, by default; the terms of the data the model was "
+            "trained on may restrict its use. Set another with `card={'license': ...}`.")
+
+
 def _metadata(config: dict[str, Any], card: dict[str, Any]) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -79,7 +108,7 @@ def _metadata(config: dict[str, Any], card: dict[str, Any]) -> str:
     ]
     data = ModelCardData(
         library_name=config["library_name"],
-        license=card.get("license"),
+        **_license(facts, card),
         tags=["sequential-recommendation", "safetensors", recipe["name"], *card.get("tags", [])],
         datasets=[dataset] if facts.get("name") else None,
         model_name=card.get("model_name", f"{recipe['name']}-{dataset}"),
@@ -159,6 +188,7 @@ def render_model_card(config: dict[str, Any], card: dict[str, Any] | None = None
               "top = model.recommend([history.tolist()], k=10)",
               "print(model.decode_items(top.items[0]))  # indices -> raw item ids", "```", "",
               "Weights are `model.safetensors` (no pickle); the recipe, item vocabulary and metrics are in `config.json`.", ""]
+    lines += ["## License", "", _license_text(facts, card), ""]
     if card.get("citation"):
         lines += ["## Citation", "", "```bibtex", str(card["citation"]).strip(), "```", ""]
     return "\n".join(lines)

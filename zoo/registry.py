@@ -89,11 +89,13 @@ def get_block(name: str) -> type:
 
 
 def unknown_block_message(name: str, kind: str | None = None) -> str:
+    """Says that ``name`` is no registered block (of ``kind``), with close names; a long name is shortened."""
     known = list_blocks(kind=kind) + [a for a, n in _ALIASES.items() if kind is None or _BLOCKS[n].kind == kind]
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6) if len(name) <= 100 else []
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     scope = f"{kind} block" if kind else "block"
-    return f"unknown {scope} {name!r}{hint} (known: {', '.join(sorted(list_blocks(kind=kind)))})"
+    shown = repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name):,} characters)"
+    return f"unknown {scope} {shown}{hint} (known: {', '.join(sorted(list_blocks(kind=kind)))})"
 
 
 def list_blocks(pattern: str = "*", kind: str | None = None) -> list[str]:

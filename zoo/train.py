@@ -346,10 +346,38 @@ def _with_current_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
     from pydantic import ValidationError
 
     try:
-        recipe = Recipe.model_validate(fingerprint["recipe"]).model_dump(mode="json")
+        recipe = _trained_part(Recipe.model_validate(fingerprint["recipe"]))
     except (ValidationError, KeyError, TypeError):
         return fingerprint
     return {**fingerprint, "recipe": recipe}
+
+
+def _trained_part(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a run fingerprint compares it. Left out: its ``pretrained:`` tags, which say where
+    trained weights are published and change nothing that is trained (declaring a tag for a run in
+    progress must not stop it from resuming), the early-stopping patience and the epoch budget, so that
+    a run continues when they are raised (``zoo train ... --epochs 30`` on a finished 20-epoch run) -
+    unless a learning-rate schedule spans the epochs (every scheduler but ``plateau``): a new budget
+    would change its past steps."""
+    dumped = recipe.model_dump(mode="json")
+    dumped.pop("pretrained", None)
+    dumped["train"].pop("patience", None)  # a stopped run continues when it is raised
+    if not _schedule_spans_epochs(recipe.train.scheduler):
+        dumped["train"].pop("epochs", None)
+    return dumped
+
+
+def _schedule_spans_epochs(scheduler: str | None) -> bool:
+    """True for a learning-rate schedule laid out over ``train.epochs`` (cosine, step, ...)."""
+    return scheduler not in (None, "none", "plateau")
+
+
+def _differing_paths(saved: Any, now: Any, prefix: str) -> list[str]:
+    """Dotted paths where two JSON values differ (``recipe.train.lr``), lists compared whole."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [path for key in sorted(set(saved) | set(now), key=str)
+                for path in _differing_paths(saved.get(key), now.get(key), f"{prefix}.{key}")]
+    return [] if saved == now else [prefix]
 
 
 def _hash_array(digest: Any, array: Any) -> None:
@@ -379,7 +407,7 @@ def data_digest(split: DataSplit) -> str:
 def _fingerprint(model: SeqRecModel, split: DataSplit, seed: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (the recipe with its train config, seed and data)."""
     return {
-        "recipe": model.recipe.model_dump(mode="json"),
+        "recipe": _trained_part(model.recipe),
         "seed": seed,
         "num_items": model.num_items,
         "data": {"name": split.dataset.name, "interactions": split.dataset.num_interactions, "split": split.method,
@@ -391,7 +419,8 @@ def _fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list
     """Where a checkpoint's fingerprint differs from this run's (``data.*`` named by part); a checkpoint
     written before the data's content was fingerprinted is compared on the rest."""
     saved = _with_current_defaults(saved)
-    differ = sorted(k for k in set(saved) | set(now) if k != "data" and saved.get(k) != now.get(k))
+    differ = [path for key in sorted(set(saved) | set(now)) if key != "data"
+              for path in _differing_paths(saved.get(key), now.get(key), key)]
     saved_data, now_data = saved.get("data", {}), dict(now["data"])
     if "sha256" not in saved_data:
         log.warning("the checkpoint records no digest of the data's content: only its name and sizes are compared")
@@ -403,7 +432,11 @@ def _fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list
 def _different_run_message(out_dir: Path, differ: list[str]) -> str:
     """Why a checkpoint in ``out_dir`` is not resumed, and what to do."""
     content = " (same sizes, other interactions: the data file changed)" if differ == ["data.sha256"] else ""
-    return (f"{out_dir} holds a checkpoint of a different run (it differs in {differ}{content}); resume with the same "
+    if differ == ["recipe.train.epochs"]:
+        content = (" - its learning-rate schedule spans the epochs, so the run cannot be lengthened; continuing "
+                   "needs the same epochs")
+    shown = differ if len(differ) <= 8 else [*differ[:8], f"... {len(differ) - 8} more"]
+    return (f"{out_dir} holds a checkpoint of a different run (it differs in {shown}{content}); resume with the same "
             "recipe, training settings, seed and data, or start over with resume=False (`zoo train --restart`), "
             "which replaces the checkpoint")
 
@@ -562,7 +595,8 @@ class _Run:
                         state["world_size"], self.context.world_size)
         self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
         self.best_metric = -math.inf if state["best_metric"] is None else state["best_metric"]
-        self.best_epoch, self.bad_epochs, self.stopped = state["best_epoch"], state["bad_epochs"], state["stopped"]
+        self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
+        self.stopped = self.bad_epochs >= self.config.patience  # this run's patience: raising it continues
         self.loss_sum, self.loss_count, self.epoch_seconds = state["loss_sum"], state["loss_count"], state["epoch_seconds"]
         self.wall_offset, self.history = state["wall"], state["history"]
         if self.scheduler is not None and state["scheduler"] is not None:

@@ -6,7 +6,7 @@ max_len)`` and ``eval_samples(which, max_len)`` give left-padded batches;
 ``item_text_table(dataset.item_features.text)`` the items' text embeddings (cached).
 """
 
-from zoo.data.atomic import AtomicTable, DataFormatError, RawInteractions, read_atomic, read_csv, read_inter
+from zoo.data.atomic import AtomicTable, DataFormatError, RawInteractions, read_atomic, read_inter
 from zoo.data.batching import (
     NextItemSamples,
     ShiftedSequenceSamples,
@@ -17,6 +17,7 @@ from zoo.data.batching import (
     left_pad,
     trim_padding,
 )
+from zoo.data.csv_log import read_csv
 from zoo.data.builtin import RECBOLE_INSTALL, builtin_names, builtin_path
 from zoo.data.dataset import InteractionDataset, ItemFeatures
 from zoo.data.features import item_features

@@ -11,6 +11,17 @@ from pathlib import Path
 
 RECBOLE_INSTALL = "pip install --no-deps recbole==1.2.1"
 BUILTIN_DATASETS = {"ml-100k": "dataset_example/ml-100k"}
+# The terms each built-in dataset comes with, as model cards state them (the Hub's license fields).
+DATASET_TERMS = {
+    "ml-100k": {
+        "license": "other",
+        "license_name": "movielens-100k",
+        "license_link": "https://files.grouplens.org/datasets/movielens/ml-100k-README.txt",
+        "summary": "MovieLens-100k may be used for research; commercial use needs GroupLens' permission, and "
+                   "redistribution of the data is not allowed (a trained folder holds no interactions: the item ids and, "
+                   "for models that read item texts, embeddings of the titles)",
+    },
+}
 
 
 def builtin_names() -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from zoo.data.atomic import RawInteractions, read_atomic, read_csv, read_inter
+from zoo.data.atomic import RawInteractions, read_atomic, read_inter
+from zoo.data.csv_log import read_csv
 from zoo.data.builtin import BUILTIN_DATASETS, builtin_path
 from zoo.data.dataset import InteractionDataset
 from zoo.data.features import item_features

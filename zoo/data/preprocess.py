@@ -127,6 +127,8 @@ def build_dataset(raw: RawInteractions, name: str, config: Preprocessing = Prepr
             "raw_interactions": len(raw),
             "preprocessing": config.to_dict(),
             "preprocessing_steps": steps,
+            **({"time_format": raw.time_format} if raw.time_format else {}),
+            **({"columns": raw.columns} if raw.columns else {}),
         },
     )
 
