@@ -87,9 +87,16 @@ def _built_in_auto_mode(kernel: str) -> bool:
     return True
 
 
+def tracing() -> bool:
+    """Whether a tracer records the call (``torch.export``, the ONNX exporters, ``torch.jit.trace``): the
+    kernels are opaque to it, and blocks take their traceable pure paths (see :mod:`zoo.export`)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def applies(kernel: str, *tensors: Tensor | None) -> bool:
-    """Whether the compiled ``kernel`` should handle a call on these tensors: enabled, and all of them on the CPU."""
-    return all(t.device.type == "cpu" for t in tensors if t is not None) and enabled(kernel)
+    """Whether the compiled ``kernel`` should handle a call on these tensors: enabled, all of them on the CPU,
+    and no tracer recording."""
+    return all(t.device.type == "cpu" for t in tensors if t is not None) and not tracing() and enabled(kernel)
 
 
 def serves_inference(kernel: str, x: Tensor, *modules: nn.Module, dropout_active: bool) -> bool:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import ItemEncoderBlock, State
+from zoo.blocks.compiled import tracing
 from zoo.blocks.norms import create_norm
 from zoo.blocks.llm_projector import item_feature_table, reject_unused_features
 from zoo.registry import register_block
@@ -201,7 +202,8 @@ class AttributeContextEncoder(ItemEncoderBlock):
             return torch.zeros(*shape, NUM_CONTEXT, device=device)
         if timestamps.shape != shape:
             raise ValueError(f"attribute_context: timestamps {tuple(timestamps.shape)} must match item_ids {tuple(shape)}")
-        check_calendar_seconds(timestamps)
+        if not tracing():  # reads the values; an exported model's caller guarantees them (zoo.export)
+            check_calendar_seconds(timestamps)
         return calendar_context(timestamps, self.year_range)
 
     def _first_interval(self, like: Tensor) -> Tensor:

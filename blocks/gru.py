@@ -7,7 +7,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo.blocks.base import SequenceBlock, State
-from zoo.blocks.masking import left_align, lengths_from_mask, right_align
+from zoo.blocks.compiled import tracing
+from zoo.blocks.masking import left_align, lengths_from_mask, right_align, zero_pads
 from zoo.registry import register_block
 
 
@@ -15,8 +16,13 @@ def masked_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
     """Run a batch-first ``gru`` over the real items of left-padded ``x``; pads never enter it.
 
     The rows are right-aligned and packed, so the hidden state starts at zero at each sequence's
-    first real item exactly as for an unpadded sequence.
+    first real item exactly as for an unpadded sequence. Under a tracer (``torch.export``, ONNX), which
+    cannot pack by data-dependent lengths, the right-aligned rows run unpacked: each row's real items
+    still come first, from a zero state, and the steps after them are dropped, so the result is the same.
     """
+    if tracing():
+        y, _ = gru(right_align(x, mask))
+        return zero_pads(left_align(y, mask), mask)
     lengths = lengths_from_mask(mask).clamp_min(1).cpu()
     packed = pack_padded_sequence(right_align(x, mask), lengths, batch_first=True, enforce_sorted=False)
     y, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])

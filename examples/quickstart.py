@@ -19,9 +19,9 @@ histories = {  # raw MovieLens ids, oldest first
 def show(model: zoo.SeqRecModel, name: str) -> None:
     """The top 5 unseen items after each history, with their titles."""
     for label, raw_history in histories.items():
-        top = model.recommend([model.encode_items(raw_history).tolist()], k=5, exclude_seen=True)
+        top = model.recommend([raw_history], k=5, exclude_seen=True)  # raw ids in, raw ids out (top.ids)
         print(f"\n{name}, after {label}:")
-        for index, raw_id in zip(top.items[0].tolist(), model.decode_items(top.items[0])):
+        for index, raw_id in zip(top.items[0].tolist(), top.ids[0]):
             print(f"  {raw_id:>5}  {titles[index]}")
 
 

@@ -191,3 +191,30 @@ def test_more_epochs_continue_a_finished_run(log_csv, tmp_path):
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_info_on_a_block_shows_its_arguments():
+    """``zoo info mamba`` explains the block and lists what a recipe may set, with defaults."""
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", "info", "mamba"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("mamba: sequence block") and "selective_scan" in done.stdout
+    arguments = lines[next(i for i, line in enumerate(lines) if line.startswith("arguments")) + 1:]
+    assert {line.split()[0]: line.split()[-1] for line in arguments}["d_state"] == "16"
+    assert not any(line.split()[0] in ("d_model", "num_items", "max_len") for line in arguments)
+
+
+def test_recommend_shows_the_titles_of_a_built_in_dataset():
+    """A model trained on ml-100k lists each recommended id with its MovieLens title."""
+    from zoo.data import load_dataset
+
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", "recommend", "sasrec.ml-100k", "--history", "50,172,181",
+                           "-k", "3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    header, _, *rows = done.stdout.splitlines()
+    assert header.split() == ["rank", "item", "score", "title"] and len(rows) == 3
+    dataset = load_dataset("ml-100k")
+    title_of = dict(zip(dataset.item_vocab.raw_ids, dataset.item_features.text[1:]))
+    for row in rows:
+        rank, item, score, *title = row.split()
+        assert " ".join(title) == title_of[item] != ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from zoo.registry import context_kwargs, get_block
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    """The recipe file for a bundled name (``"sigma"``) or a path (``"my/hybrid.yaml"``)."""
+    """The recipe file for a bundled name (``"sigma"``) or a path (``"my/hybrid.yaml"``); a folder is refused
+    with what to do (a trained folder is loaded with ``local-dir:``)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
@@ -29,6 +31,12 @@ def recipe_path(name_or_path: str | Path) -> Path:
     bundled = recipes_dir() / f"{name_or_path}.yaml"
     if bundled.is_file():
         return bundled
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            raise ValueError(f"{str(path)!r} is a trained folder, not a recipe: load it with "
+                             f"zoo.create('local-dir:{path}')")
+        raise ValueError(f"{str(path)!r} is a folder, not a recipe: pass a bundled model name (zoo.list_models()), a "
+                         "recipe file (.yaml), or a trained folder as 'local-dir:DIR'")
     model, _, tag = str(name_or_path).partition(".")
     if tag and (recipes_dir() / f"{model}.yaml").is_file():
         published = list_pretrained(f"{model}.*")
@@ -43,7 +51,12 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 
 def resolve_recipe(name_or_path: str | Path | Recipe, overrides: dict[str, Any] | None = None) -> Recipe:
-    """A validated recipe from a bundled name, a YAML path or a :class:`Recipe` (overrides applied)."""
+    """A validated recipe from a bundled name, a YAML path or a :class:`Recipe` (overrides applied); anything else
+    is a ``ValueError`` saying what is accepted."""
+    if not isinstance(name_or_path, (str, os.PathLike, Recipe)):
+        raise ValueError(f"expected a model name ('sasrec'), a recipe file ('my/hybrid.yaml'), a zoo.recipe.Recipe or "
+                         f"a trained folder ('local-dir:DIR', 'hf-hub:org/name'), got {type(name_or_path).__name__} "
+                         f"{name_or_path!r:.60}")
     if isinstance(name_or_path, Recipe):
         if not overrides:
             return checked(name_or_path, source=f"recipe {name_or_path.name!r}")

@@ -25,10 +25,12 @@ is ever pickled.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -141,16 +144,78 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def write_safetensors(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Run ``write(str(path))`` (a safetensors ``save_file`` / ``save_model``); a failed write (a full disk, no
+    permission) is an :class:`OSError` naming ``path``, as Python's own writes give, never safetensors' own
+    error type (which is not an ``OSError`` and names no file)."""
+    try:
+        write(str(path))
+    except SafetensorError as exc:
+        found = _OS_ERROR.search(str(exc))
+        if found is None:
+            raise OSError(errno.EIO, f"safetensors could not write the file ({exc})", str(path)) from None
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file; a truncated or garbled one is a ``ValueError`` naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupted") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; bytes that are not UTF-8 or not JSON are a ``ValueError`` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid UTF-8 JSON ({exc}); the file is corrupted") from None
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Atomically write ``model``'s weights as safetensors."""
-    return atomic_write(path, lambda p: save_model(model, str(p)))
+    return atomic_write(path, lambda p: write_safetensors(p, lambda name: save_model(model, name)))
+
+
+def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor of a ``.safetensors`` file, read from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc}); it is truncated or corrupted") from None
+
+
+DIFFERENT_RUN_HINT = ("it is a checkpoint of a different run (another recipe or overrides); resume with the same recipe, "
+                      "training settings, seed and data, or start over with resume=False (`zoo train --restart`), which "
+                      "replaces the checkpoint")
+
+
+def shape_differences(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """``"name: stored (a, b), model (c, d)"`` for each tensor of a ``.safetensors`` file whose shape is not the
+    model's (read from the file's header: nothing is loaded)."""
+    expected = model.state_dict()
+    return [f"{key}: stored {shape}, model {tuple(expected[key].shape)}"
+            for key, shape in stored_shapes(path).items() if key in expected and shape != tuple(expected[key].shape)]
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load safetensors weights strictly (missing or unexpected keys are an error)."""
+    """Load safetensors weights strictly: missing or unexpected keys, or a tensor of another shape, are a
+    ``ValueError`` naming the file and the first differences (checked from the file's header, before any
+    weight is copied, so torch's own size-mismatch listing never shows)."""
+    wrong = shape_differences(model, path)
+    if wrong:
+        raise ValueError(f"{path} does not fit the model ({len(wrong)} tensors differ in shape, e.g. "
+                         f"{'; '.join(wrong[:3])}): {DIFFERENT_RUN_HINT}")
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} does not fit the model: missing {sorted(missing)[:20]}, unexpected {sorted(unexpected)[:20]}")
+        raise ValueError(f"{path} does not fit the model (missing {sorted(missing)[:20]}, unexpected "
+                         f"{sorted(unexpected)[:20]}): {DIFFERENT_RUN_HINT}")
 
 
 # ---------------------------------------------------------------------------- optimiser state
@@ -244,7 +309,11 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     pointer = Path(root) / LATEST
     if not pointer.is_file():
         return None
-    folder = Path(root) / pointer.read_text(encoding="utf-8").strip()
+    try:
+        folder = Path(root) / pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{pointer}: not a checkpoint name (the file is corrupted); start over with resume=False "
+                         "(`zoo train --restart`)") from None
     if not (folder / STATE_FILE).is_file():
         raise FileNotFoundError(f"{pointer} names {folder.name}, which is not a complete checkpoint")
     return folder
@@ -300,12 +369,13 @@ def save_checkpoint(
 def _write_tensors(staging: Path, model: nn.Module, optimizer_tensors: dict[str, torch.Tensor],
                    best: dict[str, torch.Tensor] | None, previous: Path | None, ema: nn.Module | None) -> None:
     """Write a checkpoint's safetensors files into ``staging`` (an unchanged best is linked from ``previous``)."""
-    save_model(model, str(staging / MODEL_FILE))
-    save_file(optimizer_tensors, str(staging / OPTIMIZER_FILE))
+    write_safetensors(staging / MODEL_FILE, lambda name: save_model(model, name))
+    write_safetensors(staging / OPTIMIZER_FILE, lambda name: save_file(optimizer_tensors, name))
     if ema is not None:
-        save_model(ema, str(staging / EMA_FILE))
+        write_safetensors(staging / EMA_FILE, lambda name: save_model(ema, name))
     if best is not None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in best.items()}, str(staging / BEST_FILE))
+        best_cpu = {k: v.detach().contiguous().cpu() for k, v in best.items()}
+        write_safetensors(staging / BEST_FILE, lambda name: save_file(best_cpu, name))
     elif previous is not None and (previous / BEST_FILE).is_file():
         try:
             os.link(previous / BEST_FILE, staging / BEST_FILE)
@@ -324,7 +394,7 @@ def _checked(folder: Path, name: str, document: dict[str, Any] | None = None) ->
     """``folder / name`` after checking it against the SHA-256 its ``trainer_state.json`` records
     (checkpoints written before digests were recorded are not checked)."""
     if document is None:
-        document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        document = read_json(folder / STATE_FILE)
     path = folder / name
     expected = document.get("files", {}).get(name)
     if expected is not None and sha256_file(path) != expected:
@@ -338,16 +408,43 @@ def _checked(folder: Path, name: str, document: dict[str, Any] | None = None) ->
 def load_checkpoint(folder: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore ``model`` and ``optimizer`` from a checkpoint folder; returns the trainer state."""
     folder = Path(folder)
-    document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder}: checkpoint format {document.get('format_version')!r}, this version reads {FORMAT_VERSION}")
-    load_weights(model, _checked(folder, MODEL_FILE, document))
+    document = read_json(folder / STATE_FILE)
+    if not isinstance(document, dict) or document.get("format_version") != FORMAT_VERSION:
+        found = document.get("format_version") if isinstance(document, dict) else type(document).__name__
+        raise ValueError(f"{folder}: checkpoint format {found!r}, this version reads {FORMAT_VERSION}")
+    weights = _checked(folder, MODEL_FILE, document)
+    wrong = shape_differences(model, weights)
+    if wrong:
+        differ = recorded_differences(document.get("fingerprint"), model)
+        raise ValueError(
+            f"{folder} holds a checkpoint of a different run ({f'it differs in {differ}; ' if differ else ''}"
+            f"{len(wrong)} weight tensors differ in shape, e.g. {'; '.join(wrong[:2])}); resume with the same recipe, "
+            "training settings, seed and data, or start over with resume=False (`zoo train --restart`), which replaces "
+            "the checkpoint")
+    load_weights(model, weights)
     device = next(model.parameters()).device
-    stored = load_file(str(_checked(folder, OPTIMIZER_FILE, document)))
+    stored = read_safetensors(_checked(folder, OPTIMIZER_FILE, document))
     tensors = {k: v.to(device) if v.dim() > 0 else v for k, v in stored.items()}
     optimizer.load_state_dict(join_optimizer_state(tensors, document.pop("optimizer"), optimizer.state_dict()))
     document.pop("files", None)
     return document
+
+
+def recorded_differences(fingerprint: Any, model: nn.Module) -> list[str]:
+    """The dotted paths (``recipe.d_model``, ``num_items``) where a checkpoint's recorded run fingerprint differs from
+    ``model``, comparing only what the fingerprint records; ``[]`` when it records nothing comparable."""
+    recipe = getattr(model, "recipe", None)
+    if not isinstance(fingerprint, dict) or recipe is None:
+        return []
+    now = {"recipe": recipe.model_dump(mode="json"), "num_items": getattr(model, "num_items", None)}
+
+    def differing(saved: Any, current: Any, where: str) -> list[str]:
+        if isinstance(saved, dict) and isinstance(current, dict):
+            return [path for key in saved for path in differing(saved[key], current.get(key), f"{where}.{key}")]
+        return [] if saved == current else [where]
+
+    found = [path for key in now if key in fingerprint for path in differing(fingerprint[key], now[key], key)]
+    return found[:8] + ([f"... {len(found) - 8} more"] if len(found) > 8 else [])
 
 
 def load_moving_average(folder: str | os.PathLike, ema: nn.Module) -> None:
@@ -361,4 +458,4 @@ def load_moving_average(folder: str | os.PathLike, ema: nn.Module) -> None:
 def load_best_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor] | None:
     """The checkpoint's best weights (a CPU state dict), or None when it has none."""
     path = Path(folder) / BEST_FILE
-    return load_file(str(_checked(Path(folder), BEST_FILE))) if path.is_file() else None
+    return read_safetensors(_checked(Path(folder), BEST_FILE)) if path.is_file() else None

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import zoo
 
@@ -29,7 +29,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-COMPUTING_COMMANDS = ("info", "train", "eval", "recommend", "convert", "push")
+COMPUTING_COMMANDS = ("info", "train", "eval", "recommend", "convert", "push", "export")
 
 
 def set_threads(threads: int | None) -> None:
@@ -105,8 +105,11 @@ def weights_line(name: str) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from zoo.builder import resolve_recipe
-    from zoo.info import block_tree, count_parameters, flops_per_sequence
+    from zoo.info import block_page, block_tree, count_parameters, flops_per_sequence
 
+    if args.name not in zoo.list_models() and not args.name.endswith((".yaml", ".yml")) and args.name in zoo.list_blocks():
+        print("\n".join(block_page(args.name)))
+        return 0
     recipe = resolve_recipe(args.name, parse_sets(args.set))
     model = zoo.create(recipe, num_items=args.num_items if recipe.num_items is None else recipe.num_items)
     print(f"{recipe.name}: {recipe.paper or 'no paper'} (fidelity: {recipe.fidelity})")
@@ -155,13 +158,24 @@ def metric_order(name: str) -> tuple[str, int]:
     return metric, int(k) if k.isdigit() else 0
 
 
+def logger_name(name: str) -> str:
+    """A ``--log`` value checked when the command line is read: an unknown logger or a missing package is a
+    usage error, reported before anything is loaded or trained."""
+    from zoo.tensorboard_log import check_loggers
+
+    try:
+        return check_loggers(name)[0]
+    except (ValueError, ImportError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from zoo.train import train
 
     result = train(
         args.recipe, args.data, args.out, epochs=args.epochs, seed=args.seed, overrides=parse_sets(args.set),
         resume=not args.restart, device=args.device, progress=not args.quiet,
-        init_from=None if args.init_from is None else trained_name(args.init_from),
+        init_from=None if args.init_from is None else trained_name(args.init_from), loggers=args.log,
     )
     from zoo.model_card import protocol_label
 
@@ -210,10 +224,29 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if not history:
         raise ValueError(f"none of the history's items {raw} is known to the model; nothing to recommend from")
     top = model.recommend([history], k=args.k, exclude_seen=args.exclude_seen)
-    items = model.decode_items(top.items[0])
-    print(table([[str(i + 1), item, f"{score:.4f}"] for i, (item, score) in enumerate(zip(items, top.scores[0].tolist()))],
-                ["rank", "item", "score"]))
+    titles = item_titles(trained_name(args.model), args.data)
+    rows = [[str(i + 1), item, f"{score:.4f}"] for i, (item, score) in enumerate(zip(top.ids[0], top.scores[0].tolist()))]
+    if titles:
+        rows = [row + [titles.get(row[1], "")] for row in rows]
+    print(table(rows, ["rank", "item", "score"] + (["title"] if titles else [])))
     return 0
+
+
+def item_titles(name: str, data: str | None) -> dict[str, str]:
+    """Raw item id -> the item's text (a title) from ``data``, or, without it, from the built-in dataset the
+    model was trained on; empty when that dataset has no item texts, or when the model's dataset is not
+    built in and no ``--data`` is given."""
+    from zoo.data import builtin_names, load_dataset
+    from zoo.hub import load_config
+
+    source = data or load_config(name).get("dataset", {}).get("name")
+    if source is None or (data is None and source not in builtin_names()):
+        return {}
+    dataset = load_dataset(source)
+    if dataset.item_features is None or not dataset.item_features.num_with_text:
+        return {}
+    raw_ids = dataset.item_vocab.raw_ids
+    return {str(raw): str(text) for raw, text in zip(raw_ids, dataset.item_features.text[dataset.item_vocab.offset:])}
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -229,12 +262,24 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from zoo.export import describe, export_model
+
+    name = args.model if args.num_items is not None else trained_name(args.model)
+    exported = export_model(name, args.out, args.format, batch_size=args.batch, num_items=args.num_items)
+    max_len = exported.signatures["score"]["max_len"]
+    for kind, path in (("score", exported.score), ("step", exported.step)):
+        if path is not None:
+            print(f"{kind}: {path}\n  {describe(exported.signatures[kind])}")
+    print(f"batch: any size; histories left-padded with 0 to max_len={max_len} (docs/export.md)")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    import yaml
-
     from zoo.convert import convert_recbole
+    from zoo.recipe import parse_yaml
 
-    config = {key: yaml.safe_load(value) for key, value in parse_sets(args.config).items()}
+    config = {key: parse_yaml(value, f"--config {key}={value!r:.60}")[0] for key, value in parse_sets(args.config).items()}
     out = convert_recbole(args.checkpoint, args.out, args.recipe, args.items, config=config)
     model = zoo.create(f"local-dir:{out}")
     print(f"{args.checkpoint} -> {out}: recipe {model.recipe.name}, {model.num_items} items "
@@ -257,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: the CPUs this process may run on; on a machine shared with "
                         "other jobs, fewer threads are often faster)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list bundled models (or blocks with --blocks)")
@@ -266,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["sequence", "fusion", "readout", "item-encoder", "head"], help="with --blocks: one kind only")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("info", help="recipe, parameters, FLOPs, streaming and block tree of a model")
-    p.add_argument("name", help="bundled model name or recipe path")
+    p = sub.add_parser("info", help="recipe, parameters, FLOPs, streaming and block tree of a model; a block's arguments")
+    p.add_argument("name", help="bundled model name, recipe path, or block name (zoo list --blocks)")
     p.add_argument("--num-items", type=int, default=12101, help="item count to size the item table (default: Amazon Beauty's 12,101)")
     p.add_argument("--length", type=int, default=50, help="sequence length for the FLOP count")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, repeatable")
@@ -286,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "tag (sigma.ml-100k), a trained folder or hf-hub:org/name (fine-tuning; item tables start fresh on "
                    "other items)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--log", action="append", default=[], type=logger_name, metavar="LOGGER",
+                   help="also log losses and metrics with LOGGER, repeatable: 'tensorboard' writes OUT/tensorboard/ "
+                   "(needs pip install 'seqrec-zoo[log]')")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained folder on a dataset's test (or valid) split")
@@ -313,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the history")
     p.add_argument("--unknown", choices=["error", "skip"], default="error", help="what to do with ids the model does not know")
+    p.add_argument("--data", help="dataset whose item texts (titles) to show beside the ids (default: the model's dataset "
+                                  "when it is built in, e.g. ml-100k)")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("push", help="publish a trained folder to the Hugging Face Hub (after checking that it loads)")
@@ -326,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the folder and print what would be uploaded; send nothing")
     p.set_defaults(func=cmd_push)
 
+    p = sub.add_parser("export", help="export a model's scoring (and streaming step) for serving: torch.export or ONNX")
+    p.add_argument("model", help="trained folder (DIR or local-dir:DIR), hf-hub:org/name or a published tag (sasrec.ml-100k); "
+                   "with --num-items, a bundled recipe name or recipe file, untrained")
+    p.add_argument("--format", required=True, choices=["torch-export", "onnx"])
+    p.add_argument("--out", required=True, help="the file to write (.pt2 or .onnx); a streaming model's step program "
+                   "goes beside it (NAME.step.pt2 / NAME.step.onnx)")
+    p.add_argument("--batch", type=int, default=2, help="example batch size traced (>= 2); the exported batch size is dynamic")
+    p.add_argument("--num-items", type=int, help="export an untrained recipe with this many items")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("convert", help="a RecBole checkpoint (SASRec, GRU4Rec, BERT4Rec, Mamba4Rec, SIGMA) as a trained folder")
     p.add_argument("checkpoint", help="the .pth file RecBole saved (read without running code from it)")
     p.add_argument("--out", required=True, help="the trained folder to write (Hub layout)")
@@ -336,10 +397,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="a RecBole config value the checkpoint lacks (n_heads=2), repeatable")
     p.set_defaults(func=cmd_convert)
+    for command in sub.choices.values():  # --debug also after the command (`zoo train ... --debug`)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
+USER_ERROR, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130
+MAX_ERROR_LINES = 12  # an error shows at most this many lines (then how many more there were)
+
+
+def _yaml_cause(exc: BaseException) -> Any:
+    """The YAML parser error behind ``exc`` (its cause or context), if any."""
+    import yaml
+
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, yaml.MarkedYAMLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _validation_lines(exc: Any) -> list[str]:
+    """A pydantic ``ValidationError`` as lines ``SOURCE: place: what is wrong (line N)``, without pydantic's
+    ``[type=..., input_value=...]`` trailers (the first line alone when there is one error)."""
+    problems = [(".".join(str(part) for part in error["loc"]), error["msg"]) for error in exc.errors()]
+    if len(problems) == 1:
+        place, message = problems[0]
+        return [f"{exc.title}: {place + ': ' if place else ''}{message}"]
+    return [f"{exc.title}: {len(problems)} problems"] + [f"  {place + ': ' if place else ''}{message}" for place, message in problems]
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An ``OSError`` as ``FILE: what happened; what to do``."""
+    import errno
+
+    if exc.filename is None or exc.strerror is None:
+        return str(exc)
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    what = exc.strerror
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += ("; free some disk space (or write elsewhere) and run the same command again: nothing complete was "
+                 "replaced, and a training run resumes from its last checkpoint")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what += "; write to a folder you may write to, or change its permissions"
+    return f"{where}: {what}"
+
+
+def error_lines(exc: BaseException) -> tuple[list[str], int]:
+    """What the command line says about an error (a few lines, no traceback) and its exit status: the library's
+    documented errors (``ValueError``, ``OSError``, ``KeyError``, ``RuntimeError``, ``MemoryError``, safetensors
+    and YAML errors) are the user's (status 2); anything else is unexpected (status 1; ``--debug`` shows where)."""
+    import yaml
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return _validation_lines(exc), USER_ERROR
+    if isinstance(exc, OSError):
+        return [_os_error_line(exc)], USER_ERROR
+    if isinstance(exc, KeyError):
+        return [str(exc.args[0]) if exc.args else "KeyError"], USER_ERROR
+    message = str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in message:
+        detail = f" ({message.splitlines()[0][:300]})" if message else ""
+        return [f"out of memory{detail}: use a smaller model, batch or dataset"], USER_ERROR
+    yaml_error = _yaml_cause(exc)
+    if yaml_error is not None and ": not valid YAML: " in message:
+        mark = yaml_error.problem_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        message = f"{message.split(': not valid YAML: ')[0]}: not valid YAML: {yaml_error.problem or yaml_error.context}{at}"
+    if isinstance(exc, (ValueError, RuntimeError, yaml.YAMLError)) or type(exc).__name__ == "SafetensorError":
+        return message.splitlines() or [type(exc).__name__], USER_ERROR
+    first = message.splitlines()[0] if message else ""
+    return [f"unexpected {type(exc).__name__}: {first} (run again with --debug for the traceback, and report it if "
+            "the input is right)"], INTERNAL_ERROR
+
+
+def report_error(command: str, exc: BaseException) -> int:
+    """Print ``exc`` as ``zoo COMMAND: error: ...`` on stderr (:func:`error_lines`); returns the exit status."""
+    lines, status = error_lines(exc)
+    if len(lines) > MAX_ERROR_LINES:
+        lines = [*lines[:MAX_ERROR_LINES], f"  ... ({len(lines) - MAX_ERROR_LINES} more lines)"]
+    print(f"zoo {command}: error: " + "\n".join(lines), file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; an error is reported as :func:`report_error` says (its traceback with ``--debug``)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command in COMPUTING_COMMANDS:
@@ -349,10 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader went away (`zoo list | head`): stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"zoo {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 -- every error becomes a message; --debug shows the traceback
+        if args.debug:
+            raise
+        return report_error(args.command, exc)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ builds one.
 
 from __future__ import annotations
 
+import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def create(
     if "reset_items" in overrides:
         raise ValueError("reset_items applies to pretrained weights only: zoo.create(name, pretrained=True, num_items=N, reset_items=True)")
     recipe = resolve_recipe(name_or_path, overrides)
-    items = num_items if num_items is not None else recipe.num_items
+    items = item_total(num_items) if num_items is not None else recipe.num_items
     if items is None:
         raise ValueError(
             f"model {recipe.name!r} needs the number of items: pass create(..., num_items=N) or set num_items in the recipe"
@@ -70,11 +71,26 @@ def create_pretrained(
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"pretrained=True needs a published name or a trained folder, got a {type(name_or_path).__name__}")
+    num_items = None if num_items is None else item_total(num_items)
     folder = hub.resolve_folder(
         name_or_path, revision=revision, cache_dir=cache_dir, endpoint=endpoint, token=token,
         local_files_only=local_files_only, force_download=force_download,
     )
     return model_from_folder(folder, num_items, reset_items=reset_items, **overrides)
+
+
+def item_total(num_items: Any) -> int:
+    """``num_items`` checked: an integer >= 1 (Python or numpy; not a bool, a float or a string)."""
+    if isinstance(num_items, bool):
+        count = None
+    else:
+        try:
+            count = operator.index(num_items)
+        except TypeError:
+            count = None
+    if count is None or count < 1:
+        raise ValueError(f"num_items must be an integer >= 1 (the number of items, padding not counted), got {num_items!r:.60}")
+    return count
 
 
 def model_from_folder(

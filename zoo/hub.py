@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file, umask_mode
+from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file, umask_mode, write_safetensors
 from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
 from zoo.version import __version__
 
@@ -90,6 +90,9 @@ def parse_source(name: str | os.PathLike) -> Source:
             raise ValueError(f"{text!r}: an '@' must be followed by a revision (branch, tag or commit SHA)")
         return Source("hf-hub", repo, revision or None)
     if any(c in text for c in "/\\:") or Path(text).suffix in (".yaml", ".yml"):
+        if (Path(text) / CONFIG_NAME).is_file():
+            raise ValueError(f"{text!r} is a trained folder: load it with 'local-dir:{text}' (did you mean "
+                             f"zoo.create('local-dir:{text}')?)")
         raise ValueError(
             f"{text!r} is not a pretrained name: a trained folder is loaded with 'local-dir:{text}', a Hub "
             "repository with 'hf-hub:org/name', published weights by name ('sasrec.ml-100k'); recipe files "
@@ -214,7 +217,28 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     digest = config.get(WEIGHTS_SHA256)
     if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
         raise PretrainedLoadError(f"{path}: '{WEIGHTS_SHA256}' must be 64 lowercase hex digits, got {digest!r}")
+    _check_dataset_facts(config, path)
     return config
+
+
+def _check_dataset_facts(config: Mapping[str, Any], path: Path) -> None:
+    """Refuse a ``config.json`` whose dataset facts have another shape than :func:`build_config` writes: a
+    ``dataset`` mapping whose ``preprocessing`` and ``split`` are mappings, and whose ``item_vocabulary`` holds
+    ``raw_ids`` (strings, or integers) and a boolean ``padding``; ``metrics`` a mapping."""
+    for key in ("dataset", "metrics"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise PretrainedLoadError(f"{path}: '{key}' must be a mapping, got {type(config[key]).__name__}")
+    facts = config.get("dataset") or {}
+    for key in ("preprocessing", "split"):
+        if facts.get(key) is not None and not isinstance(facts[key], dict):
+            raise PretrainedLoadError(f"{path}: 'dataset.{key}' must be a mapping, got {type(facts[key]).__name__}")
+    vocab = facts.get("item_vocabulary")
+    if vocab is None:
+        return
+    if not (isinstance(vocab, dict) and isinstance(vocab.get("raw_ids"), list) and isinstance(vocab.get("padding"), bool)
+            and all(isinstance(raw, (str, int)) and not isinstance(raw, bool) for raw in vocab["raw_ids"])):
+        raise PretrainedLoadError(f"{path}: 'dataset.item_vocabulary' must be a mapping of 'raw_ids' (a list of raw item "
+                                  "ids, strings, one per item in index order) and 'padding' (true or false)")
 
 
 # ---------------------------------------------------------------- writing a folder atomically
@@ -361,7 +385,7 @@ def save_pretrained(
 
     _write_folder(out, {
         # One metadata key: safetensors writes its metadata in hash-map order, which varies between processes.
-        WEIGHTS_NAME: lambda path: save_model(model, str(path), metadata={"format": "pt"}),
+        WEIGHTS_NAME: lambda path: write_safetensors(path, lambda name: save_model(model, name, metadata={"format": "pt"})),
         CONFIG_NAME: write_config,
         CARD_NAME: lambda path: path.write_text(readme, encoding="utf-8"),
     })
@@ -478,6 +502,31 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or bool(names & {"TransportError", "ConnectionError", "Timeout"})
 
 
+def check_endpoint(endpoint: str | None) -> None:
+    """Refuse a Hub address (``endpoint``, else ``HF_ENDPOINT``) that is not an ``http(s)://host[:port]`` URL, before
+    the Hub client is imported (which fails on some) or asked: a malformed address would otherwise read as an
+    unreachable Hub, and the cause would be hidden."""
+    from urllib.parse import urlsplit
+
+    where = "endpoint" if endpoint is not None else "HF_ENDPOINT"
+    url = endpoint if endpoint is not None else os.environ.get("HF_ENDPOINT")
+    if url is None or (endpoint is None and not url):
+        return  # the client's default, https://huggingface.co
+    try:
+        parts = urlsplit(str(url))
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number
+        valid = False
+    if not valid:
+        raise ValueError(f"{where} is {url!r}, not a Hub URL: expected http(s)://host[:port] (such as "
+                         "https://huggingface.co), or leave HF_ENDPOINT unset")
+
+
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` as the Hub client reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def hub_reachable(repo_id: str, revision: str | None, endpoint: str | None, token: str | bool | None) -> bool:
     """One request for ``config.json``'s metadata, without retries, within ``HF_HUB_ETAG_TIMEOUT`` seconds.
 
@@ -510,6 +559,8 @@ def download_folder(
     The weights are taken from the commit the config came from, so a branch that moves between
     the two requests cannot mix files of two commits.
     """
+    if not (local_files_only or _offline()):
+        check_endpoint(endpoint)
     from huggingface_hub import constants, hf_hub_download
 
     local_missing, no_repo, no_revision, no_entry = _hub_errors()
@@ -568,6 +619,9 @@ def resolve_folder(
     if source.kind == "hf-hub":
         return download_folder(source.target, revision or source.revision, **hub)
     found = find_pretrained(source.target)
+    if found is None and (Path(source.target) / CONFIG_NAME).is_file():
+        raise ValueError(f"no pretrained weights are named {source.target!r}, but a trained folder is: load it with "
+                         f"'local-dir:{source.target}'")
     if found is None:
         raise ValueError(_no_weights_message(source.target))
     _, tag = found
@@ -611,6 +665,7 @@ def upload_folder(
     weights are the ones it records, the card exists); :func:`zoo.publish.push_to_hub` also checks
     that the weights load into the model the config describes.
     """
+    check_endpoint(endpoint)
     from huggingface_hub import HfApi
 
     folder = Path(model_dir)

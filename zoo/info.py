@@ -72,3 +72,40 @@ def flops_per_sequence(model: SeqRecModel, length: int) -> int:
         model.score(ids, timestamps)
     model.train(was_training)
     return counter.get_total_flops()
+
+
+def block_arguments(cls: type) -> list[tuple[str, str, str]]:
+    """``(name, type, default)`` of the arguments a recipe may give block ``cls`` (its constructor's, less the
+    model-level facts ``d_model`` / ``num_items`` / ``max_len`` that the builder passes itself)."""
+    import inspect
+
+    from zoo.registry import CONTEXT_ARGS
+
+    rows = []
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or name in CONTEXT_ARGS or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        annotation = parameter.annotation
+        kind = "" if annotation is parameter.empty else (annotation if isinstance(annotation, str) else
+                                                         getattr(annotation, "__name__", str(annotation)))
+        default = "required" if parameter.default is parameter.empty else repr(parameter.default)
+        rows.append((name, kind, default))
+    return rows
+
+
+def block_page(name: str) -> list[str]:
+    """What ``zoo info BLOCK`` prints: the block's kind, causality, streaming, docstring and arguments."""
+    import inspect
+
+    from zoo.registry import get_block
+
+    cls = get_block(name)
+    lines = [f"{name}: {cls.kind} block ({cls.__module__}.{cls.__qualname__})",
+             f"  causal: {'yes' if cls.causal else 'no'}; streaming (step): {'yes' if cls.streaming else 'no'}", ""]
+    lines += [f"  {line}" if line else "" for line in inspect.cleandoc(cls.__doc__ or "(no description)").splitlines()]
+    lines += ["", "arguments (a recipe writes them beside `block:`; d_model, num_items and max_len come from the model):"]
+    arguments = block_arguments(cls)
+    width = max((len(n) for n, _, _ in arguments), default=0)
+    type_width = max((len(k) for _, k, _ in arguments), default=0)
+    lines += [f"  {n:<{width}}  {k:<{type_width}}  {d}" for n, k, d in arguments] or ["  (none)"]
+    return lines

@@ -18,10 +18,12 @@ from zoo.recipe import Recipe
 
 
 class Recommendations(NamedTuple):
-    """Top-k item indices ``(B, k)`` and their scores ``(B, k)``, best first."""
+    """Top-k item indices ``(B, k)`` and their scores ``(B, k)``, best first; ``ids``: the same items as raw
+    ids (one list of ``k`` strings per history) when the model carries an item vocabulary, else None."""
 
     items: Tensor
     scores: Tensor
+    ids: list[list[str]] | None = None
 
 
 class SeqRecModel(nn.Module):
@@ -147,7 +149,14 @@ class SeqRecModel(nn.Module):
 
         Under ``torch.autocast`` the encoder runs in the autocast dtype; the final item scores are
         always computed in fp32."""
-        item_ids, timestamps = self._append_mask_token(*self._check_ids(item_ids, timestamps))
+        return self.score_unchecked(*self._check_ids(item_ids, timestamps))
+
+    def score_unchecked(self, item_ids: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        """:meth:`score` without its input checks, for tracing and export (:mod:`zoo.export`): the checks
+        read the values (data-dependent Python branches a tracer cannot follow). The caller guarantees
+        what they would: ``item_ids`` int64 ``(B, L)`` with ``L <= max_len``, left-padded, each row with
+        at least one item in ``1..num_items``, and finite ``timestamps`` of the same shape (or None)."""
+        item_ids, timestamps = self._append_mask_token(item_ids, timestamps)
         hidden, mask = self.encode(item_ids, timestamps, newest_only=self.readout.newest_only)
         user = self.readout(hidden, mask)
         # Scores stay fp32 under autocast: bf16's 8-bit mantissa would tie many items' scores, and ranks
@@ -175,18 +184,22 @@ class SeqRecModel(nn.Module):
     @torch.no_grad()
     def recommend(
         self,
-        histories: Sequence[Sequence[int]],
+        histories: Sequence[Sequence[int]] | Sequence[Sequence[str]],
         k: int = 10,
         timestamps: Sequence[Sequence[float]] | None = None,
         exclude_seen: bool = False,
     ) -> Recommendations:
-        """Top-``k`` items for each history, best first: ``items`` and ``scores``, both ``(B, k)``.
+        """Top-``k`` items for each history, best first: ``items`` and ``scores``, both ``(B, k)``, and
+        ``ids``, the items' raw ids, when the model carries an item vocabulary (a trained folder does).
 
         ``histories`` are item indices, oldest first: lists of ints (numpy integers too) or 1-D
-        integer tensors. Anything that is not an integer is refused with a ``ValueError``: floats
-        (also integer-valued ones such as ``2.0``), bools, float or bool tensors. Leading 0s are
-        padding; a history longer than ``max_len`` is scored on its newest ``max_len`` items.
-        ``timestamps`` (Unix seconds, one finite number per item) go to time-aware models.
+        integer tensors; or, for a model with a vocabulary, raw item ids as strings
+        (``[["50", "172"]]``: strings are never indices, so the two cannot be confused; a history is
+        all one or all the other, and an unknown raw id is an error naming it). Anything else is
+        refused with a ``ValueError``: floats (also integer-valued ones such as ``2.0``), bools, float
+        or bool tensors. Leading 0s are padding; a history longer than ``max_len`` is scored on its
+        newest ``max_len`` items. ``timestamps`` (Unix seconds, one finite number per item) go to
+        time-aware models.
 
         The padding index 0 is never returned. With ``exclude_seen=True`` no item of a history
         (all of it, also the part beyond ``max_len``) is returned for it; ``k`` must then not
@@ -194,7 +207,7 @@ class SeqRecModel(nn.Module):
         the batch allows, so every row always holds ``k`` real, allowed items.
         """
         k = item_count(k, self.num_items)
-        rows = history_rows(histories, self.num_items)
+        rows = history_rows(histories, self.num_items, self.item_vocab)
         times = None if timestamps is None else timestamp_rows(timestamps, rows)
         excluded = excluded_items(rows, self.num_items, exclude_seen)
         check_enough_candidates(excluded, k)
@@ -207,7 +220,10 @@ class SeqRecModel(nn.Module):
             scores = self.score(item_ids, ts)
         finally:
             self.train(was_training)
-        return top_allowed(scores, excluded.to(scores.device), k)
+        top = top_allowed(scores, excluded.to(scores.device), k)
+        if self.item_vocab is None:
+            return top
+        return top._replace(ids=[self.item_vocab.decode(row) for row in top.items.cpu().numpy()])
 
     # ------------------------------------------------------------------ streaming
 
@@ -219,24 +235,64 @@ class SeqRecModel(nn.Module):
             )
 
     def init_state(self, batch_size: int) -> State:
-        """Empty streaming state for ``batch_size`` users."""
+        """Empty streaming state for ``batch_size`` users (an integer >= 1). A state too large for memory is a
+        ``ValueError`` that says so, not an allocator error."""
         self._require_streaming()
-        device = self._all_items.device
+        count = integer_id(batch_size)
+        if count is None or count < 1:
+            raise ValueError(f"init_state: batch_size must be an integer >= 1 (the number of users streamed), got {batch_size!r}")
+        try:
+            return self._empty_state(count, self._all_items.device)
+        except (RuntimeError, MemoryError) as error:
+            if not is_allocation_failure(error):
+                raise
+            raise ValueError(f"init_state({count:,}): the streaming state of {count:,} users does not fit in memory "
+                             f"({str(error).splitlines()[0][:200]}); stream fewer users at a time") from None
+
+    def _empty_state(self, batch_size: int, device: torch.device) -> State:
+        """The state :meth:`init_state` returns, on ``device`` (``meta``: shapes only, nothing allocated)."""
         dtype = self.item_encoder.item_table().dtype
         return (
             self.item_encoder.init_state(batch_size, device, dtype),
             self.encoder.init_state(batch_size, device, dtype),
         )
 
+    def _check_state(self, state: Any, batch_size: int) -> None:
+        """Refuse a ``state`` that :meth:`init_state` (or :meth:`step`) did not make for this model and ``batch_size``
+        users: its nesting and tensor shapes must be those of ``init_state(batch_size)`` (read on the meta
+        device, once per batch size), so a state of another model or batch never reaches the blocks."""
+        cached = getattr(self, "_state_layout", None)
+        if cached is None or cached[0] != batch_size:
+            try:
+                empty = self._empty_state(batch_size, torch.device("meta"))
+            except Exception:  # noqa: BLE001 -- a block whose init_state cannot run on meta: build it for real
+                empty = self._empty_state(batch_size, self._all_items.device)
+            cached = (batch_size, state_layout(empty))
+            self._state_layout = cached
+        problem = layout_difference(cached[1], state, "state")
+        if problem is not None:
+            raise ValueError(f"step: {problem}; pass the state that init_state({batch_size}) or the previous step returned "
+                             f"for these {batch_size} users, with this model")
+
     def step(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
         """Add one interaction per user ``(B,)``; returns the new scores ``(B, num_items + 1)`` and state."""
         self._require_streaming()
-        if item_ids_t.dim() != 1 or item_ids_t.dtype != torch.long:
-            raise ValueError(f"item_ids_t must be a LongTensor of shape (B,), got {item_ids_t.dtype} {tuple(item_ids_t.shape)}")
+        if not isinstance(item_ids_t, Tensor):
+            raise ValueError(f"item_ids_t must be a LongTensor of shape (B,), got {type(item_ids_t).__name__}")
+        if item_ids_t.dim() != 1 or item_ids_t.dtype != torch.long or item_ids_t.numel() == 0:
+            raise ValueError(f"item_ids_t must be a LongTensor of shape (B,) with B >= 1, got {item_ids_t.dtype} "
+                             f"{tuple(item_ids_t.shape)}")
         if int(item_ids_t.min()) < 1 or int(item_ids_t.max()) > self.num_items:
             raise ValueError(f"streamed item indices must be in 1..{self.num_items}")
+        self._check_state(state, len(item_ids_t))
         if timestamps_t is not None:
             check_timestamps(timestamps_t, item_ids_t, "timestamps_t")
+        return self.step_unchecked(item_ids_t, state, timestamps_t)
+
+    def step_unchecked(self, item_ids_t: Tensor, state: State, timestamps_t: Tensor | None = None) -> tuple[Tensor, State]:
+        """:meth:`step` without its input checks, for tracing and export (:mod:`zoo.export`): the caller
+        guarantees a streaming model, ``item_ids_t`` int64 ``(B,)`` in ``1..num_items`` and finite
+        ``timestamps_t`` ``(B,)`` (or None)."""
         encoder_state, layers_state = state
         x_t, encoder_state = self.item_encoder.step(item_ids_t, encoder_state, timestamps_t)
         h_t, layers_state = self.encoder.step(x_t, layers_state)
@@ -384,6 +440,43 @@ def check_timestamps(timestamps: Any, item_ids: Tensor, name: str) -> None:
         raise ValueError(f"{name}{list(where)} is {float(timestamps[where])}: timestamps must be finite Unix seconds")
 
 
+def is_allocation_failure(error: BaseException) -> bool:
+    """True for a request for more memory than there is (``MemoryError``; torch's ``OutOfMemoryError``, or its
+    ``RuntimeError`` from an allocator that could not serve a request or from a size past what it can count)."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or any(words in text for words in (
+        "can't allocate memory", "cannot allocate memory", "out of memory", "not enough memory", "size calculation overflowed"))
+
+
+def state_layout(state: Any) -> Any:
+    """What :meth:`SeqRecModel.step` checks of a streaming state: its nesting (tuples and lists) and each tensor's
+    shape; other leaves (``None`` for position-wise blocks) are not compared."""
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, (tuple, list)):
+        return [state_layout(part) for part in state]
+    return None
+
+
+def layout_difference(layout: Any, state: Any, where: str) -> str | None:
+    """Where ``state`` departs from ``layout`` (:func:`state_layout`), as a message naming the place; None if it fits."""
+    if isinstance(layout, tuple):
+        if not isinstance(state, Tensor):
+            return f"{where} should be a tensor of shape {layout}, got {type(state).__name__}"
+        if tuple(state.shape) != layout:
+            return f"{where} should have shape {layout}, got {tuple(state.shape)}"
+        return None
+    if isinstance(layout, list):
+        if not isinstance(state, (tuple, list)) or len(state) != len(layout):
+            shown = f"{len(state)} parts" if isinstance(state, (tuple, list)) else type(state).__name__
+            return f"{where} should hold {len(layout)} parts, got {shown}"
+        for index, (part_layout, part) in enumerate(zip(layout, state)):
+            problem = layout_difference(part_layout, part, f"{where}[{index}]")
+            if problem is not None:
+                return problem
+    return None
+
+
 def integer_id(value: Any) -> int | None:
     """``value`` as an int when it is an integer (Python, numpy or a one-element integer tensor), else None;
     bools and floats are not integers here, not even ``2.0``."""
@@ -403,9 +496,9 @@ def item_count(k: Any, num_items: int) -> int:
     return count
 
 
-def history_row(history: Any, index: int) -> Tensor:
-    """History ``index`` of :meth:`SeqRecModel.recommend` as a 1-D int64 CPU tensor; non-integer ids raise
-    (their range is checked by :func:`history_rows`)."""
+def history_row(history: Any, index: int, vocab: Any = None) -> Tensor:
+    """History ``index`` of :meth:`SeqRecModel.recommend` as a 1-D int64 CPU tensor: integer item indices, or
+    raw ids (strings) looked up in ``vocab``; anything else raises (the range is checked by :func:`history_rows`)."""
     if isinstance(history, Tensor):
         if history.dim() != 1:
             raise ValueError(f"history {index} must be 1-D (item indices, oldest first), got shape {tuple(history.shape)}")
@@ -415,6 +508,8 @@ def history_row(history: Any, index: int) -> Tensor:
     if isinstance(history, (str, bytes)) or not isinstance(history, Iterable):
         raise ValueError(f"history {index} must be a sequence of item indices, got {type(history).__name__}")
     values = list(history)
+    if any(isinstance(value, str) for value in values):
+        return raw_id_row(values, index, vocab)
     ids = [integer_id(value) for value in values]
     if None in ids:
         position = ids.index(None)
@@ -423,12 +518,31 @@ def history_row(history: Any, index: int) -> Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def history_rows(histories: Any, num_items: int) -> list[Tensor]:
+def raw_id_row(values: list[Any], index: int, vocab: Any) -> Tensor:
+    """A history of raw item ids (strings) as item indices through the model's vocabulary."""
+    if vocab is None:
+        raise ValueError(f"history {index} holds raw item ids (strings), but this model has no item vocabulary: pass "
+                         "item indices (ints), or load a trained folder, which carries one")
+    mixed = next((position for position, value in enumerate(values) if not isinstance(value, str)), None)
+    if mixed is not None:
+        raise ValueError(f"history {index}, position {mixed}: {values[mixed]!r} among raw item ids (strings); a history "
+                         "is all raw ids or all item indices")
+    try:
+        return torch.as_tensor(vocab.encode(values), dtype=torch.long)
+    except KeyError as error:
+        raise ValueError(f"history {index}: {error.args[0]}; drop unknown items first, e.g. "
+                         "model.encode_items(history, unknown='skip')") from None
+
+
+def history_rows(histories: Any, num_items: int, vocab: Any = None) -> list[Tensor]:
     """The histories of :meth:`SeqRecModel.recommend`, checked whole (also beyond ``max_len``): at least one,
-    none empty, integer ids in ``0..num_items``, 0 (padding) only before the first real item."""
-    if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable):
-        raise ValueError(f"histories must be a sequence of histories, got {type(histories).__name__}")
-    rows = [history_row(history, i) for i, history in enumerate(histories)]
+    none empty, integer ids in ``0..num_items`` (or raw ids known to ``vocab``), 0 (padding) only before the
+    first real item."""
+    zero_dimensional = isinstance(histories, Tensor) and histories.dim() == 0
+    if isinstance(histories, (str, bytes)) or not isinstance(histories, Iterable) or zero_dimensional:
+        shown = "a 0-d tensor" if zero_dimensional else type(histories).__name__
+        raise ValueError(f"histories must be a sequence of histories (lists of item ids), got {shown}")
+    rows = [history_row(history, i, vocab) for i, history in enumerate(histories)]
     if not rows:
         raise ValueError("histories is empty: pass at least one history")
     for i, row in enumerate(rows):

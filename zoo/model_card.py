@@ -184,9 +184,8 @@ def render_model_card(config: dict[str, Any], card: dict[str, Any] | None = None
               "## Metrics", "", *_metrics_table(config["metrics"], config.get("protocols") or {}), "",
               "## How to load", "", "```python", "import zoo", "",
               'model = zoo.create("local-dir:PATH/TO/THIS/FOLDER")  # or "hf-hub:ORG/NAME"',
-              'history = model.encode_items(["RAW_ID_1", "RAW_ID_2"])  # raw item ids -> indices',
-              "top = model.recommend([history.tolist()], k=10)",
-              "print(model.decode_items(top.items[0]))  # indices -> raw item ids", "```", "",
+              'top = model.recommend([["RAW_ID_1", "RAW_ID_2"]], k=10)  # raw item ids, oldest first',
+              "print(top.ids[0])  # the 10 best items' raw ids (top.items: their indices)", "```", "",
               "Weights are `model.safetensors` (no pickle); the recipe, item vocabulary and metrics are in `config.json`.", ""]
     lines += ["## License", "", _license_text(facts, card), ""]
     if card.get("citation"):

@@ -13,6 +13,8 @@ holds ``run.lock``, or a checkpoint), and which it holds locked while it runs:
   wall time since the run began (rewritten atomically from the checkpointed history after
   every checkpoint and when a run starts or resumes, so a resumed run never repeats or loses a line);
 - ``curve.png`` -- training loss and the validation metric per epoch;
+- ``tensorboard/`` -- with ``loggers=("tensorboard",)``, the same numbers as TensorBoard scalars
+  (:mod:`zoo.tensorboard_log`; rewritten from the checkpointed history when a run starts or resumes);
 - ``config.json``, ``model.safetensors``, ``README.md`` -- the best-validation weights as a
   Hub folder (:func:`zoo.hub.save_pretrained`), loadable with ``zoo.create("local-dir:OUT")``;
 - ``result.json`` -- the :class:`TrainResult` summary.
@@ -56,10 +58,10 @@ import os
 import shutil
 import socket
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +76,7 @@ from zoo.evaluate import METRICS, evaluate
 from zoo.model import SeqRecModel
 from zoo.objectives import ItemSets, TrainingSamples, add_negatives, count_targets, loss_terms, training_samples
 from zoo.recipe import Recipe, TrainConfig
+from zoo.tensorboard_log import TENSORBOARD_DIR, TensorBoardLog, check_loggers
 
 log = logging.getLogger("zoo.train")
 
@@ -503,8 +506,10 @@ class _Run:
 
     def __init__(self, model: SeqRecModel, split: DataSplit, config: TrainConfig, out_dir: Path, seed: int,
                  device: torch.device, context: dist_utils.DistContext, precision: Precision, progress: bool,
-                 checkpoint_every: int | None, eval_ks: tuple[int, ...]) -> None:
+                 checkpoint_every: int | None, eval_ks: tuple[int, ...], loggers: tuple[str, ...]) -> None:
         self.model, self.split, self.config, self.out_dir, self.seed = model, split, config, out_dir, seed
+        self.loggers = loggers
+        self.board: TensorBoardLog | None = None  # opened by _start on the main process with the tensorboard logger
         self.device, self.context, self.progress = device, context, progress
         self.checkpoint_every = checkpoint_every
         metric_name, metric_k = parse_metric(config.valid_metric)
@@ -580,6 +585,11 @@ class _Run:
                              ema=None if self.moving_average is None else self.moving_average.module)
         self.best_changed = False
         self.write_metrics_log()
+
+    def close(self) -> None:
+        """Close the optional logs (also when the run fails, so what they hold is on disk)."""
+        if self.board is not None:
+            self.board.close()
 
     def write_metrics_log(self) -> None:
         """Rewrite ``metrics.jsonl`` from the history (atomically)."""
@@ -717,6 +727,8 @@ class _Run:
                 "wall": self.wall(), "best_epoch": self.best_epoch + 1,
             }
             self.history.append(record)
+            if self.board is not None:
+                self.board.add_epoch(record)
             self.stopped = self.bad_epochs >= self.config.patience
             if self.progress:
                 from tqdm.auto import tqdm
@@ -781,6 +793,7 @@ def train(
     save_model: bool = True,
     plot: bool = True,
     init_from: str | os.PathLike | None = None,
+    loggers: str | Sequence[str] = (),
 ) -> TrainResult:
     """Train a model with early stopping on the validation metric; test the best weights; write ``out_dir``.
 
@@ -803,7 +816,11 @@ def train(
     libraries). ``init_from``: start from pretrained weights (a tag such as ``"sigma.ml-100k"``,
     ``"local-dir:DIR"`` or ``"hf-hub:org/name"``) of the same architecture (:func:`init_weights_from`);
     a resumed run continues from its checkpoint instead.
+    ``loggers``: extra logs beside ``metrics.jsonl``; ``("tensorboard",)`` writes TensorBoard scalars to
+    ``out_dir/tensorboard/`` (:mod:`zoo.tensorboard_log`, needs ``pip install 'seqrec-zoo[log]'``). An
+    unknown name or a missing package fails here, before anything is read or trained.
     """
+    loggers = check_loggers(loggers)
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 steps, got {checkpoint_every}")
     if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -823,8 +840,9 @@ def train(
     model.to(device)
     dist_utils.broadcast_parameters(model, context)
     torch.manual_seed(seed * 1000 + context.rank)  # dropout draws: reproducible, different on every process
-    run = _Run(model, data, train_config, out, seed, device, context, precision, progress, checkpoint_every, eval_ks)
-    with run_folder_lock(out) if context.is_main else nullcontext():
+    run = _Run(model, data, train_config, out, seed, device, context, precision, progress, checkpoint_every, eval_ks,
+               loggers)
+    with run_folder_lock(out) if context.is_main else nullcontext(), closing(run):
         _start(run, resume)
         while not run.stopped and run.epoch < train_config.epochs:
             run.train_epoch()
@@ -836,7 +854,7 @@ def train(
 
 def _start(run: _Run, resume: bool) -> None:
     """Resume from the latest checkpoint (``resume``, when there is one) or start afresh; then rewrite the
-    files derived from the run's state that a crash may have left stale (``metrics.jsonl``)."""
+    files derived from the run's state that a crash may have left stale (``metrics.jsonl``, the TensorBoard log)."""
     latest = ckpt.latest_checkpoint(run.checkpoint_root) if run.checkpoint_root.is_dir() else None
     if latest is not None and resume:
         run.restore(latest)
@@ -848,6 +866,8 @@ def _start(run: _Run, resume: bool) -> None:
     if run.context.is_main:
         ckpt.remove_temporaries(run.out_dir)
         run.write_metrics_log()
+        if "tensorboard" in run.loggers:
+            run.board = TensorBoardLog.open(run.out_dir, run.history, run.wall())
 
 
 def _published_metrics(protocol: dict[str, Any], valid: dict[str, float], test: dict[str, float],
@@ -891,6 +911,9 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
         model.load_state_dict({k: v.to(run.device) for k, v in run.best_state.items()})
         valid, _ = run.evaluate(model, "valid")
         test, _ = run.evaluate(model, "test")
+        if run.board is not None:
+            run.board.add_test(test, run.best_epoch + 1)
+            paths["tensorboard"] = out / TENSORBOARD_DIR
         full = ({"valid": valid, "test": test} if run.protocol["mode"] == "full" else
                 {which: run.evaluate(model, which, full_ranking=True)[0] for which in ("valid", "test")})
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)

@@ -31,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.blocks.compiled import tracing
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import optional_function, use_cuda_kernels
+from zoo.blocks.ssm.reference import selective_scan_ref
 
 # Per-buffer working-set size (elements) a group aims for, and the lane tensor size beyond which
 # running lanes side by side stops paying (per-op overhead is amortised by then).
@@ -59,11 +61,14 @@ def selective_scan(
     ``return_last_state``, also the final state ``(b, d, n)`` (float32, or float64 for float64 inputs).
     On CUDA with mamba-ssm installed this calls its kernel (``SEQREC_ZOO_PURE_SSM=1`` forces the pure path);
     on CPU with the compiled kernels enabled (the default, :mod:`zoo.blocks.compiled`) it calls the compiled kernel of :mod:`zoo.blocks.ssm.cpu_kernel`.
+    Under a tracer (``torch.export``, ONNX) it runs the step-by-step reference, which traces for any batch size.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if use_cuda_kernels(u, delta, A, B, C, D, z, delta_bias):
         kernel = optional_function("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if tracing():  # the blocked scan's blocking depends on the batch size, which export keeps symbolic
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if B.dim() > 2 and C.dim() > 2 and cpu_kernel.applies("selective_scan", u, delta, A, B, C, D, z, delta_bias):
         return cpu_kernel.selective_scan_compiled(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

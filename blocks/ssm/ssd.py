@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.blocks.compiled import tracing
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import use_cuda_kernels
+from zoo.blocks.ssm.reference import ssd_scan_ref
 
 # Largest chunk the pure path uses: the result does not depend on the chunk (up to rounding), and on
 # a CPU the intra-chunk work (``O(Q)`` per step) dominates beyond this size.
@@ -75,7 +77,8 @@ def ssd_scan(
     ``chunk_size`` is the CUDA kernel's chunk; the pure path uses ``min(chunk_size, 32, l)``, halved
     while some chunk's log-decay range exceeds ``MAX_CHUNK_LOG_DECAY`` (the result is the same up to
     rounding). Half-precision inputs are computed in float32 on the pure
-    path and returned in their dtype.
+    path and returned in their dtype. Under a tracer (``torch.export``, ONNX) it runs the step-by-step
+    reference, which traces for any batch size.
     """
     _check_shapes(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit)
     if use_cuda_kernels(x, dt, A, B, C):
@@ -85,7 +88,9 @@ def ssd_scan(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=dt_softplus, dt_limit=dt_limit, return_final_states=return_final_states,
         )
-    if x.shape[1] > 0 and cpu_kernel.applies("ssd_scan", x, dt, A, B, C, D, z, dt_bias, initial_states):
+    if tracing():  # the chunking reads dt's values and the batch size, which export keeps symbolic
+        y, final = ssd_scan_ref(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
+    elif x.shape[1] > 0 and cpu_kernel.applies("ssd_scan", x, dt, A, B, C, D, z, dt_bias, initial_states):
         y, final = cpu_kernel.ssd_scan_compiled(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
     else:
         y, final = _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_limit)
