@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import zoo
+from measure import build_model, training_batch
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.blocks.transformer_layer import TransformerLayer
 
@@ -42,21 +43,9 @@ def layer_case(block: torch.nn.Module, batch: int):
 
 
 def train_case(name: str, batch: int):
-    torch.manual_seed(0)
-    model = zoo.create(name, num_items=1682).train()
-    if "text" in getattr(model.item_encoder, "item_features", ()):  # random stand-ins: only the cost is measured
-        model.set_item_features(text=torch.randn(1683, model.item_encoder.text_dim))
+    model = build_model(name).train()  # random item texts: only the cost is measured
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    ids = torch.randint(1, 1683, (batch, 51))
-    objective = model.recipe.train.objective
-    if objective == "all":
-        data = {"item_ids": ids[:, :-1], "targets": ids[:, 1:]}
-    elif objective == "masked":
-        data = {"item_ids": ids[:, :-1].clone(), "masked_targets": torch.zeros(batch, 50, dtype=torch.long)}
-        data["masked_targets"][:, -10:] = data["item_ids"][:, -10:]
-        data["item_ids"][:, -10:] = model.item_encoder.mask_token_id
-    else:
-        data = {"item_ids": ids[:, :-1], "target": ids[:, -1]}
+    data = training_batch(model, batch, 50)
 
     def run():
         optimizer.zero_grad()

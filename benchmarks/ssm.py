@@ -60,6 +60,7 @@ from typing import Sequence
 
 import torch
 
+from measure import malloc_library, proc_status_kib
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm.reference import selective_scan_ref, ssd_scan_ref
 from zoo.blocks.ssm.selective_scan import selective_scan
@@ -298,25 +299,17 @@ def floor_seconds(scan: str, b: int, l: int, rate: float, gflops: float) -> floa
 
 
 # ---------------------------------------------------------------------------------------------- memory
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_child(scan: str, b: int, l: int) -> None:
     """Run in a fresh process: print JSON {peak_bytes, io_bytes} for one forward pass."""
     torch.randn(8) @ torch.randn(8)  # load the kernels' libraries before the baseline
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     select_implementation(scan)
-    before = _rss_kib("VmRSS")
+    before = proc_status_kib("VmRSS")
     t = INPUTS[base(scan)](b, l)
     with torch.no_grad():
         y = run_ours(scan, t)
-    peak = _rss_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     io_bytes = sum(v.numel() * v.element_size() for v in t.values()) + y.numel() * y.element_size()
     print(json.dumps({"peak_bytes": (peak - before) * 1024, "io_bytes": io_bytes}))
 
@@ -359,16 +352,6 @@ def measure_memory(scan: str, b: int, l: int) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def malloc_library() -> str:
-    """Which malloc this process runs on: a preloaded jemalloc or tcmalloc, else glibc's."""
-    with open("/proc/self/maps") as maps:
-        mapped = maps.read()
-    for name in ("jemalloc", "tcmalloc"):
-        if f"lib{name}" in mapped:
-            return name
-    return "glibc"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scan", choices=SCANS, nargs="+", default=SCANS)
