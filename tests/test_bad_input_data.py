@@ -12,6 +12,8 @@ import pytest
 
 from zoo.data import DataFormatError, load_dataset, read_csv, read_inter
 
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 # 2023-11-14T22:13:20Z, computed rather than trusted to the reader's own arithmetic.
 T0 = int(datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc).timestamp())
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"

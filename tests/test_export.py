@@ -29,6 +29,8 @@ from zoo.export import ExportError, export_model, read_signature
 from zoo.model import left_pad
 from zoo.registry import register_block
 
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 V, D, LEN = 30, 16, 8
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 # The four hybrids (Mamba + GRU, bidirectional Mamba + causal convolution, FFT filter + bidirectional Mamba +

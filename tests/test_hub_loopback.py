@@ -24,6 +24,8 @@ from zoo.hub import PretrainedLoadError
 from zoo.publish import push_to_hub
 from zoo.upload import PublishError
 
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 NUM_ITEMS = 12
 RAW_IDS = [f"movie-{k}" for k in range(NUM_ITEMS)]
 METRICS = {"valid": {"ndcg@10": 0.25}, "test": {"ndcg@10": 0.2}}

@@ -9,6 +9,8 @@ import torch
 
 import zoo
 
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 METRICS = {"valid": {"ndcg@10": 0.5}, "test": {"ndcg@10": 0.4}, "test_full": {"ndcg@10": 0.1}}
 PROTOCOLS = {
     "valid": {"split": "valid", "mode": "sampled", "num_negatives": 100, "seed": 0},

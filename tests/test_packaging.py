@@ -9,6 +9,10 @@ import sysconfig
 import venv
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

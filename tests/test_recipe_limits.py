@@ -31,6 +31,8 @@ from zoo.cli import main
 from zoo.paths import recipes_dir
 from zoo.recipe import LIMITS, PARAMETERS_ENV, RecipeError, apply_overrides, load_recipe, parse_yaml, validate_recipe
 
+pytestmark = pytest.mark.kernel_independent  # the kernels-off pass leaves it out (pyproject.toml)
+
 BASE = """\
 name: tiny
 d_model: 16

@@ -22,7 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 TINY = {"d_model": 16, "encoder.0.repeat": 1, "train.batch_size": 16}
 SETTINGS = dict(seed=0, overrides=TINY, progress=False, save_model=False, plot=False, loggers=("tensorboard",))
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # conftest.py
+              pytest.mark.kernel_independent]  # the kernels-off pass leaves it out (pyproject.toml)
 
 
 @pytest.fixture(scope="module")
