@@ -11,6 +11,7 @@ Usage::
 
     .venv/bin/python scripts/train_pretrained.py                     # every declared tag
     .venv/bin/python scripts/train_pretrained.py --models sigma sasrec
+    .venv/bin/python scripts/train_pretrained.py --models sigma-code convrec --device cuda
     .venv/bin/python scripts/train_pretrained.py --runs runs/weights --copy-only
     .venv/bin/python scripts/train_pretrained.py --cards-only        # new card template, same weights
 """
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/pretrained"), help="where the training runs live")
     parser.add_argument("--copy-only", action="store_true", help="copy finished runs, train nothing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="where to train (e.g. cuda: sigma-code and convrec take hours on a 2-core CPU, minutes on a GPU)")
     parser.add_argument("--cards-only", action="store_true",
                         help="rewrite the model cards of the shipped folders with this version's template, train nothing")
     args = parser.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
         if not args.copy_only:
             from zoo.train import train
 
-            train(model, dataset, run, seed=args.seed)
+            train(model, dataset, run, seed=args.seed, device=args.device)
         folder = ship(run, f"{model}.{tag}")
         size = (folder / WEIGHTS_NAME).stat().st_size / 2**20
         print(f"{model}.{tag}: {folder} ({size:.1f} MB)")

@@ -128,3 +128,33 @@ def test_strict_weights_and_format_errors(tmp_path):
     with pytest.raises(ValueError, match="format 99"):
         ckpt.load_checkpoint(folder, model, torch.optim.SGD(model.parameters(), lr=0.1))
     assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+class SharedBuffer(nn.Module):
+    """Two parameters that are views into one buffer, as an RNN's weights are once cuDNN flattens them on a GPU,
+    beside a weight tied to another module's (as a tied output head is)."""
+
+    def __init__(self):
+        super().__init__()
+        flat = torch.arange(20, dtype=torch.float32)
+        self.a = nn.Parameter(flat[:12].view(3, 4))
+        self.b = nn.Parameter(flat[12:].view(2, 4))
+        self.embed = nn.Embedding(5, 4)
+        self.head = nn.Linear(4, 5, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_parameters_sharing_one_buffer_save_and_load(tmp_path):
+    model = SharedBuffer()
+    assert model.a.untyped_storage().data_ptr() == model.b.untyped_storage().data_ptr()
+    path = ckpt.save_weights(model, tmp_path / "w.safetensors")
+    stored = ckpt.read_safetensors(path)
+    assert sorted(stored) == ["a", "b", "embed.weight"]  # the tied head is stored once, under the first name
+    fresh = SharedBuffer()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    ckpt.load_weights(fresh, path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+    assert fresh.head.weight is fresh.embed.weight

@@ -174,6 +174,39 @@ def test_compare_prints_one_table_and_one_plot(trained, trained_sampled, tmp_pat
     assert "result.json does not exist" in capsys.readouterr().err
 
 
+DAMAGES = {
+    "truncated weights": ("model.safetensors", lambda data: data[: len(data) // 2], "model.safetensors: not a readable safetensors"),
+    "non-UTF-8 log": ("metrics.jsonl", lambda data: b"\xff\xfe" + data, "metrics.jsonl: not UTF-8"),
+    "torn log line": ("metrics.jsonl", lambda data: data + b'{"epoch": 9, "val', "metrics.jsonl, line"),
+    "log line without the metric": ("metrics.jsonl", lambda data: data + b'{"epoch": 9}\n', "no field 'valid.ndcg@10'"),
+    "result holding a list": ("result.json", lambda data: b"[1, 2]", "result.json: no field 'test'"),
+    "result with a text epoch": ("result.json", lambda data: data.replace(b'"best_epoch": ', b'"best_epoch": "x'), "not valid UTF-8 JSON"),
+    "config without a recipe": ("config.json", lambda data: b"{}", "config.json: no field 'recipe.name'"),
+    "result with a string count": ("result.json", None, "field 'epochs_run' is str"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_compare_names_the_damaged_file(trained, tmp_path, capsys, damage):
+    """A run folder with a damaged file is one line naming the file (and field or line), exit 2, no traceback."""
+    import json
+    import shutil
+
+    name, change, expected = DAMAGES[damage]
+    folder = tmp_path / "run"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoints"))
+    path = folder / name
+    if change is None:
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "epochs_run": "many"}))
+    else:
+        path.write_bytes(change(path.read_bytes()))
+    assert main(["compare", str(folder), "--plot", "none"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_threads_option_sets_torchs_threads():
     done = run_python("import torch, zoo.cli\nzoo.cli.main(['--threads', '1', 'info', 'gru4rec', '--num-items', '10'])\n"
                       "a = torch.get_num_threads()\nzoo.cli.main(['--threads', '2', 'info', 'gru4rec', '--num-items', '10'])\n"

@@ -360,8 +360,7 @@ def test_a_full_disk_never_leaves_a_torn_folder_or_checkpoint(tmp_path, monkeypa
     optimizer = torch.optim.SGD(old.parameters(), lr=0.1)
     ckpt.save_checkpoint(folder / "checkpoints", "step-1", old, optimizer, {"epoch": 1})
     with monkeypatch.context() as patch:
-        patch.setattr(hub, "save_model", torn_writer(hub.save_model))
-        patch.setattr(ckpt, "save_model", torn_writer(ckpt.save_model))
+        patch.setattr(ckpt, "save_file", torn_writer(ckpt.save_file))  # every safetensors write goes through it
         with pytest.raises(OSError, match="No space left"):
             save(new, folder, "new")
         with pytest.raises(OSError, match="No space left"):

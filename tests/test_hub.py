@@ -118,7 +118,7 @@ def test_a_failed_save_leaves_the_old_files_untouched(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hub, "save_model", broken)
+    monkeypatch.setattr(hub, "write_module", broken)
     with pytest.raises(OSError, match="disk full"):
         tiny().save_pretrained(run)
     assert (run / "config.json").read_text() == "old"

@@ -25,6 +25,22 @@ def test_every_shipped_folder_is_a_declared_tag():
         assert {p.name for p in (weights_dir() / name).iterdir()} == {"config.json", "model.safetensors", "README.md"}
 
 
+PUBLISHED = ("sigma", "sigma-code", "cnn-mamba", "convrec", "m2rec", "sasrec", "gru4rec", "bert4rec", "mamba4rec")
+
+
+def test_every_published_model_and_two_hybrids_ship_weights():
+    """The zoo's promise: each published model and baseline, and at least two hybrids, load with
+    ``pretrained=True`` from the installed package, with no network."""
+    shipped_models = {name.split(".")[0] for name in SHIPPED}
+    assert set(PUBLISHED) <= shipped_models, f"no shipped weights for {sorted(set(PUBLISHED) - shipped_models)}"
+    hybrids = {name for name in shipped_models
+               if zoo.create(name, num_items=10, max_len=8).recipe.fidelity == "hybrid"}
+    assert len(hybrids) >= 2, f"shipped hybrids: {sorted(hybrids)}"
+    for model in PUBLISHED:
+        found, tag = pretrained.find_pretrained(model)
+        assert found.startswith(model + ".") and tag.local_dir is not None, (model, found)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reproduces_its_card(name):
     folder = weights_dir() / name

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 try:
@@ -177,9 +177,50 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: not valid UTF-8 JSON ({exc}); the file is corrupted") from None
 
 
+def tied_names(state: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+    """For each name of a state dict, the other names of the very same tensor (tied weights: same storage,
+    offset and shape). Parameters that merely share one buffer, such as cuDNN's flattened RNN weights on a
+    GPU, are different tensors and are not tied."""
+    by_tensor: dict[tuple, set[str]] = {}
+    for name, tensor in state.items():
+        if tensor.numel():
+            key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            by_tensor.setdefault(key, set()).add(name)
+    return {name: group - {name} for group in by_tensor.values() for name in group}
+
+
+def weights_to_save(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as its safetensors file holds it: a tied tensor once, under the first of its names in
+    sorted order (the name ``safetensors.torch.save_model`` keeps), every tensor a contiguous CPU copy of its own.
+    Unlike ``save_model``, parameters that are views into one shared buffer (an RNN's weights after cuDNN
+    flattened them on a GPU) are written too."""
+    state = module.state_dict()
+    tied = tied_names(state)
+    return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in state.items()
+            if not any(other < name for other in tied.get(name, ()))}
+
+
+def write_module(module: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write ``module``'s weights (:func:`weights_to_save`) to the safetensors file ``path``; a failed write is an
+    ``OSError`` naming it (:func:`write_safetensors`)."""
+    write_safetensors(path, lambda name: save_file(weights_to_save(module), name, metadata=metadata))
+
+
+def fill_tied(module: nn.Module, stored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``stored`` (tensors read from a file) with every tied name of ``module`` that the file leaves out filled
+    from the name it keeps (see :func:`weights_to_save`)."""
+    filled = dict(stored)
+    for name, others in tied_names(module.state_dict()).items():
+        if name not in filled:
+            kept = next((other for other in sorted(others) if other in stored), None)
+            if kept is not None:
+                filled[name] = stored[kept]
+    return filled
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     """Atomically write ``model``'s weights as safetensors."""
-    return atomic_write(path, lambda p: write_safetensors(p, lambda name: save_model(model, name)))
+    return atomic_write(path, lambda p: write_module(model, p))
 
 
 def stored_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -212,7 +253,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     if wrong:
         raise ValueError(f"{path} does not fit the model ({len(wrong)} tensors differ in shape, e.g. "
                          f"{'; '.join(wrong[:3])}): {DIFFERENT_RUN_HINT}")
-    missing, unexpected = load_model(model, str(path), strict=False)
+    missing, unexpected = model.load_state_dict(fill_tied(model, read_safetensors(path)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not fit the model (missing {sorted(missing)[:20]}, unexpected "
                          f"{sorted(unexpected)[:20]}): {DIFFERENT_RUN_HINT}")
@@ -369,10 +410,10 @@ def save_checkpoint(
 def _write_tensors(staging: Path, model: nn.Module, optimizer_tensors: dict[str, torch.Tensor],
                    best: dict[str, torch.Tensor] | None, previous: Path | None, ema: nn.Module | None) -> None:
     """Write a checkpoint's safetensors files into ``staging`` (an unchanged best is linked from ``previous``)."""
-    write_safetensors(staging / MODEL_FILE, lambda name: save_model(model, name))
+    write_module(model, staging / MODEL_FILE)
     write_safetensors(staging / OPTIMIZER_FILE, lambda name: save_file(optimizer_tensors, name))
     if ema is not None:
-        write_safetensors(staging / EMA_FILE, lambda name: save_model(ema, name))
+        write_module(ema, staging / EMA_FILE)
     if best is not None:
         best_cpu = {k: v.detach().contiguous().cpu() for k, v in best.items()}
         write_safetensors(staging / BEST_FILE, lambda name: save_file(best_cpu, name))

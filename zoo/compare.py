@@ -11,6 +11,7 @@ its checkpoint with, so every row is comparable.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,13 +32,37 @@ class RunSummary:
     curve_label: str
 
 
+class RunFolderError(ValueError):
+    """A folder that is not a finished run, or one whose files are damaged; the message names the file."""
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: compare folders written by `zoo train --out DIR` (after training ends)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        raise RunFolderError(f"{path}: not valid UTF-8 JSON ({exc}); the file is damaged: train the run again") from None
+
+
+def _field(data: Any, path: Path, *keys: str, kind: type | tuple[type, ...] = object) -> Any:
+    """``data[keys[0]][keys[1]]...`` of a file's content, of type ``kind``; anything else names the file and the field."""
+    value = data
+    for depth, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            where = ".".join(keys[:depth]) or "the top level"
+            raise RunFolderError(f"{path}: no field {'.'.join(keys)!r} ({where} is not an object holding {key!r}); "
+                                 "the file is damaged or not a run's: train the run again")
+        value = value[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise RunFolderError(f"{path}: field {'.'.join(keys)!r} is {type(value).__name__} {str(value)[:60]!r}, not the "
+                             "expected kind; the file is damaged: train the run again")
+    return value
+
+
+def _metrics(data: Any, path: Path, *keys: str) -> dict[str, float]:
+    table = _field(data, path, *keys, kind=dict)
+    return {name: float(_field(table, path, name, kind=(int, float))) for name in table}
 
 
 def _parameters(folder: Path) -> int | None:
@@ -45,39 +70,55 @@ def _parameters(folder: Path) -> int | None:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         return None
-    from safetensors import safe_open
+    from zoo.checkpoint import stored_shapes
 
-    with safe_open(str(weights), framework="numpy") as f:
-        total = 0
-        for key in f.keys():
-            count = 1
-            for size in f.get_slice(key).get_shape():
-                count *= size
-            total += count
-    return total
+    try:
+        shapes = stored_shapes(weights)
+    except ValueError as exc:
+        raise RunFolderError(str(exc)) from None
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
+def _curve(log: Path, metric: str) -> list[tuple[int, float]]:
+    """``(epoch, validation metric)`` per line of ``metrics.jsonl``; a damaged line names the file and line."""
+    if not log.is_file():
+        return []
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RunFolderError(f"{log}: not UTF-8 text ({exc}); the file is damaged: train the run again") from None
+    curve = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = Path(f"{log}, line {number}")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunFolderError(f"{where}: not a JSON record ({exc}); the file is damaged: train the run again") from None
+        curve.append((int(_field(record, where, "epoch", kind=int)),
+                      float(_field(record, where, "valid", metric, kind=(int, float)))))
+    return curve
 
 
 def read_run(folder: str | Path) -> RunSummary:
-    """The summary of one run folder (clear errors when it is not one)."""
+    """The summary of one run folder; a missing file is a ``FileNotFoundError`` and a damaged one a
+    :class:`RunFolderError`, each naming the file (and the field or line)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    result = _read_json(folder / "result.json")
-    config = _read_json(folder / "config.json")
-    test = (result.get("full_ranking") or {}).get("test") or result["test"]
-    metric = "ndcg@10"
-    mode = (result.get("protocol") or {}).get("mode", "full")
-    curve = []
-    log = folder / "metrics.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                curve.append((int(record["epoch"]), float(record["valid"][metric])))
+    result_path, config_path = folder / "result.json", folder / "config.json"
+    result, config = _read_json(result_path), _read_json(config_path)
+    full = _field(result, result_path, "full_ranking", kind=dict) if isinstance(result, dict) and "full_ranking" in result else {}
+    test = _metrics(full, result_path, "test") if "test" in full else _metrics(result, result_path, "test")
+    protocol = _field(result, result_path, "protocol", kind=dict) if "protocol" in result else {}
     return RunSummary(
-        folder=folder, recipe=config["recipe"]["name"], test=test, best_epoch=int(result["best_epoch"]),
-        epochs=int(result["epochs_run"]), train_seconds=float(result["train_seconds"]), parameters=_parameters(folder),
-        curve=curve, curve_label=f"validation NDCG@10 ({mode} ranking)",
+        folder=folder, recipe=_field(config, config_path, "recipe", "name", kind=str), test=test,
+        best_epoch=_field(result, result_path, "best_epoch", kind=int),
+        epochs=_field(result, result_path, "epochs_run", kind=int),
+        train_seconds=float(_field(result, result_path, "train_seconds", kind=(int, float))),
+        parameters=_parameters(folder), curve=_curve(folder / "metrics.jsonl", "ndcg@10"),
+        curve_label=f"validation NDCG@10 ({protocol.get('mode', 'full')} ranking)",
     )
 
 

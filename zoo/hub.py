@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 from torch import nn
 
-from zoo.checkpoint import TEMP_SUFFIX, fsync_dir, lock_file, sha256_file, umask_mode, write_safetensors
+from zoo.checkpoint import TEMP_SUFFIX, fill_tied, fsync_dir, lock_file, sha256_file, umask_mode, write_module
 from zoo.pretrained import find_pretrained, list_pretrained, split_name_tag
 from zoo.version import __version__
 
@@ -385,7 +385,7 @@ def save_pretrained(
 
     _write_folder(out, {
         # One metadata key: safetensors writes its metadata in hash-map order, which varies between processes.
-        WEIGHTS_NAME: lambda path: write_safetensors(path, lambda name: save_model(model, name, metadata={"format": "pt"})),
+        WEIGHTS_NAME: lambda path: write_module(model, path, metadata={"format": "pt"}),
         CONFIG_NAME: write_config,
         CARD_NAME: lambda path: path.write_text(readme, encoding="utf-8"),
     })
@@ -393,15 +393,6 @@ def save_pretrained(
 
 
 # ---------------------------------------------------------------- loading
-
-
-def _alias_groups(state: Mapping[str, torch.Tensor]) -> dict[str, set[str]]:
-    """For each name, the other names of the same tensor (tied weights), by storage and shape."""
-    by_storage: dict[tuple, set[str]] = {}
-    for name, tensor in state.items():
-        if tensor.numel():
-            by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)), set()).add(name)
-    return {name: group - {name} for group in by_storage.values() for name in group}
 
 
 def _listing(names: list[str], limit: int = 40) -> str:
@@ -427,10 +418,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PretrainedLoadError(f"{path}: only .safetensors weights are loaded (pickle-based files can run code)")
-    stored = _read_safetensors(path)
+    stored = fill_tied(model, _read_safetensors(path))
     expected = model.state_dict()
-    aliases = _alias_groups(expected)
-    missing = sorted(k for k in expected if k not in stored and not (aliases.get(k, set()) & stored.keys()))
+    missing = sorted(k for k in expected if k not in stored)
     unexpected = sorted(k for k in stored if k not in expected)
     if missing or unexpected:
         parts = [f"{path} does not fit model {getattr(getattr(model, 'recipe', None), 'name', type(model).__name__)!r}:"]
@@ -449,7 +439,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
             f"{path}: {len(broken)} tensors hold NaN or infinity ({_listing(broken)}), so the model would score NaN; the "
             "training that wrote them diverged, or the file is corrupted: retrain, or re-download it (force_download=True)"
         )
-    model.load_state_dict(stored, strict=False)
+    model.load_state_dict(stored)
 
 
 def weights_file(folder: str | os.PathLike) -> Path:
