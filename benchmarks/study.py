@@ -142,6 +142,9 @@ def train_one(recipe: str, seed: int, folder: str, device: str, precision: str) 
 def launch(recipe: str, seed: int, runs: Path, args: argparse.Namespace) -> tuple[str, int, int, float]:
     """Run one (recipe, seed) in a subprocess, its output in ``seed-N.log``; (recipe, seed, exit code, seconds)."""
     folder = run_folder(runs, recipe, seed)
+    if (folder / RESULT).is_file():  # finished meanwhile (by another invocation sharing the folders): keep its record
+        print(f"{recipe} seed {seed}: already done", flush=True)
+        return recipe, seed, 0, 0.0
     folder.parent.mkdir(parents=True, exist_ok=True)
     child = json.dumps({"recipe": recipe, "seed": seed, "folder": str(folder), "device": args.device,
                         "precision": args.precision})
@@ -240,7 +243,8 @@ def cell(stats: dict[str, float | None]) -> str:
     return f"{stats['mean']:.4f}" + (f" ± {stats['se']:.4f}" if stats["se"] is not None else "")
 
 
-def table(rows: dict[str, Any], floor: dict[str, float]) -> str:
+def table(rows: dict[str, Any], floor: dict[str, float], missing: list[str] = ()) -> str:
+    """The accuracy table: one row per recipe with finished runs, then the chosen recipes without any."""
     lines = ["| group | recipe | seeds | test HR@10 | NDCG@10 | MRR@10 | sampled-100 NDCG@10 |",
              "|---|---|---:|---|---|---|---|"]
     for recipe, row in sorted(rows.items(), key=lambda kv: (list(GROUPS.values()).index(kv[1]["group"])
@@ -248,6 +252,7 @@ def table(rows: dict[str, Any], floor: dict[str, float]) -> str:
         sampled = cell(row["sampled"]["ndcg@10"]) if "sampled" in row else ""
         lines.append(f"| {row['group']} | {recipe} | {row['n']} | " + " | ".join(cell(row["full"][m]) for m in METRICS)
                      + f" | {sampled} |")
+    lines += [f"| {GROUPS.get(recipe, 'other')} | {recipe} | 0 | not run yet | | | |" for recipe in missing]
     lines.append("| floor | popularity | - | " + " | ".join(f"{floor[m]:.4f}" for m in METRICS) + " | |")
     return "\n".join(lines) + "\n"
 
@@ -320,7 +325,7 @@ def main() -> None:
               "claims": checked}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    summary = table(rows, floor) + "\n" + claims_table(checked)
+    summary = table(rows, floor, [r for r in recipes if r not in rows]) + "\n" + claims_table(checked)
     args.out.with_suffix(".md").write_text(summary, encoding="utf-8")
     plot(rows, floor, args.out.with_suffix(".png"))
     print(summary)

@@ -97,3 +97,14 @@ def test_collect_only_writes_the_tables_and_plot(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| SIGMA | sigma | 2 | " in table and "| floor | popularity |" in table and "SIGMA beats Mamba4Rec" in table
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_finished_meanwhile_is_not_run_again(tmp_path):
+    """Two invocations sharing run folders: the second never retrains nor re-records a run the first finished."""
+    import argparse
+
+    runs = tmp_path / "runs"
+    write_run(runs, "sasrec", 1, 0.05)
+    args = argparse.Namespace(device="cpu", precision="fp32", threads=1, jobs=1)
+    assert study.launch("sasrec", 1, runs, args) == ("sasrec", 1, 0, 0.0)
+    assert not (runs / "sasrec" / "seed-1.json").exists() and not (runs / "sasrec" / "seed-1.log").exists()
