@@ -32,12 +32,16 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import measure  # noqa: E402  (benchmarks/measure.py: the command line and the machine)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 METRICS = ("hr@10", "ndcg@10", "mrr@10")
 RESULT = "result.json"
