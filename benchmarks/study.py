@@ -27,6 +27,7 @@ import fnmatch
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -83,6 +84,7 @@ CLAIMS = [
     ("hybrid", "ssd-pyramid beats its parent ConvRec", "ssd-pyramid", "convrec"),
     ("hybrid", "ssd-pyramid beats its parent Mamba4Rec", "ssd-pyramid", "mamba4rec"),
 ]
+GROUP_ORDER = list(dict.fromkeys(GROUPS.values()))  # baselines first, then each paper, then the hybrids
 NOISE = 2.0  # a difference counts when it exceeds this many standard errors of the difference
 
 
@@ -135,6 +137,11 @@ def run_folder(runs: Path, recipe: str, seed: int) -> Path:
     return runs / recipe / f"seed-{seed}"
 
 
+def side_file(runs: Path, recipe: str, seed: int, suffix: str) -> Path:
+    """``seed-N.log`` (the run's output) or ``seed-N.json`` (where it ran) beside the run folder."""
+    return runs / recipe / f"seed-{seed}{suffix}"
+
+
 def train_one(recipe: str, seed: int, folder: str, device: str, precision: str) -> None:
     """The child: one run, resumed when the folder holds a checkpoint."""
     from zoo.train import train
@@ -154,16 +161,16 @@ def launch(recipe: str, seed: int, runs: Path, args: argparse.Namespace) -> tupl
                         "precision": args.precision})
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     begun = time.perf_counter()
-    with open(folder.parent / f"seed-{seed}.log", "a", encoding="utf-8") as log:
+    with open(side_file(runs, recipe, seed, ".log"), "a", encoding="utf-8") as log:
         code = subprocess.run([sys.executable, __file__, "--child", child], stdout=log, stderr=subprocess.STDOUT,
                               env=env).returncode
     seconds = time.perf_counter() - begun
     machine = measure.environment(args.device)
     trained_on = {"device": args.device, "hardware": machine.get("gpu", machine["cpu"]), "precision": args.precision,
                   "threads": args.threads, "jobs": args.jobs, "seconds": round(seconds, 1), "exit_code": code}
-    (folder.parent / f"seed-{seed}.json").write_text(json.dumps(trained_on, indent=2) + "\n", encoding="utf-8")
-    print(f"{recipe} seed {seed}: {'done' if code == 0 else f'FAILED (exit {code}, see {folder.parent}/seed-{seed}.log)'}"
-          f" in {seconds:.0f} s", flush=True)
+    side_file(runs, recipe, seed, ".json").write_text(json.dumps(trained_on, indent=2) + "\n", encoding="utf-8")
+    outcome = "done" if code == 0 else f"FAILED (exit {code}, see {side_file(runs, recipe, seed, '.log')})"
+    print(f"{recipe} seed {seed}: {outcome} in {seconds:.0f} s", flush=True)
     return recipe, seed, code, seconds
 
 
@@ -207,11 +214,10 @@ def popularity_floor() -> dict[str, float]:
 
 
 def mean_se(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
+    """The mean and the standard error of the mean (sample standard deviation / sqrt(n)); no error for one value."""
     if len(values) < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance / len(values))
+        return values[0], None
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
 def collect(recipes: list[str], seeds: list[int], runs: Path) -> dict[str, Any]:
@@ -227,7 +233,7 @@ def collect(recipes: list[str], seeds: list[int], runs: Path) -> dict[str, Any]:
                 entry = {"best_epoch": result["best_epoch"], "full": {m: full[m] for m in METRICS}}
                 if result.get("protocol", {}).get("mode") == "sampled":
                     entry["sampled"] = {m: result["test"][m] for m in METRICS}
-                provenance = run_folder(runs, recipe, seed).parent / f"seed-{seed}.json"
+                provenance = side_file(runs, recipe, seed, ".json")
                 if provenance.is_file():
                     entry["trained_on"] = json.loads(provenance.read_text(encoding="utf-8"))
                 found[seed] = entry
@@ -251,8 +257,8 @@ def table(rows: dict[str, Any], floor: dict[str, float], missing: list[str] = ()
     """The accuracy table: one row per recipe with finished runs, then the chosen recipes without any."""
     lines = ["| group | recipe | seeds | test HR@10 | NDCG@10 | MRR@10 | sampled-100 NDCG@10 |",
              "|---|---|---:|---|---|---|---|"]
-    for recipe, row in sorted(rows.items(), key=lambda kv: (list(GROUPS.values()).index(kv[1]["group"])
-                                                            if kv[1]["group"] in GROUPS.values() else 99, kv[0])):
+    for recipe, row in sorted(rows.items(), key=lambda kv: (GROUP_ORDER.index(kv[1]["group"])
+                                                            if kv[1]["group"] in GROUP_ORDER else 99, kv[0])):
         sampled = cell(row["sampled"]["ndcg@10"]) if "sampled" in row else ""
         lines.append(f"| {row['group']} | {recipe} | {row['n']} | " + " | ".join(cell(row["full"][m]) for m in METRICS)
                      + f" | {sampled} |")
@@ -267,9 +273,9 @@ def plot(rows: dict[str, Any], floor: dict[str, float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = [r for g in dict.fromkeys(GROUPS.values()) for r in rows if rows[r]["group"] == g]
+    order = [r for g in GROUP_ORDER for r in rows if rows[r]["group"] == g]
     order += [r for r in rows if r not in order]
-    colours = {g: f"C{i}" for i, g in enumerate(dict.fromkeys(GROUPS.values()))}
+    colours = {g: f"C{i}" for i, g in enumerate(GROUP_ORDER)}
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(order) + 2), 4.5))
     for x, recipe in enumerate(order):
         row = rows[recipe]

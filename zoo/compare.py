@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from zoo.checkpoint import read_json, stored_shapes
+
 
 @dataclass
 class RunSummary:
@@ -40,9 +42,9 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: compare folders written by `zoo train --out DIR` (after training ends)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"{path}: not valid UTF-8 JSON ({exc}); the file is damaged: train the run again") from None
+        return read_json(path)
+    except ValueError as exc:
+        raise RunFolderError(f"{exc}: train the run again") from None
 
 
 def _field(data: Any, path: Path, *keys: str, kind: type | tuple[type, ...] = object) -> Any:
@@ -70,8 +72,6 @@ def _parameters(folder: Path) -> int | None:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         return None
-    from zoo.checkpoint import stored_shapes
-
     try:
         shapes = stored_shapes(weights)
     except ValueError as exc:
