@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
 from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, shift_time, zero_pads
+from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
@@ -62,7 +63,8 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
 
     Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero (:func:`selective_scan`, the
     compiled kernel where it applies), plus ``C_t · (Λ_t ⊙ Q)`` for the shared part, ``Λ_t`` the decay of
-    the kept steps; nothing per prefix grows with its length.
+    the kept steps (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`, one compiled pass on
+    the CPU); nothing per prefix grows with its length.
     """
     batch, length, _ = x.shape
     width = mamba.d_conv
@@ -90,8 +92,6 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
     full_window = sum(weight[:, width - 1 - j] * earlier(padded_u, -j) for j in range(width))
     v, delta, B, _ = project(full_window, real)
     reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
-    decays = torch.exp((reversed_delta - delta).unsqueeze(-1) * A)  # prod_{i < s} a_i
-    shared = (decays * (delta * v).unsqueeze(-1) * B.unsqueeze(-2)).cumsum(1)  # (B, L, E, N)
 
     # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
@@ -113,12 +113,14 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
     v_s, delta_s, B_s, C_s = (torch.stack(parts, -1).flatten(0, 1) for parts in zip(*steps))  # (rows, ., steps)
     y = selective_scan(v_s, delta_s, A, B_s, C_s, D=mamba.D)[..., -1].reshape(batch, length, -1)
 
-    # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ).
-    kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
-    C_t = C_s[..., -1].reshape(batch, length, -1)
+    # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ), Q_s = sum_{j <= s} (prod_{i < j} a_i) b_j.
     if lag < length:
-        decay = torch.exp(kept_delta[:, lag:].unsqueeze(-1) * A)
-        y = y + F.pad(torch.einsum("blen,bln->ble", decay * shared[:, : length - lag], C_t[:, lag:]), (0, 0, lag, 0))
+        kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
+        C_t = C_s[..., -1].reshape(batch, length, -1)
+        cut = length - lag
+        shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta[:, :cut], delta[:, :cut] * v[:, :cut], B[:, :cut],
+                                        A, kept_delta[:, lag:], C_t[:, lag:])
+        y = y + F.pad(shared, (0, 0, lag, 0))
     return mamba.out_proj(y * F.silu(z))
 
 

@@ -1,9 +1,10 @@
-"""Fused CPU kernels for the selective scan and the SSD scan (see :mod:`zoo.blocks.compiled`).
+"""Fused CPU kernels for the selective scan, the SSD scan and the decayed prefix readout (see
+:mod:`zoo.blocks.compiled`).
 
-The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b) and ``ssd_scan_cpu.cpp`` (Mamba2's SSD
-recurrence) run each channel's or head's recurrence as one vectorised loop instead of PyTorch
-operations over state-sized intermediates; their backward passes are the reverse-time adjoint
-recurrences with chunked recomputation (see the C++ files). When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
+The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b), ``ssd_scan_cpu.cpp`` (Mamba2's SSD
+recurrence) and ``decayed_prefix_cpu.cpp`` (:mod:`zoo.blocks.ssm.decayed_prefix`) run each channel's or
+head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
+intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files). When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
 :func:`zoo.blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
@@ -19,7 +20,8 @@ from torch import Tensor
 
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "load", "selective_scan_compiled", "ssd_scan_compiled"]
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "load", "selective_scan_compiled",
+           "ssd_scan_compiled"]
 
 
 def selective_scan_compiled(
@@ -161,3 +163,35 @@ class _CompiledSSD(torch.autograd.Function):
         dbias = ddt.sum((0, 1)) if ctx.needs_input_grad[6] else None
         return (dx, ddt, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, dinitial, None, None,
                 None)
+
+
+def decayed_prefix_compiled(before: Tensor, w: Tensor, B: Tensor, A: Tensor, after: Tensor, C: Tensor) -> Tensor:
+    """:func:`zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout` in the compiled kernel: same arguments
+    (``before, w, after (b, l, e)``, ``B, C (b, l, n)``, ``A (e, n)``) and result, computed in float64 for
+    float64 inputs, else float32."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in (before, w, B, A, after, C)) else torch.float32
+
+    def channels_first(t: Tensor) -> Tensor:
+        return t.to(dtype).transpose(1, 2).contiguous()
+
+    out = _CompiledDecayedPrefix.apply(channels_first(before), channels_first(w), B.to(dtype).contiguous(),
+                                       A.to(dtype).contiguous(), channels_first(after), C.to(dtype).contiguous())
+    return out.transpose(1, 2).to(w.dtype)
+
+
+class _CompiledDecayedPrefix(torch.autograd.Function):
+    """``out = readout(before, w, B, A, after, C)`` with the per-channel series as ``(b, e, l)``; gradients
+    from the kernel."""
+
+    @staticmethod
+    def forward(ctx, before: Tensor, w: Tensor, B: Tensor, A: Tensor, after: Tensor, C: Tensor):
+        ctx.save_for_backward(before, w, B, A, after, C)
+        return load("decayed_prefix").forward(before, w, B, A, after, C)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        before, w, B, A, after, C = ctx.saved_tensors
+        splits = _splits(w.shape[1], w.shape[0])
+        dbefore, dw, dB, dA, dafter, dC = load("decayed_prefix").backward(before, w, B, A, after, C,
+                                                                          grad_out.contiguous(), splits)
+        return dbefore, dw, _sum_splits(dB), dA.sum(0), dafter, _sum_splits(dC)
