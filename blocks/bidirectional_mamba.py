@@ -12,8 +12,8 @@ from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
 from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, shift_time, zero_pads
 from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
+from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.mamba import Mamba
-from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
 Flip = Literal["partial", "full", "none", "code"]
@@ -61,10 +61,11 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
     * the ``remain`` kept items are ordinary steps whose first windows reach back into the reversed
       run's last items (``h_1, h_2, ...``).
 
-    Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero (:func:`selective_scan`, the
-    compiled kernel where it applies), plus ``C_t · (Λ_t ⊙ Q)`` for the shared part, ``Λ_t`` the decay of
-    the kept steps (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`, one compiled pass on
-    the CPU); nothing per prefix grows with its length.
+    Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero read at its last step
+    (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus ``C_t · (Λ_t ⊙ Q)`` for the shared
+    part, ``Λ_t`` the decay of the kept steps
+    (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`); both are one compiled pass on the
+    CPU, and nothing per prefix grows with its length.
     """
     batch, length, _ = x.shape
     width = mamba.d_conv
@@ -110,13 +111,14 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
         conv = sum(weight[:, width - 1 - k] * (earlier(padded_u, remain - i + k) if k < i else tail[k - i])
                    for k in range(width))
         steps.append(project(conv, earlier(padded_real, remain - i)))
-    v_s, delta_s, B_s, C_s = (torch.stack(parts, -1).flatten(0, 1) for parts in zip(*steps))  # (rows, ., steps)
-    y = selective_scan(v_s, delta_s, A, B_s, C_s, D=mamba.D)[..., -1].reshape(batch, length, -1)
+    v_s, delta_s = (torch.stack(parts, -1).flatten(0, 1) for parts in list(zip(*steps))[:2])  # (rows, E, steps)
+    B_s = torch.stack([B_k for _, _, B_k, _ in steps], -2).flatten(0, 1)  # (rows, steps, N)
+    C_t = steps[-1][3]  # the newest item's C: the only readout
+    y = final_state_scan(v_s, delta_s, A, B_s, C_t.flatten(0, 1), D=mamba.D).reshape(batch, length, -1)
 
     # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ), Q_s = sum_{j <= s} (prod_{i < j} a_i) b_j.
     if lag < length:
         kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
-        C_t = C_s[..., -1].reshape(batch, length, -1)
         cut = length - lag
         shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta[:, :cut], delta[:, :cut] * v[:, :cut], B[:, :cut],
                                         A, kept_delta[:, lag:], C_t[:, lag:])

@@ -1,8 +1,9 @@
-"""Fused CPU kernels for the selective scan, the SSD scan and the decayed prefix readout (see
-:mod:`zoo.blocks.compiled`).
+"""Fused CPU kernels for the selective scan, the SSD scan, short scans read at their last step and the
+decayed prefix readout (see :mod:`zoo.blocks.compiled`).
 
 The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b), ``ssd_scan_cpu.cpp`` (Mamba2's SSD
-recurrence) and ``decayed_prefix_cpu.cpp`` (:mod:`zoo.blocks.ssm.decayed_prefix`) run each channel's or
+recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan`) and
+``decayed_prefix_cpu.cpp`` (:mod:`zoo.blocks.ssm.decayed_prefix`) run each channel's or
 head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
 intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files). When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
@@ -20,8 +21,8 @@ from torch import Tensor
 
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "load", "selective_scan_compiled",
-           "ssd_scan_compiled"]
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "final_state_scan_compiled", "load",
+           "selective_scan_compiled", "ssd_scan_compiled"]
 
 
 def selective_scan_compiled(
@@ -195,3 +196,27 @@ class _CompiledDecayedPrefix(torch.autograd.Function):
         dbefore, dw, dB, dA, dafter, dC = load("decayed_prefix").backward(before, w, B, A, after, C,
                                                                           grad_out.contiguous(), splits)
         return dbefore, dw, _sum_splits(dB), dA.sum(0), dafter, _sum_splits(dC)
+
+
+def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """:func:`zoo.blocks.ssm.final_state_scan.final_state_scan` in the compiled kernel: same arguments and
+    result, computed in float64 for float64 inputs, else float32."""
+    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D)) else torch.float32
+    D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
+    tensors = (u, delta, A, B, C, D_)
+    return _CompiledFinalStateScan.apply(*(t.to(dtype).contiguous() for t in tensors)).to(u.dtype)
+
+
+class _CompiledFinalStateScan(torch.autograd.Function):
+    """``y = C · h_last + D u_last`` of short scans from zero; gradients from the kernel."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor):
+        ctx.save_for_backward(u, delta, A, B, C, D)
+        return load("final_state_scan").forward(u, delta, A, B, C, D)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        u, delta, A, B, C, D = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD = load("final_state_scan").backward(u, delta, A, B, C, D, grad_y.contiguous())
+        return du, ddelta, dA.sum(0), dB, dC, dD.sum(0)

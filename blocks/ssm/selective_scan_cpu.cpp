@@ -33,6 +33,7 @@
 #include <ATen/Parallel.h>
 
 #include "group_runs.h"
+#include "scan_steps.h"
 #include "step_size.h"
 
 #include <algorithm>
@@ -79,21 +80,6 @@ struct StateInput {
       for (int64_t t = first; t < stop; ++t) bg[j * state_stride + t * time_stride] = tile[(t - first) * n + j];
   }
 };
-
-// h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states.
-template <typename T>
-inline void advance(T* __restrict h, const T* __restrict A, const T* __restrict Bt, T dt, T dtu, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) h[i] = std::exp(dt * A[i]) * h[i] + dtu * Bt[i];
-}
-
-template <typename T>
-inline T dot(const T* __restrict x, const T* __restrict y, int64_t n) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * y[i];
-  return sum;
-}
 
 // The steps of channel positions [first, stop): out[t - first] = delta_t from the raw input delta,
 // vectorised over time.

@@ -1,0 +1,178 @@
+// Many short selective scans read out at their last step only, as one fused CPU loop per channel
+// (Gu & Dao 2023, "Mamba", eq. 2a-2b; see blocks/ssm/final_state_scan.py for where SIGMA needs it).
+//
+// Built on first use by blocks/compiled.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off).
+//
+// For row r and channel e, over the steps k = 0 .. S - 1 (S small), from h = 0:
+//
+//     h_k = exp(delta[r, e, k] * A[e]) * h_{k-1} + delta[r, e, k] * u[r, e, k] * B[r, k, :]
+//     y[r, e] = <C[r, :], h_{S-1}> + D[e] * u[r, e, S - 1]
+//
+// The general scan kernel (selective_scan_cpu.cpp) reads out every step and keeps chunk-start states
+// for its backward; with a handful of steps per row, that readout and bookkeeping cost as much as the
+// recurrence. Here the forward keeps nothing, and the backward recomputes a row's few states into a
+// buffer of S * n values per channel before the reverse-time adjoint sweep
+//
+//     g_{S-1} = dy * C,   g_{k-1} = exp(delta_k A) * g_k.
+//
+// Layouts, all contiguous: u, delta: (rows, dim, S); B: (rows, S, n); C: (rows, n); A: (dim, n);
+// D: (dim,); y: (rows, dim).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include "scan_steps.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+struct Shape {
+  int64_t rows, dim, steps, n;
+};
+
+Shape shape_of(const at::Tensor& u, const at::Tensor& A) { return {u.size(0), u.size(1), u.size(2), A.size(1)}; }
+
+template <typename T>
+void final_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& C, const at::Tensor& D, at::Tensor& y) {
+  const auto s = shape_of(u, A);
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
+  const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> h(s.n);
+    for (int64_t r = begin; r < end; ++r) {
+      const T *B_r = B_p + r * s.steps * s.n, *C_r = C_p + r * s.n;
+      for (int64_t e = 0; e < s.dim; ++e) {
+        const int64_t pair = r * s.dim + e;
+        const T *u_re = u_p + pair * s.steps, *delta_re = delta_p + pair * s.steps;
+        std::fill(h.begin(), h.end(), T(0));
+        for (int64_t k = 0; k < s.steps; ++k)
+          advance(h.data(), A_p + e * s.n, B_r + k * s.n, delta_re[k], delta_re[k] * u_re[k], s.n);
+        y_p[pair] = dot(h.data(), C_r, s.n) + D_p[e] * u_re[s.steps - 1];
+      }
+    }
+  });
+}
+
+// A task is a run of rows; it owns their dB and dC rows. dA and dD are summed per thread into
+// (threads, dim, n) and (threads, dim) buffers, which the caller adds up.
+template <typename T>
+void final_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& grad_y, at::Tensor& du,
+                    at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
+  const auto s = shape_of(u, A);
+  const int64_t n = s.n, S = s.steps;
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
+  const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
+  T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
+  T *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
+  std::fill(dA_p, dA_p + dA.numel(), T(0));
+  std::fill(dD_p, dD_p + dD.numel(), T(0));
+  std::fill(dB_p, dB_p + dB.numel(), T(0));
+  std::fill(dC_p, dC_p + dC.numel(), T(0));
+  at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
+    const int64_t thread = at::get_thread_num();
+    T *dA_t = dA_p + thread * s.dim * n, *dD_t = dD_p + thread * s.dim;
+    std::vector<T> states((S + 1) * n), decays(S * n), g(n);
+    for (int64_t r = begin; r < end; ++r) {
+      const T *B_r = B_p + r * S * n, *C_r = C_p + r * n;
+      T *dB_r = dB_p + r * S * n, *dC_r = dC_p + r * n;
+      for (int64_t e = 0; e < s.dim; ++e) {
+        const int64_t pair = r * s.dim + e;
+        const T *u_re = u_p + pair * S, *delta_re = delta_p + pair * S, *A_e = A_p + e * n;
+        T *du_re = du_p + pair * S, *ddelta_re = ddelta_p + pair * S, *dA_e = dA_t + e * n;
+        const T gy = gy_p[pair];
+        std::fill(states.begin(), states.begin() + n, T(0));  // states[k + 1] = h_k
+        for (int64_t k = 0; k < S; ++k) {
+          const T dt = delta_re[k], dtu = dt * u_re[k];
+          const T *previous = states.data() + k * n, *Bk = B_r + k * n;
+          T *current = states.data() + (k + 1) * n, *decay = decays.data() + k * n;
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) {
+            decay[i] = std::exp(dt * A_e[i]);
+            current[i] = decay[i] * previous[i] + dtu * Bk[i];
+          }
+        }
+        const T* last = states.data() + S * n;
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          dC_r[i] += gy * last[i];
+          g[i] = gy * C_r[i];
+        }
+        for (int64_t k = S - 1; k >= 0; --k) {
+          const T dt = delta_re[k], uk = u_re[k];
+          const T *previous = states.data() + k * n, *decay = decays.data() + k * n, *Bk = B_r + k * n;
+          T* dBk = dB_r + k * n;
+          T through_B = 0, through_decay = 0;
+#pragma omp simd reduction(+ : through_B, through_decay)
+          for (int64_t i = 0; i < n; ++i) {
+            const T w = g[i] * decay[i] * previous[i];  // dL/d(dt * A[i])
+            dA_e[i] += w * dt;
+            through_decay += w * A_e[i];
+            through_B += g[i] * Bk[i];
+            dBk[i] += g[i] * dt * uk;
+            g[i] *= decay[i];
+          }
+          du_re[k] = dt * through_B;
+          ddelta_re[k] = uk * through_B + through_decay;
+        }
+        du_re[S - 1] += D_p[e] * gy;
+        dD_t[e] += gy * u_re[S - 1];
+      }
+    }
+  });
+}
+
+void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+           const at::Tensor& C, const at::Tensor& D) {
+  for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &D}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type() && t->is_contiguous(),
+                "final_state_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
+  }
+  TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && u.size(2) >= 1,
+              "final_state_scan_cpu: u, delta (rows, d, steps >= 1) expected");
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1) && D.dim() == 1 && D.size(0) == u.size(1),
+              "final_state_scan_cpu: A (d, n) and D (d,) expected");
+  TORCH_CHECK(B.dim() == 3 && B.size(0) == u.size(0) && B.size(1) == u.size(2) && B.size(2) == A.size(1),
+              "final_state_scan_cpu: B (rows, steps, n) expected");
+  TORCH_CHECK(C.dim() == 2 && C.size(0) == u.size(0) && C.size(1) == A.size(1), "final_state_scan_cpu: C (rows, n) expected");
+}
+
+at::Tensor forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& C, const at::Tensor& D) {
+  check(u, delta, A, B, C, D);
+  auto y = at::empty({u.size(0), u.size(1)}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward",
+                             [&] { final_forward<scalar_t>(u, delta, A, B, C, D, y); });
+  return y;
+}
+
+// Returns du, ddelta, dA per thread (threads, d, n), dB, dC, dD per thread (threads, d).
+std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                 const at::Tensor& grad_y) {
+  check(u, delta, A, B, C, D);
+  TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == u.scalar_type() && grad_y.dim() == 2 &&
+                  grad_y.size(0) == u.size(0) && grad_y.size(1) == u.size(1),
+              "final_state_scan_cpu: the gradient of y (rows, d) expected");
+  const int64_t threads = at::get_num_threads();
+  auto du = at::empty_like(u), ddelta = at::empty_like(u), dB = at::empty_like(B), dC = at::empty_like(C);
+  auto dA = at::empty({threads, A.size(0), A.size(1)}, u.options());
+  auto dD = at::empty({threads, D.size(0)}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_backward", [&] {
+    final_backward<scalar_t>(u, delta, A, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
+  });
+  return {du, ddelta, dA, dB, dC, dD};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "final-state scan forward: y (rows, d)");
+  m.def("backward", &backward, "final-state scan backward: (du, ddelta, dA per thread, dB, dC, dD per thread)");
+}
