@@ -1,0 +1,163 @@
+"""The two pieces of SIGMA's every-prefix flipped scan, each in PyTorch and in its compiled CPU kernel,
+against loops written from the equations, values and every gradient:
+
+* ``final_state_scan`` (short scans read at their last step) against mamba-ssm's step-by-step
+  reference with C repeated at every step;
+* ``decayed_prefix_readout`` against a double loop over (position, earlier position).
+
+float64 tolerance 1e-10 (the same sums in another order); float32 1e-5 relative to each result's
+scale. The kernels also run with 1 and 2 threads (their backward passes split the work).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+import pytest
+import torch
+
+from zoo.blocks.ssm import cpu_kernel
+from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout, decayed_prefix_readout_ref
+from zoo.blocks.ssm.final_state_scan import final_state_scan, final_state_scan_ref
+from zoo.blocks.ssm.reference import selective_scan_ref
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
+                                    reason="no C++ compiler to build the CPU kernel with")
+
+
+def scan_inputs(rows: int, dim: int, steps: int, n: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "u": torch.randn(rows, dim, steps, generator=g, dtype=torch.float64),
+        "delta": torch.rand(rows, dim, steps, generator=g, dtype=torch.float64) * 1.5,
+        "A": -torch.rand(dim, n, generator=g, dtype=torch.float64) * 3 - 0.1,
+        "B": torch.randn(rows, steps, n, generator=g, dtype=torch.float64),
+        "C": torch.randn(rows, n, generator=g, dtype=torch.float64),
+        "D": torch.randn(dim, generator=g, dtype=torch.float64),
+    }
+
+
+def scan_loop(u, delta, A, B, C, D=None):
+    return selective_scan_ref(u, delta, A, B.transpose(1, 2), C.unsqueeze(-1).expand(-1, -1, u.shape[-1]), D=D)[..., -1]
+
+
+def readout_inputs(batch: int, length: int, dim: int, n: int, seed: int) -> dict:
+    """Shapes and signs as in SIGMA: steps positive, ``before``/``after`` sums of steps, ``A`` negative."""
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.rand(batch, length, dim, generator=g, dtype=torch.float64) * 0.5
+    return {
+        "before": steps.cumsum(1) - steps,
+        "w": torch.randn(batch, length, dim, generator=g, dtype=torch.float64),
+        "B": torch.randn(batch, length, n, generator=g, dtype=torch.float64),
+        "A": -torch.rand(dim, n, generator=g, dtype=torch.float64) * 2 - 0.1,
+        "after": torch.rand(batch, length, dim, generator=g, dtype=torch.float64) * 2,
+        "C": torch.randn(batch, length, n, generator=g, dtype=torch.float64),
+    }
+
+
+def readout_loop(before, w, B, A, after, C):
+    """``out[b, s, e] = sum_n C[b,s,n] exp(A[e,n] after[b,s,e]) sum_{j<=s} exp(A[e,n] before[b,j,e]) w[b,j,e] B[b,j,n]``,
+    one position pair at a time."""
+    batch, length, dim = w.shape
+    rows = []
+    for s in range(length):
+        total = torch.zeros(batch, dim, A.shape[1], dtype=w.dtype)
+        for j in range(s + 1):
+            total = total + torch.exp(A * before[:, j, :, None]) * w[:, j, :, None] * B[:, j, None, :]
+        rows.append((C[:, s, None, :] * torch.exp(A * after[:, s, :, None]) * total).sum(-1))
+    return torch.stack(rows, 1)
+
+
+# name: (inputs, loop, PyTorch form, compiled, dispatching function, shapes)
+KERNELS = {
+    "final_state_scan": (scan_inputs, scan_loop, final_state_scan_ref, "final_state_scan_compiled", final_state_scan,
+                         [(5, 3, 9, 4), (1, 1, 1, 2), (7, 6, 4, 32), (2, 4, 17, 3)]),
+    "decayed_prefix": (readout_inputs, readout_loop, decayed_prefix_readout_ref, "decayed_prefix_compiled",
+                       decayed_prefix_readout, [(3, 9, 5, 4), (1, 1, 3, 2), (2, 17, 8, 32), (1, 6, 1, 3)]),
+}
+CASES = [(kernel, shape) for kernel, spec in KERNELS.items() for shape in spec[5]]
+
+
+def with_gradients(fn: Callable, inputs: dict, seed: int) -> tuple:
+    """The output and the gradients of a fixed random projection of it w.r.t. every input (None where unused)."""
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = fn(**leaves)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+    return (out, *torch.autograd.grad((out * weights).sum(), list(leaves.values()), allow_unused=True))
+
+
+def assert_all_close(got: tuple, want: tuple, names: list[str], relative: float) -> None:
+    for name, g, w in zip(["out", *names], got, want):
+        torch.testing.assert_close(g.double(), w, rtol=relative, atol=relative * max(1.0, w.abs().max().item()), msg=name)
+
+
+@pytest.mark.parametrize("kernel,shape", CASES)
+def test_pytorch_form_matches_loop(kernel, shape):
+    make, loop, pytorch_form, *_ = KERNELS[kernel]
+    x = make(*shape, seed=sum(shape))
+    assert_all_close(with_gradients(pytorch_form, x, 1), with_gradients(loop, x, 1), list(x), 1e-10)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel,shape", CASES)
+def test_compiled_kernel_matches_loop(kernel, shape, threads):
+    make, loop, _, compiled, *_ = KERNELS[kernel]
+    x = make(*shape, seed=sum(shape) + 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = with_gradients(getattr(cpu_kernel, compiled), x, 2)
+    finally:
+        torch.set_num_threads(before)
+    assert_all_close(got, with_gradients(loop, x, 2), list(x), 1e-10)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_kernel_float32_and_strided_inputs(kernel):
+    """float32 (the training dtype) against the float64 loop; inputs that are slices, not contiguous."""
+    make, loop, _, compiled, _, shapes = KERNELS[kernel]
+    x = make(*shapes[2], seed=7)
+    wide = {k: torch.cat([v, v], -1)[..., : v.shape[-1]] for k, v in x.items()}
+    assert not wide["B"].is_contiguous() and not wide["C"].is_contiguous()
+    got = with_gradients(getattr(cpu_kernel, compiled), {k: v.float() for k, v in wide.items()}, 3)
+    assert all(g.dtype == torch.float32 for g in got)
+    assert_all_close(got, with_gradients(loop, x, 3), list(x), 1e-5)
+
+
+@needs_compiler
+def test_final_state_scan_without_D():
+    x = scan_inputs(6, 5, 9, 8, seed=4)
+    x.pop("D")
+    assert_all_close(with_gradients(cpu_kernel.final_state_scan_compiled, x, 5), with_gradients(scan_loop, x, 5),
+                     list(x), 1e-10)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_dispatch_follows_the_kernel_switch(kernel, monkeypatch):
+    make, _, pytorch_form, compiled, dispatch, shapes = KERNELS[kernel]
+    x = make(*shapes[0], seed=1)
+    calls = []
+    monkeypatch.setattr(cpu_kernel, compiled, lambda *a, **k: calls.append(1) or pytorch_form(*a, **k))
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "0")
+    dispatch(**x)
+    assert calls == []
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
+    dispatch(**x)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("kernel,field,cut,message", [
+    ("final_state_scan", "B", lambda t: t.transpose(1, 2), "B \\(rows, S, n\\)"),
+    ("final_state_scan", "C", lambda t: t[:, :3], "C \\(rows, n\\)"),
+    ("decayed_prefix", "A", lambda t: t[:, :3], "A \\(e, n\\)"),
+    ("decayed_prefix", "after", lambda t: t[:, :4], "one \\(b, l, e\\) shape"),
+])
+def test_mismatched_shapes_are_refused(kernel, field, cut, message):
+    make, _, _, _, dispatch, shapes = KERNELS[kernel]
+    x = make(*shapes[0], seed=1)
+    with pytest.raises(ValueError, match=message):
+        dispatch(**{**x, field: cut(x[field])})
