@@ -393,8 +393,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "efficiency.json", help="the JSON; the PNG goes beside it")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="an earlier results JSON measured with the same settings: its points for the recipes not "
+                        "measured now join this run's (its command and environment are recorded beside)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args()
+
+
+def kept_points(path: Path, measured: list[str], settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """An earlier run's points for the recipes not in ``measured``, the order of every recipe, and where they came from."""
+    if not path.is_file():
+        raise SystemExit(f"--keep {path}: no such results file")
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("batch", "repeats", "warmup", "device", "in_process", "threads"):
+        if earlier["settings"].get(key) != settings[key]:
+            raise SystemExit(f"--keep {path}: its {key} is {earlier['settings'].get(key)!r} and this run's {settings[key]!r}; "
+                             "points measured differently do not share one table")
+    kept = [r for r in earlier["settings"]["recipes"] if r not in measured]
+    order = earlier["settings"]["recipes"] + [r for r in measured if r not in earlier["settings"]["recipes"]]
+    source = {"file": str(path), "recipes": kept, "command": earlier["command"], "environment": earlier["environment"]}
+    return [p for p in earlier["points"] if p["recipe"] in kept], order, source
 
 
 def main() -> None:
@@ -410,15 +428,18 @@ def main() -> None:
                 "memory_limit_gb": args.memory_limit or default_memory_limit_gb(), "device": args.device,
                 "in_process": args.in_process,
                 "seed": args.seed, "threads": torch.get_num_threads()}
+    kept, recipes, source = kept_points(args.keep, args.recipes, settings) if args.keep else ([], args.recipes, None)
     prime_kernels(args.recipes, torch.device(args.device))
     environment = measure.environment(args.device)
-    points = measure_all(args.recipes, args.lengths, settings)
-    fitted = slopes(points, args.recipes)
-    report = {"command": measure.command_line(), "settings": {**settings, "recipes": args.recipes, "lengths": args.lengths},
+    points = kept + measure_all(args.recipes, args.lengths, settings)
+    fitted = slopes(points, recipes)
+    report = {"command": measure.command_line(), "settings": {**settings, "recipes": recipes, "lengths": args.lengths},
               "environment": environment, "points": points, "slopes": fitted, "claims": claims(points, fitted)}
+    if source:
+        report["kept_from"] = source
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    plot(points, fitted, args.recipes, args.batch, args.out.with_suffix(".png"))
+    plot(points, fitted, recipes, args.batch, args.out.with_suffix(".png"))
     print(json.dumps(fitted, indent=2))
     if any(p["status"] == "failed" for p in points):
         raise SystemExit(f"some points failed (status 'failed' in {args.out})")

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from zoo.blocks.base import SequenceBlock, State
-from zoo.blocks.compiled import tracing
-from zoo.blocks.masking import left_align, lengths_from_mask, right_align, zero_pads
+from zoo.blocks.masking import left_align, right_align, zero_pads
 from zoo.registry import register_block
 
 
 def masked_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
-    """Run a batch-first ``gru`` over the real items of left-padded ``x``; pads never enter it.
+    """Run a batch-first ``gru`` over the real items of left-padded ``x``; pads never reach a real item.
 
-    The rows are right-aligned and packed, so the hidden state starts at zero at each sequence's
-    first real item exactly as for an unpadded sequence. Under a tracer (``torch.export``, ONNX), which
-    cannot pack by data-dependent lengths, the right-aligned rows run unpacked: each row's real items
-    still come first, from a zero state, and the steps after them are dropped, so the result is the same.
+    The rows are right-aligned, so each row's real items come first and the hidden state starts at
+    zero at its first real item exactly as for an unpadded sequence; the steps over the trailing pads
+    follow them and are dropped. Packing the rows (``pack_padded_sequence``) gives the same outputs,
+    but torch's CPU backward of a packed GRU fills a gradient the size of the whole packed input at
+    every step, which is quadratic in the length (batch 32, L 2000: 26 s against 0.43 s unpacked).
     """
-    if tracing():
-        y, _ = gru(right_align(x, mask))
-        return zero_pads(left_align(y, mask), mask)
-    lengths = lengths_from_mask(mask).clamp_min(1).cpu()
-    packed = pack_padded_sequence(right_align(x, mask), lengths, batch_first=True, enforce_sorted=False)
-    y, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=x.shape[1])
-    return left_align(y, mask)
+    y, _ = gru(right_align(x, mask))
+    return zero_pads(left_align(y, mask), mask)
 
 
 @register_block("gru")

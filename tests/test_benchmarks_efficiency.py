@@ -44,6 +44,24 @@ def test_efficiency_tiny(tmp_path):
     assert [c["claim"] for c in report["claims"]] == ["time grows quadratically in L"]
 
 
+def test_efficiency_keeps_the_other_recipes_of_an_earlier_run(tmp_path):
+    """--keep: a re-measured recipe replaces its points; the earlier run's other recipes stay, named with their source."""
+    first = tmp_path / "eff.json"
+    tiny = ("--lengths", "8", "--batch", "2", "--repeats", "2", "--warmup", "0")
+    run("efficiency.py", first, "--recipes", "sasrec", "mamba4rec", *tiny)
+    earlier = json.loads(first.read_text(encoding="utf-8"))
+    report = run("efficiency.py", tmp_path / "again.json", "--recipes", "mamba4rec", *tiny, "--keep", str(first))
+    assert report["settings"]["recipes"] == ["sasrec", "mamba4rec"]
+    assert report["kept_from"]["recipes"] == ["sasrec"] and report["kept_from"]["command"] == earlier["command"]
+    kept = [p for p in report["points"] if p["recipe"] == "sasrec"]
+    assert kept == [p for p in earlier["points"] if p["recipe"] == "sasrec"]
+    assert sorted(p["phase"] for p in report["points"] if p["recipe"] == "mamba4rec") == ["eval", "train"]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "efficiency.py"), "--threads", "1", "--out", str(tmp_path / "x.json"),
+                           "--recipes", "mamba4rec", "--lengths", "8", "--batch", "3", "--keep", str(first)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "its batch is 2 and this run's 3" in done.stderr
+
+
 def made_up_points() -> list[dict]:
     """Points whose times grow as L**2 (the Transformers) or as L, with SIGMA twice SASRec's time at L = 50 and
     half of it at L = 2000, M2Rec at 0.7 of the faster Transformer, and ConvRec's memory growing linearly."""
