@@ -111,7 +111,8 @@ def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -
         conv = sum(weight[:, width - 1 - k] * (earlier(padded_u, remain - i + k) if k < i else tail[k - i])
                    for k in range(width))
         steps.append(project(conv, earlier(padded_real, remain - i)))
-    v_s, delta_s = (torch.stack(parts, -1).flatten(0, 1) for parts in list(zip(*steps))[:2])  # (rows, E, steps)
+    v_s = torch.stack([v_k for v_k, _, _, _ in steps], -1).flatten(0, 1)  # (rows, E, steps), a row per prefix
+    delta_s = torch.stack([delta_k for _, delta_k, _, _ in steps], -1).flatten(0, 1)
     B_s = torch.stack([B_k for _, _, B_k, _ in steps], -2).flatten(0, 1)  # (rows, steps, N)
     C_t = steps[-1][3]  # the newest item's C: the only readout
     y = final_state_scan(v_s, delta_s, A, B_s, C_t.flatten(0, 1), D=mamba.D).reshape(batch, length, -1)
