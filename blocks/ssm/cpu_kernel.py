@@ -5,7 +5,8 @@ The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b), ``ssd_scan_cpu.cpp`
 recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan`) and
 ``decayed_prefix_cpu.cpp`` (:mod:`zoo.blocks.ssm.decayed_prefix`) run each channel's or
 head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
-intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files). When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
+intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files).
+When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
 :func:`zoo.blocks.ssm.ssd_scan` for every non-empty CPU call; other cases keep the pure path.
@@ -21,8 +22,13 @@ from torch import Tensor
 
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "final_state_scan_compiled", "load",
-           "selective_scan_compiled", "ssd_scan_compiled"]
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "final_state_scan_compiled", "kernel_dtype",
+           "load", "selective_scan_compiled", "ssd_scan_compiled"]
+
+
+def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype a kernel computes in: float64 when any given tensor is float64, else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def selective_scan_compiled(
@@ -44,7 +50,7 @@ def selective_scan_compiled(
     or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    dtype = kernel_dtype(*tensors)
     u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
     bias = u_.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.to(dtype)
     D_ = u_.new_zeros(u.shape[1]) if D is None else D.to(dtype)
@@ -170,7 +176,7 @@ def decayed_prefix_compiled(before: Tensor, w: Tensor, B: Tensor, A: Tensor, aft
     """:func:`zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout` in the compiled kernel: same arguments
     (``before, w, after (b, l, e)``, ``B, C (b, l, n)``, ``A (e, n)``) and result, computed in float64 for
     float64 inputs, else float32."""
-    dtype = torch.float64 if any(t.dtype == torch.float64 for t in (before, w, B, A, after, C)) else torch.float32
+    dtype = kernel_dtype(before, w, B, A, after, C)
 
     def channels_first(t: Tensor) -> Tensor:
         return t.to(dtype).transpose(1, 2).contiguous()
@@ -201,7 +207,7 @@ class _CompiledDecayedPrefix(torch.autograd.Function):
 def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
     """:func:`zoo.blocks.ssm.final_state_scan.final_state_scan` in the compiled kernel: same arguments and
     result, computed in float64 for float64 inputs, else float32."""
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D)) else torch.float32
+    dtype = kernel_dtype(u, delta, A, B, C, D)
     D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
     tensors = (u, delta, A, B, C, D_)
     return _CompiledFinalStateScan.apply(*(t.to(dtype).contiguous() for t in tensors)).to(u.dtype)

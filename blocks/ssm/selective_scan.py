@@ -95,7 +95,7 @@ def selective_scan_blocked(
         if value is not None and value < 1:
             raise ValueError(f"selective_scan: {name} must be a positive integer, got {value}")
     tensors = (u, delta, A, B, C, D, z, delta_bias)
-    dtype = torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+    dtype = cpu_kernel.kernel_dtype(*tensors)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     batch, dim, length = u.shape
     lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad)
