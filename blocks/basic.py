@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.activations import make_activation
 from zoo.blocks.base import PositionwiseBlock
+from zoo.blocks.dropout import HashDropout
 from zoo.registry import register_block
 
 
@@ -20,7 +21,7 @@ class Dropout(PositionwiseBlock):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout: p must be in [0, 1), got {p}")
-        self.dropout = nn.Dropout(p)
+        self.dropout = HashDropout(p)
 
     def transform(self, x: Tensor) -> Tensor:
         return self.dropout(x)
@@ -89,7 +90,7 @@ class FeedForward(PositionwiseBlock):
             raise ValueError(f"ffn: dropout must be in [0, 1), got {dropout}")
         self.w1 = nn.Linear(d_model, hidden)
         self.activation = make_activation(activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.w2 = nn.Linear(hidden, d_model)
 
     def transform(self, x: Tensor) -> Tensor:

@@ -4,9 +4,11 @@ The pure-PyTorch paths run everywhere but pay PyTorch's per-operation overhead a
 intermediates to memory. The kernels fuse a block's inner loop into one pass on the intra-op
 threads: the selective scan (``ssm/selective_scan_cpu.cpp``, Mamba eq. 2a-2b), the SSD scan
 (``ssm/ssd_scan_cpu.cpp``, Mamba2), for SIGMA's every-prefix pass short scans read at their last step
-(``ssm/final_state_scan_cpu.cpp``) and the decayed prefix readout (``ssm/decayed_prefix_cpu.cpp``),
+(``ssm/final_state_scan_cpu.cpp``) and the decayed prefix readout (``ssm/decayed_prefix_cpu.cpp``), the
+short causal convolution in front of every Mamba scan (``ssm/causal_conv_cpu.cpp``),
 and for inference masked attention (``attention_cpu.cpp``), a whole post-norm Transformer layer
-(``transformer_layer_cpu.cpp``) and the item_id encoder (``item_embedding_cpu.cpp``). Each block that
+(``transformer_layer_cpu.cpp``) and the item_id encoder (``item_embedding_cpu.cpp``), and in training
+dropout's mask (``dropout_cpu.cpp``, :mod:`zoo.blocks.dropout`). Each block that
 uses one owns the call; this module only decides, builds and loads. Every kernel gives the pure
 path's result (tests check both against plain loops).
 
@@ -43,9 +45,11 @@ SOURCES = {
     "ssd_scan": _HERE / "ssm" / "ssd_scan_cpu.cpp",
     "decayed_prefix": _HERE / "ssm" / "decayed_prefix_cpu.cpp",
     "final_state_scan": _HERE / "ssm" / "final_state_scan_cpu.cpp",
+    "causal_conv": _HERE / "ssm" / "causal_conv_cpu.cpp",
     "attention": _HERE / "attention_cpu.cpp",
     "transformer_layer": _HERE / "transformer_layer_cpu.cpp",
     "item_embedding": _HERE / "item_embedding_cpu.cpp",
+    "dropout": _HERE / "dropout_cpu.cpp",
 }
 # -ffast-math lets gcc vectorise exp (glibc's libmvec); it is passed to the compiler only, never the
 # linker, so the process's floating-point mode (denormals) is left alone.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import ReadoutBlock
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masking import fit_to_length, masked_mean, zero_pads
 from zoo.blocks.norms import create_norm
 from zoo.registry import register_block
@@ -54,7 +55,7 @@ class ConvDownscaleLayer(nn.Module):
         self.kernel, self.stride = kernel, stride
         self.conv = nn.Conv1d(d_model, d_model, kernel, stride=stride, groups=num_heads)
         self.out_linear = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.w1 = nn.Parameter(torch.tensor(0.5)) if progressive_residual else None
         self.w2 = nn.Parameter(torch.tensor(0.5)) if original_residual else None
         self.norm = create_norm(norm, d_model)

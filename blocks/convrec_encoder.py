@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import ItemEncoderBlock, State
 from zoo.blocks.compiled import tracing
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.norms import create_norm
 from zoo.blocks.llm_projector import item_feature_table, reject_unused_features
 from zoo.registry import register_block
@@ -166,7 +167,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
         extra = NUM_INTERVALS if intervals else 0
         self.norm = create_norm(norm, d_model + extra)
         self.in_linear = nn.Linear(d_model + extra, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
 
     def _rows_by_rank(self, rank: Tensor) -> Tensor:
         """Embedding row of each item from its frequency rank (1 = most frequent; 0 = padding)."""

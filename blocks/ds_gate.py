@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masked_conv import MaskedConv1d, Padding
 from zoo.registry import register_block
 
@@ -60,7 +61,7 @@ class DenseSelectiveGate(SequenceBlock):
             self.silu_proj = nn.Linear(d_model, d_model)
             self.sigmoid_proj = nn.Linear(d_model, d_model)
             self.causal = True
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.streaming = self.causal
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masking import zero_pads
 from zoo.registry import register_block
 
@@ -108,7 +109,7 @@ class FFTFilter(SequenceBlock):
             raise ValueError(f"fft_filter: norm_eps must be > 0, got {norm_eps}")
         self.filter = TimeFilter(d_model, max_len, causal, init)
         self.residual = residual
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if norm == "layernorm" else nn.Identity()
         self.causal = causal
         self.streaming = causal

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from zoo.blocks import compiled
 from zoo.blocks.base import ItemEncoderBlock, State
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masking import positions_from_mask
 from zoo.registry import register_block
 
@@ -70,7 +71,7 @@ class ItemIdEncoder(ItemEncoderBlock):
         self.position = nn.Embedding(max_len, d_model) if positions == "learned" else None
         if self.position is not None:
             nn.init.normal_(self.position.weight, std=init_std)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if norm == "layernorm" else nn.Identity()
         self.order = order
         self.scale = d_model**0.5 if scale else 1.0

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.activations import make_activation
 from zoo.blocks.base import ItemEncoderBlock, State
+from zoo.blocks.dropout import HashDropout
 from zoo.registry import register_block
 
 ActivationName = Literal["gelu", "relu", "silu", "swish", "tanh", "sigmoid", "identity"]
@@ -96,7 +97,7 @@ class LLMProjector(ItemEncoderBlock):
             nn.init.normal_(self.id_embedding.weight, std=init_std)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
 
     def set_item_features(
         self, *, text: Tensor | None = None, attributes: Tensor | None = None, item_counts: Tensor | None = None

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.activations import make_activation
 from zoo.blocks.base import SequenceBlock, State
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masked_conv import MaskedConv1d, Padding
 from zoo.blocks.masking import shift_time
 from zoo.blocks.squeeze_excite import SqueezeExcite
@@ -58,13 +59,13 @@ class SEConv(SequenceBlock):
             raise ValueError(f"se_conv: norm_eps must be > 0, got {norm_eps}")
         self.d_model = d_model
         self.input_transform = (
-            nn.Sequential(nn.Linear(d_model, d_model), nn.Dropout(dropout), nn.LayerNorm(d_model, eps=norm_eps))
+            nn.Sequential(nn.Linear(d_model, d_model), HashDropout(dropout), nn.LayerNorm(d_model, eps=norm_eps))
             if input_transform
             else nn.Identity()
         )
         self.conv = MaskedConv1d(d_model, d_model, kernel_size, padding)
         self.activation = make_activation(activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.se = SqueezeExcite(d_model, reduction=reduction, causal=se_causal)
         self.causal = padding == "causal" and se_causal

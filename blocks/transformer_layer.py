@@ -9,6 +9,7 @@ from zoo.blocks import compiled
 from zoo.blocks.attention import SelfAttention
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.basic import FeedForward
+from zoo.blocks.dropout import HashDropout
 from zoo.registry import register_block
 
 # The activations the compiled layer knows, by the code it takes.
@@ -57,10 +58,10 @@ class TransformerLayer(SequenceBlock):
             raise ValueError(f"transformer_layer: norm_eps must be > 0, got {norm_eps}")
         self.causal = causal
         self.attention = SelfAttention(d_model, num_heads, attention_dropout, causal, bias)
-        self.attention_dropout = nn.Dropout(dropout)
+        self.attention_dropout = HashDropout(dropout)
         self.attention_norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.ffn = FeedForward(d_model, expansion, activation, ffn_dropout)
-        self.ffn_dropout = nn.Dropout(dropout)
+        self.ffn_dropout = HashDropout(dropout)
         self.ffn_norm = nn.LayerNorm(d_model, eps=norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.blocks.base import State
+from zoo.blocks.dropout import HashDropout
 from zoo.blocks.norms import NormKind, create_norm
 
 
@@ -125,7 +126,7 @@ class Residual(nn.Module):
                  norm_first: bool) -> None:
         super().__init__()
         self.inner = inner
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = HashDropout(dropout)
         self.norm = create_norm(norm, d_model, norm_eps)
         self.norm_first = norm_first
         self.causal = inner.causal

@@ -15,6 +15,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.blocks.ssm import cpu_kernel
+
 PURE_ENV_VAR = "SEQREC_ZOO_PURE_SSM"
 
 
@@ -53,8 +55,10 @@ def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     """Causal depthwise convolution ``y[b, c, t] = bias[c] + sum_k weight[c, k] * x[b, c, t - K + 1 + k]``.
 
     ``x (B, C, L)``, ``weight (C, K)`` or ``(C, 1, K)``, ``bias (C,)``; ``activation`` None or ``"silu"``.
-    Uses causal-conv1d's kernel on CUDA when it is installed (and the pure path is not forced),
-    ``F.conv1d`` with left zero padding otherwise.
+    Uses causal-conv1d's kernel on CUDA when it is installed (and the pure path is not forced), the
+    compiled CPU kernel (``causal_conv_cpu.cpp``, :mod:`zoo.blocks.compiled`) on the CPU, and ``F.conv1d``
+    with left zero padding otherwise. The result may be a non-contiguous view (the CPU kernel's is
+    channels-last).
     """
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"causal_depthwise_conv1d: activation must be None or 'silu', got {activation!r}")
@@ -64,6 +68,8 @@ def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     kernel = optional_function("causal_conv1d", "causal_conv1d_fn")
     if x.is_cuda and kernel is not None and not force_pure():
         return kernel(x, weight, bias, activation=activation)
+    if cpu_kernel.applies("causal_conv", x, weight, bias):
+        return cpu_kernel.causal_conv_compiled(x, weight, bias, silu=activation is not None)
     width = weight.shape[1]
     y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=weight.shape[0])
     return F.silu(y) if activation is not None else y

@@ -1,11 +1,13 @@
-"""Fused CPU kernels for the selective scan, the SSD scan, short scans read at their last step and the
-decayed prefix readout (see :mod:`zoo.blocks.compiled`).
+"""Fused CPU kernels for the selective scan, the SSD scan, short scans read at their last step, the
+decayed prefix readout and the causal depthwise convolution (see :mod:`zoo.blocks.compiled`).
 
 The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b), ``ssd_scan_cpu.cpp`` (Mamba2's SSD
 recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan`) and
 ``decayed_prefix_cpu.cpp`` (:mod:`zoo.blocks.ssm.decayed_prefix`) run each channel's or
 head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
 intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files).
+``causal_conv_cpu.cpp`` is the short convolution (and SiLU) in front of every Mamba and Mamba2 scan,
+used by :func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d`.
 When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "decayed_prefix_compiled", "final_state_scan_compiled", "kernel_dtype",
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled", "final_state_scan_compiled", "kernel_dtype",
            "load", "selective_scan_compiled", "ssd_scan_compiled"]
 
 
@@ -226,3 +228,33 @@ class _CompiledFinalStateScan(torch.autograd.Function):
         u, delta, A, B, C, D = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD = load("final_state_scan").backward(u, delta, A, B, C, D, grad_y.contiguous())
         return du, ddelta, dA.sum(0), dB, dC, dD.sum(0)
+
+
+def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+    """:func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d` in the compiled kernel: ``x (B, C, L)``,
+    ``weight (C, K)``, ``bias (C,)`` or None; the result ``(B, C, L)`` is a view of a channels-last tensor
+    (``.transpose(1, 2)`` of it is contiguous). Computed in float64 for float64 inputs, else float32."""
+    dtype = kernel_dtype(x, weight, bias)
+    channels_last = x.to(dtype).transpose(1, 2)  # (B, L, C); the kernel reads any batch and time strides
+    if channels_last.stride(2) != 1:
+        channels_last = channels_last.contiguous()
+    taps_first = weight.to(dtype).t().contiguous()  # (K, C)
+    bias_ = x.new_zeros(x.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
+    return _CompiledCausalConv.apply(channels_last, taps_first, bias_, silu).to(x.dtype).transpose(1, 2)
+
+
+class _CompiledCausalConv(torch.autograd.Function):
+    """``y = silu?(bias + causal depthwise conv(x, w))`` channels-last, ``w`` as ``(K, C)``; gradients from
+    the kernel (its per-sequence weight and bias gradients summed here)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, silu: bool):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = silu
+        return load("causal_conv").forward(x, weight, bias, silu)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = load("causal_conv").backward(x, weight, bias, ctx.silu, grad_y.contiguous())
+        return dx, dweight.sum(0), dbias.sum(0), None

@@ -108,17 +108,15 @@ class Mamba(SequenceBlock):
         u, z = xz.chunk(2, dim=1)
         if mask is not None:
             u = u * mask.unsqueeze(1).to(u.dtype)
-        u = causal_depthwise_conv1d(u.contiguous(), self.conv1d.weight, self.conv1d.bias, activation="silu")
+        u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added in the scan
         B = B.transpose(1, 2).contiguous()
         C = C.transpose(1, 2).contiguous()
         A = -torch.exp(self.A_log)
-        if mask is None:
-            y = selective_scan(u, dt.contiguous(), A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
-        else:
-            delta = F.softplus(dt + self.dt_proj.bias.unsqueeze(-1)) * mask.unsqueeze(1).to(dt.dtype)
-            y = selective_scan(u, delta.contiguous(), A, B, C, self.D, z=z)
+        if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
+            dt = dt.masked_fill(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)
+        y = selective_scan(u, dt.contiguous(), A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:

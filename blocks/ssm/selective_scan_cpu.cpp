@@ -147,20 +147,28 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 }
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
-// into `states`, then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
+// into `states` and their decays into `decays` (one exp per state and step for the whole backward), then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
 // the raw delta's gradient and adding to dA and dD. B, C are the chunk's tiles of the channel's group
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
                     const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_y,
-                    const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD, std::vector<T>& states, T* g) {
+                    const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD, std::vector<T>& states,
+                    std::vector<T>& decays, T* g) {
   T steps[kChunk];
   discretize(raw_delta, bias, step, first, stop, steps);
   std::copy(start, start + n, states.data());
-  for (int64_t t = first; t < stop; ++t) {
-    T* next = states.data() + (t - first + 1) * n;
-    std::copy(next - n, next, next);
-    advance(next, A, B + (t - first) * n, steps[t - first], steps[t - first] * u[t], n);
+  for (int64_t t = first; t < stop; ++t) {  // the states and each step's decay exp(delta_t A), kept for the sweep
+    const T* __restrict previous = states.data() + (t - first) * n;
+    T* __restrict next = states.data() + (t - first + 1) * n;
+    T* __restrict decay = decays.data() + (t - first) * n;
+    const T* __restrict Bt = B + (t - first) * n;
+    const T dt = steps[t - first], dtu = dt * u[t];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      decay[i] = std::exp(dt * A[i]);
+      next[i] = decay[i] * previous[i] + dtu * Bt[i];
+    }
   }
   for (int64_t t = stop - 1; t >= first; --t) {
     const T dt = steps[t - first], ut = u[t], gy = grad_y[t];
@@ -172,7 +180,7 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 #pragma omp simd reduction(+ : through_B, through_decay)
     for (int64_t i = 0; i < n; ++i) {
       const T gi = g[i] + gy * Ct[i];
-      const T decay = std::exp(dt * A[i]);
+      const T decay = decays[(t - first) * n + i];
       const T w = gi * decay * previous[i];  // dL/d(dt * A[i])
       dCt[i] += gy * current[i];
       dBt[i] += gi * dt * ut;
@@ -207,7 +215,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
     // Per channel of a task: its adjoint.
-    std::vector<T> adjoints(per_split * n), states((kChunk + 1) * n);
+    std::vector<T> adjoints(per_split * n), states((kChunk + 1) * n), decays(kChunk * n);
     std::vector<T> B_tile(kChunk * n), C_tile(kChunk * n), dB_tile(kChunk * n), dC_tile(kChunk * n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / (s.batch * s.groups), bg = task % (s.batch * s.groups);
@@ -231,7 +239,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
                             mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
                             gy_p + offset_l, starts_p + (pair * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
-                            adjoints.data() + k * n);
+                            decays, adjoints.data() + k * n);
         }
         dB_out.scatter(b_out, g, first, stop, n, dB_tile.data());  // every chunk, so a split with no
         dC_out.scatter(b_out, g, first, stop, n, dC_tile.data());  // channels still writes its zeros

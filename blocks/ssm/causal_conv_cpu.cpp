@@ -1,0 +1,173 @@
+// The causal depthwise convolution in front of every Mamba and Mamba2 scan (Gu & Dao 2023, "Mamba",
+// §3.4 and Fig. 3: a short convolution over time, then SiLU), as one fused CPU pass.
+//
+// Built on first use by blocks/compiled.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off).
+//
+// For batch b, position t and channel c, with K taps (tap K - 1 multiplies the current input):
+//
+//     a[b, t, c] = bias[c] + sum_k w[k, c] * x[b, t - K + 1 + k, c]      (x before position 0 is zero)
+//     y[b, t, c] = silu(a) = a * sigmoid(a)   (or a itself without the activation)
+//
+// The backward pass recomputes a (K multiply-adds per value, cheaper than keeping it), forms
+// ga = dy * silu'(a) with silu'(a) = s (1 + a (1 - s)), s = sigmoid(a), and from it
+//
+//     dx[b, s, c] = sum_k w[k, c] * ga[b, s + K - 1 - k, c]
+//     dw[k, c]    = sum_{b, t} ga[b, t, c] * x[b, t - K + 1 + k, c]          dbias[c] = sum_{b, t} ga[b, t, c]
+//
+// torch's depthwise Conv1d spends most of a Mamba layer's convolution time in its backward pass
+// (mkldnn's depthwise weight gradient) and SiLU is two more passes over memory; here each sequence is one
+// vectorised sweep over channels.
+//
+// Layouts: x (batch, length, channels) with channels contiguous and any batch and time strides (a slice
+// of the input projection is read in place); w (K, channels), bias (channels,), all contiguous; y, dx
+// (batch, length, channels) contiguous; dw and dbias come out per sequence, (batch, K, channels) and
+// (batch, channels), for the caller to sum (each sequence owns its row: no two threads write one value).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+struct Shape {
+  int64_t batch, length, channels, taps, batch_stride, time_stride;
+};
+
+Shape shape_of(const at::Tensor& x, const at::Tensor& w) {
+  return {x.size(0), x.size(1), x.size(2), w.size(0), x.stride(0), x.stride(1)};
+}
+
+// exp's argument is kept below overflow, where sigmoid is 0 to the last bit in either precision anyway.
+template <typename T>
+inline T sigmoid(T a) {
+  return T(1) / (T(1) + std::exp(std::min(-a, T(80))));
+}
+
+// out[c] = bias[c] + sum_k w[k, c] * x[t - K + 1 + k, c] for one position t of one sequence.
+template <typename T>
+inline void convolve(const Shape& s, const T* __restrict x_b, const T* __restrict w, const T* __restrict bias,
+                     int64_t t, T* __restrict out) {
+  std::copy(bias, bias + s.channels, out);
+  for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k) {
+    const T* __restrict x_s = x_b + (t - s.taps + 1 + k) * s.time_stride;
+    const T* __restrict w_k = w + k * s.channels;
+#pragma omp simd
+    for (int64_t c = 0; c < s.channels; ++c) out[c] += w_k[c] * x_s[c];
+  }
+}
+
+template <typename T>
+void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu, at::Tensor& y) {
+  const auto s = shape_of(x, w);
+  const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t t = 0; t < s.length; ++t) {
+        T* __restrict out = y_p + (b * s.length + t) * s.channels;
+        convolve(s, x_p + b * s.batch_stride, w_p, bias_p, t, out);
+        if (silu) {
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) out[c] = out[c] * sigmoid(out[c]);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu,
+                   const at::Tensor& grad_y, at::Tensor& dx, at::Tensor& dw, at::Tensor& dbias) {
+  const auto s = shape_of(x, w);
+  const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
+  T *dx_p = dx.data_ptr<T>(), *dw_p = dw.data_ptr<T>(), *dbias_p = dbias.data_ptr<T>();
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> ga(s.length * s.channels);  // dL/da of one sequence
+    for (int64_t b = begin; b < end; ++b) {
+      const T* x_b = x_p + b * s.batch_stride;
+      const T* gy_b = gy_p + b * s.length * s.channels;
+      T *dw_b = dw_p + b * s.taps * s.channels, *dbias_b = dbias_p + b * s.channels;
+      std::fill(dw_b, dw_b + s.taps * s.channels, T(0));
+      std::fill(dbias_b, dbias_b + s.channels, T(0));
+      for (int64_t t = 0; t < s.length; ++t) {
+        T* __restrict g = ga.data() + t * s.channels;
+        const T* __restrict gy = gy_b + t * s.channels;
+        if (silu) {
+          convolve(s, x_b, w_p, bias_p, t, g);
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) {
+            const T a = g[c], sig = sigmoid(a);
+            g[c] = gy[c] * sig * (T(1) + a * (T(1) - sig));
+          }
+        } else {
+          std::copy(gy, gy + s.channels, g);
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < s.channels; ++c) dbias_b[c] += g[c];
+        for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k) {
+          const T* __restrict x_s = x_b + (t - s.taps + 1 + k) * s.time_stride;
+          T* __restrict dw_k = dw_b + k * s.channels;
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) dw_k[c] += g[c] * x_s[c];
+        }
+      }
+      for (int64_t p = 0; p < s.length; ++p) {  // dx at position p gathers the taps that read it
+        T* __restrict out = dx_p + (b * s.length + p) * s.channels;
+        std::fill(out, out + s.channels, T(0));
+        for (int64_t k = std::max<int64_t>(0, p + s.taps - s.length); k < s.taps; ++k) {
+          const T* __restrict g = ga.data() + (p + s.taps - 1 - k) * s.channels;
+          const T* __restrict w_k = w_p + k * s.channels;
+#pragma omp simd
+          for (int64_t c = 0; c < s.channels; ++c) out[c] += w_k[c] * g[c];
+        }
+      }
+    }
+  });
+}
+
+void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  for (const at::Tensor* t : {&x, &w, &bias}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
+                "causal_conv_cpu: inputs must be CPU tensors of one dtype");
+  }
+  TORCH_CHECK(x.dim() == 3 && (x.size(2) <= 1 || x.stride(2) == 1),
+              "causal_conv_cpu: x (batch, length, channels) with contiguous channels expected");
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(2) && w.size(0) >= 1,
+              "causal_conv_cpu: w (taps, channels) expected");
+  TORCH_CHECK(bias.dim() == 1 && bias.is_contiguous() && bias.size(0) == x.size(2),
+              "causal_conv_cpu: bias (channels,) expected");
+}
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu) {
+  check(x, w, bias);
+  auto y = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_forward",
+                             [&] { conv_forward<scalar_t>(x, w, bias, silu, y); });
+  return y;
+}
+
+// Returns dx (batch, length, channels), dw per sequence (batch, taps, channels), dbias per sequence
+// (batch, channels).
+std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu,
+                                 const at::Tensor& grad_y) {
+  check(x, w, bias);
+  TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() && grad_y.sizes() == x.sizes(),
+              "causal_conv_cpu: the gradient of y (batch, length, channels) expected");
+  auto dx = at::empty(x.sizes(), x.options());
+  auto dw = at::empty({x.size(0), w.size(0), w.size(1)}, x.options());
+  auto dbias = at::empty({x.size(0), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_backward",
+                             [&] { conv_backward<scalar_t>(x, w, bias, silu, grad_y, dx, dw, dbias); });
+  return {dx, dw, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "causal depthwise convolution (+ SiLU) forward: y (batch, length, channels)");
+  m.def("backward", &backward, "causal depthwise convolution backward: (dx, dw per sequence, dbias per sequence)");
+}
