@@ -27,6 +27,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "silu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -39,12 +41,6 @@ struct Shape {
 
 Shape shape_of(const at::Tensor& x, const at::Tensor& w) {
   return {x.size(0), x.size(1), x.size(2), w.size(0), x.stride(0), x.stride(1)};
-}
-
-// exp's argument is kept below overflow, where sigmoid is 0 to the last bit in either precision anyway.
-template <typename T>
-inline T sigmoid(T a) {
-  return T(1) / (T(1) + std::exp(std::min(-a, T(80))));
 }
 
 // out[c] = bias[c] + sum_k w[k, c] * x[t - K + 1 + k, c] for one position t of one sequence.
@@ -61,7 +57,7 @@ inline void convolve(const Shape& s, const T* __restrict x_b, const T* __restric
 }
 
 template <typename T>
-void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu, at::Tensor& y) {
+void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate, at::Tensor& y) {
   const auto s = shape_of(x, w);
   const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
@@ -70,9 +66,9 @@ void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
       for (int64_t t = 0; t < s.length; ++t) {
         T* __restrict out = y_p + (b * s.length + t) * s.channels;
         convolve(s, x_p + b * s.batch_stride, w_p, bias_p, t, out);
-        if (silu) {
+        if (activate) {
 #pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) out[c] = out[c] * sigmoid(out[c]);
+          for (int64_t c = 0; c < s.channels; ++c) out[c] = silu(out[c]);
         }
       }
     }
@@ -80,7 +76,7 @@ void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
 }
 
 template <typename T>
-void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu,
+void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate,
                    const at::Tensor& grad_y, at::Tensor& dx, at::Tensor& dw, at::Tensor& dbias) {
   const auto s = shape_of(x, w);
   const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
@@ -96,13 +92,10 @@ void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
       for (int64_t t = 0; t < s.length; ++t) {
         T* __restrict g = ga.data() + t * s.channels;
         const T* __restrict gy = gy_b + t * s.channels;
-        if (silu) {
+        if (activate) {
           convolve(s, x_b, w_p, bias_p, t, g);
 #pragma omp simd
-          for (int64_t c = 0; c < s.channels; ++c) {
-            const T a = g[c], sig = sigmoid(a);
-            g[c] = gy[c] * sig * (T(1) + a * (T(1) - sig));
-          }
+          for (int64_t c = 0; c < s.channels; ++c) g[c] = gy[c] * silu_slope(g[c]);
         } else {
           std::copy(gy, gy + s.channels, g);
         }
@@ -142,17 +135,17 @@ void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
               "causal_conv_cpu: bias (channels,) expected");
 }
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu) {
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate) {
   check(x, w, bias);
   auto y = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_forward",
-                             [&] { conv_forward<scalar_t>(x, w, bias, silu, y); });
+                             [&] { conv_forward<scalar_t>(x, w, bias, activate, y); });
   return y;
 }
 
 // Returns dx (batch, length, channels), dw per sequence (batch, taps, channels), dbias per sequence
 // (batch, channels).
-std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu,
+std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate,
                                  const at::Tensor& grad_y) {
   check(x, w, bias);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() && grad_y.sizes() == x.sizes(),
@@ -161,7 +154,7 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const
   auto dw = at::empty({x.size(0), w.size(0), w.size(1)}, x.options());
   auto dbias = at::empty({x.size(0), x.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_backward",
-                             [&] { conv_backward<scalar_t>(x, w, bias, silu, grad_y, dx, dw, dbias); });
+                             [&] { conv_backward<scalar_t>(x, w, bias, activate, grad_y, dx, dw, dbias); });
   return {dx, dw, dbias};
 }
 

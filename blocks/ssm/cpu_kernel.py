@@ -45,8 +45,8 @@ def selective_scan_compiled(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """The selective scan with the recurrence, delta's bias and softplus and D in the compiled kernel; the z
-    gate in PyTorch (autograd-correct).
+    """The selective scan with the recurrence, delta's bias and softplus, D and the z gate in the compiled
+    kernel.
 
     Same arguments and results as :func:`zoo.blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
     or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
@@ -61,43 +61,46 @@ def selective_scan_compiled(
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
     # B and C go in as they are: the kernel reads any strides (no copy of the Mamba layer's x_proj slices).
-    inputs = (u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous())
+    gate = u_.new_empty(0) if z is None else z.to(dtype).contiguous()
+    inputs = (u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous(), gate)
     # Only a call that autograd records needs the chunk-start states (inference under no_grad does not).
     keep_starts = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     y, last_state = _CompiledScan.apply(*inputs, delta_softplus, keep_starts)
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
     return (y, last_state) if return_last_state else y
 
 
 class _CompiledScan(torch.autograd.Function):
-    """``(y, h_last) = scan(u, delta, A, B, C) + D u`` with B, C as ``(b, g, n, l)`` (any strides) and the step
-    ``softplus(delta + bias)`` (or ``delta + bias``) formed inside the kernel; gradients from the kernel."""
+    """``(out, h_last)``: ``out = (scan(u, delta, A, B, C) + D u) * silu(z)`` (no gate for an empty ``z``) with
+    B, C as ``(b, g, n, l)`` (any strides) and the step ``softplus(delta + bias)`` (or ``delta + bias``) formed
+    inside the kernel; gradients from the kernel."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor,
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor, z: Tensor,
                 softplus: bool, keep_starts: bool):
         # With gradients ahead, the kernel also keeps each channel's state at every chunk start (b, d, l / 64, n),
-        # so that the backward pass reads the inputs once instead of sweeping forward through them again.
-        y, last_state, starts = load("selective_scan").forward(u, delta, A, B, C, D, bias, softplus, keep_starts)
-        ctx.save_for_backward(u, delta, A, B, C, D, bias, starts)
+        # so that the backward pass reads the inputs once instead of sweeping forward through them again, and
+        # with a gate the output before it.
+        out, last_state, starts, y = load("selective_scan").forward(u, delta, A, B, C, D, bias, z, softplus,
+                                                                    keep_starts)
+        ctx.save_for_backward(u, delta, A, B, C, D, bias, z, y, starts)
         ctx.softplus = softplus
-        return y, last_state
+        return out, last_state
 
     @staticmethod
-    def backward(ctx, grad_y: Tensor | None, grad_last: Tensor | None):
-        u, delta, A, B, C, D, bias, starts = ctx.saved_tensors
-        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
+    def backward(ctx, grad_out: Tensor | None, grad_last: Tensor | None):
+        u, delta, A, B, C, D, bias, z, y, starts = ctx.saved_tensors
+        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
         batch, dim, _ = u.shape
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, ctx.softplus, starts,
-                                                                     grad_y, grad_last, splits)
+        du, ddelta, dz, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, z, y, ctx.softplus,
+                                                                         starts, grad_out, grad_last, splits)
         dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[6] else None
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, None, None
+        dz = dz if z.numel() else None
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, dz, None, None
 
 
 def ssd_scan_compiled(

@@ -1,15 +1,16 @@
 // Mamba's selective scan as one fused CPU loop per channel (Gu & Dao 2023, "Mamba", eq. 2a-2b).
 //
-// Built on first use by blocks/ssm/cpu_kernel.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off). Only the
-// recurrence, delta's bias and softplus and the skip term D u live here; the z gate stays in PyTorch.
+// Built on first use by blocks/ssm/cpu_kernel.py (on by default; SEQREC_ZOO_CPU_KERNEL=0 turns it off). The
+// recurrence, delta's bias and softplus, the skip term D u and the optional z gate all live here.
 //
 // For batch b and channel d (in group g = d / (dim / groups)), with state h of size n and the step
 // delta_t = softplus(raw_t + bias[d]) (or raw_t + bias[d] without softplus), raw being the input delta:
 //
 //     h_t = exp(delta_t * A[d]) * h_{t-1} + delta_t * u_t * B[b, g, :, t]        h_{-1} = 0
 //     y_t = <C[b, g, :, t], h_t> + D[d] * u_t
+//     out_t = y_t * silu(z_t)        (with a gate z; out_t = y_t without one)
 //
-// Layouts: u, delta, y: (batch, dim, length); A: (dim, n); bias, D: (dim,); last state: (batch, dim, n),
+// Layouts: u, delta, z, y: (batch, dim, length); A: (dim, n); bias, D: (dim,); last state: (batch, dim, n),
 // all contiguous; B, C: (batch, groups, n, length) with any strides, read in place (a contiguous
 // time-last tensor and the Mamba layer's strided slice of its x_proj output alike); their gradients
 // come out contiguous in that shape.
@@ -22,7 +23,8 @@
 //
 //     g_t = C_t * dy_t + exp(delta_{t+1} A) * g_{t+1}        (g_{L-1} also gets the last state's gradient)
 //
-// from which every input gradient follows position by position. It needs h_{t-1} at every t: the
+// from which every input gradient follows position by position (with a gate, dy_t = dout_t * silu(z_t) and
+// dz_t = dout_t * y_t * silu'(z_t), y_t kept by the forward pass). It needs h_{t-1} at every t: the
 // forward pass, when gradients will be wanted, keeps the state at each chunk start (kChunk positions),
 // and each chunk's states are recomputed into a small buffer just before the reverse sweep walks
 // through it, so the memory per channel is O(n * length / kChunk) plus one O(n * kChunk) buffer per
@@ -34,6 +36,7 @@
 
 #include "group_runs.h"
 #include "scan_steps.h"
+#include "silu.h"
 #include "step_size.h"
 
 #include <algorithm>
@@ -104,10 +107,28 @@ StepSize<T> mamba_step(bool softplus) {
   return {softplus, -std::numeric_limits<T>::max(), std::numeric_limits<T>::max()};
 }
 
+// out[t] = y[t] * silu(z[t]) over [first, stop).
+template <typename T>
+inline void gate(const T* __restrict y, const T* __restrict z, int64_t first, int64_t stop, T* __restrict out) {
+#pragma omp simd
+  for (int64_t t = first; t < stop; ++t) out[t] = y[t] * silu(z[t]);
+}
+
+// Through the gate over [first, stop): dy[t - first] = dout[t] silu(z[t]), dz[t] = dout[t] y[t] silu'(z[t]).
+template <typename T>
+inline void ungate(const T* __restrict dout, const T* __restrict y, const T* __restrict z, int64_t first, int64_t stop,
+                   T* __restrict dy, T* __restrict dz) {
+#pragma omp simd
+  for (int64_t t = first; t < stop; ++t) {
+    dy[t - first] = dout[t] * silu(z[t]);
+    dz[t] = dout[t] * y[t] * silu_slope(z[t]);
+  }
+}
+
 template <typename T>
 void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                  const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus, at::Tensor& y,
-                  at::Tensor& last, at::Tensor& starts) {
+                  const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z, bool softplus,
+                  at::Tensor& y, at::Tensor& gated, at::Tensor& last, at::Tensor& starts) {
   const auto s = shape_of(u, A, B);
   const int64_t chunks = (s.length + kChunk - 1) / kChunk;
   T* starts_p = starts.numel() ? starts.data_ptr<T>() : nullptr;
@@ -115,6 +136,8 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   const T* D_p = D.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
+  const T* z_p = z.numel() ? z.data_ptr<T>() : nullptr;
+  T* gated_p = z.numel() ? gated.data_ptr<T>() : nullptr;
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
     T steps[kChunk];
@@ -140,6 +163,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
             advance(h, A_d, B_tile.data() + (t - first) * s.n, dt, dt * u_bd[t], s.n);
             y_bd[t] = dot(h, C_tile.data() + (t - first) * s.n, s.n) + D_p[d] * u_bd[t];
           }
+          if (z_p) gate(y_bd, z_p + pair * s.length, first, stop, gated_p + pair * s.length);
         }
       }
     });
@@ -152,11 +176,16 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
-                    const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_y,
-                    const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD, std::vector<T>& states,
-                    std::vector<T>& decays, T* g) {
-  T steps[kChunk];
+                    const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_out,
+                    const T* y, const T* z, T* dz, const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD,
+                    std::vector<T>& states, std::vector<T>& decays, T* g) {
+  T steps[kChunk], grad_y[kChunk];  // grad_y[t - first]: dL/dy_t, before the gate
   discretize(raw_delta, bias, step, first, stop, steps);
+  if (z) {
+    ungate(grad_out, y, z, first, stop, grad_y, dz);
+  } else {
+    std::copy(grad_out + first, grad_out + stop, grad_y);
+  }
   std::copy(start, start + n, states.data());
   for (int64_t t = first; t < stop; ++t) {  // the states and each step's decay exp(delta_t A), kept for the sweep
     const T* __restrict previous = states.data() + (t - first) * n;
@@ -171,7 +200,7 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
     }
   }
   for (int64_t t = stop - 1; t >= first; --t) {
-    const T dt = steps[t - first], ut = u[t], gy = grad_y[t];
+    const T dt = steps[t - first], ut = u[t], gy = grad_y[t - first];
     const T* previous = states.data() + (t - first) * n;  // h_{t-1}
     const T* current = previous + n;                      // h_t
     const T *Bt = B + (t - first) * n, *Ct = C + (t - first) * n;
@@ -198,16 +227,19 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
 
 template <typename T>
 void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, bool softplus,
-                   const at::Tensor& starts, const at::Tensor& grad_y, const at::Tensor& grad_last, at::Tensor& du,
-                   at::Tensor& ddelta,
-                   at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
+                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z,
+                   const at::Tensor& y, bool softplus, const at::Tensor& starts, const at::Tensor& grad_out,
+                   const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA,
+                   at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T* D_p = D.data_ptr<T>();
-  const T *gy_p = grad_y.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>(), *starts_p = starts.data_ptr<T>();
+  const T *gout_p = grad_out.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>(), *starts_p = starts.data_ptr<T>();
+  const bool gated = z.numel() > 0;
+  const T *z_p = gated ? z.data_ptr<T>() : nullptr, *y_p = gated ? y.data_ptr<T>() : nullptr;
+  T* dz_p = gated ? dz.data_ptr<T>() : nullptr;
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
   // dB, dC: (splits, b, g, n, l), viewed as (splits * b, g, n, l).
@@ -237,7 +269,8 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(n, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
                             mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
-                            gy_p + offset_l, starts_p + (pair * chunks + c) * n, du_p + offset_l,
+                            gout_p + offset_l, gated ? y_p + offset_l : nullptr, gated ? z_p + offset_l : nullptr,
+                            gated ? dz_p + offset_l : nullptr, starts_p + (pair * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
                             decays, adjoints.data() + k * n);
         }
@@ -265,49 +298,66 @@ void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, co
               "selective_scan_cpu: B, C (b, g, n, l) expected");
 }
 
+// z: the gate (b, d, l), or an empty tensor for none.
+void check_gate(const at::Tensor& u, const at::Tensor& z) {
+  TORCH_CHECK(z.numel() == 0 || (z.sizes() == u.sizes() && z.is_contiguous() && z.scalar_type() == u.scalar_type() &&
+                                 z.device().is_cpu()),
+              "selective_scan_cpu: the gate z (b, d, l), contiguous, or an empty tensor expected");
+}
+
+// Returns the output (gated when z is given), the last state, the chunk-start states (empty unless
+// keep_starts) and y before the gate (what the backward pass needs with a gate; empty otherwise).
 std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
-                                bool softplus, bool keep_starts) {
+                                const at::Tensor& z, bool softplus, bool keep_starts) {
   check(u, delta, A, B, C, D, bias);
+  check_gate(u, z);
   auto y = at::empty_like(u);
+  auto gated = z.numel() ? at::empty_like(u) : at::empty({0}, u.options());
   auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   const int64_t chunks = keep_starts ? (u.size(2) + kChunk - 1) / kChunk : 0;
   auto starts = at::empty({u.size(0), u.size(1), chunks, A.size(1)}, u.options());
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward",
-                             [&] { scan_forward<scalar_t>(u, delta, A, B, C, D, bias, softplus, y, last, starts); });
-  return {y, last, starts};
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
+    scan_forward<scalar_t>(u, delta, A, B, C, D, bias, z, softplus, y, gated, last, starts);
+  });
+  if (!z.numel()) return {y, last, starts, at::empty({0}, u.options())};
+  return {gated, last, starts, keep_starts ? y : at::empty({0}, u.options())};
 }
 
-// Returns du, the raw delta's gradient, dA per batch (b, d, n), dB, dC per split of each group's
-// channels (splits, b, g, n, l) and dD per batch (b, d); the caller sums over batch and splits (and
-// the bias's gradient).
+// Returns du, the raw delta's gradient, dz (empty without a gate), dA per batch (b, d, n), dB, dC per split
+// of each group's channels (splits, b, g, n, l) and dD per batch (b, d); the caller sums over batch and
+// splits (and the bias's gradient). y: the pre-gate output the forward pass returned (with a gate).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
-                                 bool softplus, const at::Tensor& starts, const at::Tensor& grad_y,
-                                 const at::Tensor& grad_last, int64_t splits) {
+                                 const at::Tensor& z, const at::Tensor& y, bool softplus, const at::Tensor& starts,
+                                 const at::Tensor& grad_out, const at::Tensor& grad_last, int64_t splits) {
   check(u, delta, A, B, C, D, bias);
+  check_gate(u, z);
+  TORCH_CHECK(z.numel() == 0 || (y.sizes() == u.sizes() && y.is_contiguous() && y.scalar_type() == u.scalar_type()),
+              "selective_scan_cpu: with a gate, the pre-gate output y (b, d, l) kept by forward expected");
   const int64_t chunks = (u.size(2) + kChunk - 1) / kChunk;
   TORCH_CHECK(starts.is_contiguous() && starts.sizes() == at::IntArrayRef({u.size(0), u.size(1), chunks, A.size(1)}),
               "selective_scan_cpu: the chunk-start states kept by forward (b, d, chunks, n) expected");
-  TORCH_CHECK(grad_y.sizes() == u.sizes() && grad_y.is_contiguous() && grad_last.is_contiguous() &&
+  TORCH_CHECK(grad_out.sizes() == u.sizes() && grad_out.is_contiguous() && grad_last.is_contiguous() &&
                   grad_last.sizes() == at::IntArrayRef({u.size(0), u.size(1), A.size(1)}),
-              "selective_scan_cpu: gradients of y (b, d, l) and of the last state (b, d, n) expected");
+              "selective_scan_cpu: gradients of the output (b, d, l) and of the last state (b, d, n) expected");
   TORCH_CHECK(splits >= 1 && splits <= u.size(1) / B.size(1), "selective_scan_cpu: splits out of range");
   auto du = at::empty_like(u), ddelta = at::empty_like(u);
+  auto dz = z.numel() ? at::empty_like(u) : at::empty({0}, u.options());
   auto dA = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
   auto dC = at::empty_like(dB);
   auto dD = at::empty({u.size(0), u.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, softplus, starts, grad_y, grad_last, du, ddelta, dA, dB, dC,
-                            dD);
+    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du, ddelta, dz,
+                            dA, dB, dC, dD);
   });
-  return {du, ddelta, dA, dB, dC, dD};
+  return {du, ddelta, dz, dA, dB, dC, dD};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "selective scan forward: (y, last state, chunk-start states or an empty tensor)");
-  m.def("backward", &backward, "selective scan backward: (du, ddelta, dA, dB, dC, dD)");
+  m.def("forward", &forward, "selective scan forward: (output, last state, chunk-start states, pre-gate y)");
+  m.def("backward", &backward, "selective scan backward: (du, ddelta, dz, dA, dB, dC, dD)");
 }
