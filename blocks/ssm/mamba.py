@@ -108,6 +108,8 @@ class Mamba(SequenceBlock):
         u, z = xz.chunk(2, dim=1)
         if mask is not None:
             u = u * mask.unsqueeze(1).to(u.dtype)
+        if u.is_cuda:  # causal-conv1d's CUDA kernel gets time-major rows (its channels-last path wants aligned strides)
+            u = u.contiguous()
         u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added in the scan
