@@ -24,11 +24,16 @@ from zoo.blocks import compiled
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
+def check_probability(p: float) -> None:
+    """Refuse a drop probability outside ``[0, 1]``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+
+
 def hash_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """``x`` with each element zeroed with probability ``p`` and the rest scaled by ``1 / (1 - p)`` when
     ``training``; ``x`` itself otherwise."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    check_probability(p)
     if not training or p == 0.0:
         return x
     if p == 1.0 or x.dtype not in KERNEL_DTYPES or not compiled.applies("dropout", x):
@@ -55,8 +60,7 @@ class HashDropout(nn.Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+        check_probability(p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

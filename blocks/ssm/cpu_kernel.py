@@ -24,8 +24,8 @@ from torch import Tensor
 
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
-__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled", "final_state_scan_compiled", "kernel_dtype",
-           "load", "selective_scan_compiled", "ssd_scan_compiled"]
+__all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
+           "final_state_scan_compiled", "kernel_dtype", "load", "selective_scan_compiled", "ssd_scan_compiled"]
 
 
 def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:

@@ -171,8 +171,9 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 }
 
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
-// into `states` and their decays into `decays` (one exp per state and step for the whole backward), then walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and
-// the raw delta's gradient and adding to dA and dD. B, C are the chunk's tiles of the channel's group
+// into `states` and their decays into `decays` (one exp per state and step for the whole backward), then
+// walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and the raw delta's gradient
+// and adding to dA and dD. B, C are the chunk's tiles of the channel's group
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T>
 void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
