@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
+PROTOCOL = "ml-100k, leave-one-out by time, L=50, full ranking, early stopping on validation NDCG@10"
 sys.path.insert(0, str(HERE))
 
 import measure  # noqa: E402  (benchmarks/measure.py: the command line and the machine)
@@ -220,14 +221,20 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
-def collect(recipes: list[str], seeds: list[int], runs: Path) -> dict[str, Any]:
-    """Every finished run's metrics and each recipe's mean ± standard error over its finished seeds."""
+def collect(recipes: list[str], seeds: list[int], runs: Path, kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every finished run's metrics and each recipe's mean ± standard error over its finished seeds.
+
+    ``kept``: the ``recipes`` of an earlier report; its run of a (recipe, seed) with no finished folder under
+    ``runs`` is used as it stands."""
     rows: dict[str, Any] = {}
     for recipe in recipes:
         found = {}
         for seed in seeds:
             path = run_folder(runs, recipe, seed) / RESULT
-            if path.is_file():
+            earlier = (kept or {}).get(recipe, {}).get("seeds", {}).get(str(seed))
+            if not path.is_file() and earlier is not None:
+                found[seed] = earlier
+            elif path.is_file():
                 result = json.loads(path.read_text(encoding="utf-8"))
                 full = result.get("full_ranking", {}).get("test", result["test"])
                 entry = {"best_epoch": result["best_epoch"], "full": {m: full[m] for m in METRICS}}
@@ -305,6 +312,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", help="zoo.train's precision (fp32 everywhere by default)")
     parser.add_argument("--collect-only", action="store_true", help="write the tables from the finished runs")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="an earlier report (e.g. results/study.json) whose runs count for the (recipe, seed) pairs "
+                             "that have no finished run folder under --runs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "study.json", help="the JSON; .md and .png beside it")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -323,16 +333,27 @@ def main() -> None:
         train_one(task["recipe"], task["seed"], task["folder"], task["device"], task["precision"])
         return
     recipes = chosen_recipes(args.recipes)
+    kept = None
+    if args.keep is not None:
+        if not args.keep.is_file():
+            raise SystemExit(f"--keep {args.keep}: no such report")
+        kept = json.loads(args.keep.read_text(encoding="utf-8"))
+        if kept.get("protocol") != PROTOCOL:
+            raise SystemExit(f"--keep {args.keep}: its protocol is {kept.get('protocol')!r}, this study's {PROTOCOL!r}")
     failed = [] if args.collect_only else train_all(recipes, args.seeds, args.runs, args)
-    rows = collect(recipes, args.seeds, args.runs)
+    rows = collect(recipes, args.seeds, args.runs, kept["recipes"] if kept else None)
     floor = popularity_floor()
     checked = [{"paper": paper, "claim": claim, "recipe": recipe, "other": other, **verdict(rows, recipe, other)}
                for paper, claim, recipe, other in CLAIMS]
     report = {"command": measure.command_line(), "environment": measure.environment(args.device),
-              "protocol": "ml-100k, leave-one-out by time, L=50, full ranking, early stopping on validation NDCG@10",
+              "protocol": PROTOCOL,
               "seeds": args.seeds, "popularity": floor, "recipes": rows, "claims_rule": f"holds when the mean "
               f"difference exceeds {NOISE} standard errors of the difference; reversed when below minus that",
               "claims": checked}
+    if kept is not None:
+        report["kept_from"] = {"file": str(args.keep), "command": kept.get("command")}
+        if "kept_from" in kept:
+            report["kept_from"]["kept_from"] = kept["kept_from"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     summary = table(rows, floor, [r for r in recipes if r not in rows]) + "\n" + claims_table(checked)

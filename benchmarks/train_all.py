@@ -12,7 +12,8 @@ For each recipe, in a fresh subprocess (so peak memory is that recipe's alone):
   and the process's peak resident memory.
 
 Writes ``OUT/results.json`` (every row and each run's validation curve), ``OUT/table.md`` and
-``OUT/curves.png`` (validation NDCG@10 against wall time, every model on one plot). RecBole's SASRec
+``OUT/curves.png`` (validation NDCG@10 against wall time, every model in one figure, full-ranking and
+sampled validation side by side). RecBole's SASRec
 stays the external yardstick: its row is read from the side-by-side run of ``train_eval.py``
 (``--recbole FILE``, default ``benchmarks/results/train_eval_seeds.json``); the official Mamba4Rec and
 SIGMA code need CUDA (mamba-ssm), so they have no CPU row.
@@ -147,23 +148,30 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """Validation NDCG@10 against wall time: full-ranking recipes on the left, sampled-protocol ones on the right
+    (their values are on another scale), each recipe with its own colour and marker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    for r in rows:
-        if r.get("curve"):
-            walls, values = zip(*r["curve"])
-            sampled = r.get("protocol", {}).get("mode", "full") != "full"
-            label = r["recipe"] + (" (validated on 1 + N sampled, not comparable)" if sampled else "")
-            ax.plot([w / 60 for w in walls], values, marker=".", linestyle=":" if sampled else "-", label=label)
-    ax.set_xlabel("wall time (minutes, evaluation included)")
-    ax.set_ylabel("validation NDCG@10 (full ranking unless marked)")
-    ax.set_title("ml-100k, each recipe's defaults, one seed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    curves = [r for r in rows if r.get("curve")]
+    sampled = [r.get("protocol", {}).get("mode", "full") != "full" for r in curves]
+    fig, (full_ax, sampled_ax) = plt.subplots(1, 2, figsize=(12, 5.5), gridspec_kw={"width_ratios": [2.2, 1]})
+    colours, markers = plt.get_cmap("tab20").colors, "o^sDvP*Xh<>"
+    for i, (r, is_sampled) in enumerate(zip(curves, sampled)):
+        walls, values = zip(*r["curve"])
+        ax = sampled_ax if is_sampled else full_ax
+        ax.plot([w / 60 for w in walls], values, color=colours[i % len(colours)], marker=markers[i % len(markers)],
+                markersize=3, linewidth=1.2, label=r["recipe"])
+    full_ax.set_ylabel("validation NDCG@10")
+    full_ax.set_title("full ranking over all items")
+    sampled_ax.set_title("1 + 100 sampled candidates")
+    for ax in (full_ax, sampled_ax):
+        ax.set_xlabel("wall time (minutes, evaluation included)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if ax is full_ax else 1, loc="lower right")
+    fig.suptitle("ml-100k, each recipe's defaults, one seed, 2-core CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

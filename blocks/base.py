@@ -146,6 +146,18 @@ class ReadoutBlock(Block):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def offers_prefixes(self) -> bool:
+        """Whether :meth:`forward_prefixes` is exact: position-wise readouts, and those that implement it."""
+        return self.positionwise
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """For every position ``t`` at once, the user vector of the prefix ending at ``t``, ``(B, L, D)``:
+        ``out[:, t] == forward(x[:, :t + 1], mask[:, :t + 1])``, so one pass over a window's states trains
+        every target of the window (objective ``all``). A position-wise readout reads each position itself."""
+        if not self.positionwise:
+            raise NotImplementedError(f"{type(self).__name__} reads the whole sequence and has no exact every-prefix pass")
+        return x
+
 
 class ItemEncoderBlock(Block):
     """Turns item ids ``(B, L)`` (+ optional timestamps ``(B, L)``) into ``(B, L, D)``.

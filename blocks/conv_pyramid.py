@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import ReadoutBlock
 from zoo.blocks.dropout import HashDropout
-from zoo.blocks.masking import fit_to_length, masked_mean, zero_pads
+from zoo.blocks.masking import causal_prefix_mean, fit_to_length, masked_mean, shift_time, zero_pads
 from zoo.blocks.norms import create_norm
 from zoo.registry import register_block
 
@@ -63,17 +63,47 @@ class ConvDownscaleLayer(nn.Module):
     def _pool(self, x: Tensor) -> Tensor:
         return F.avg_pool1d(x.transpose(1, 2), self.kernel, self.stride).transpose(1, 2)
 
+    def _finish(self, conv: Tensor, pooled: Tensor | None, pooled_res: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 11 from the window's convolution and average pools of ``x`` and ``x_res``."""
+        out = self.dropout(F.gelu(self.out_linear(conv)))
+        if self.w1 is not None:
+            out = out + self.w1 * pooled
+        if self.w2 is not None:
+            out = out + self.w2 * pooled_res
+        return self.norm(out), pooled_res
+
     def forward(self, x: Tensor, x_res: Tensor, pad: int) -> tuple[Tensor, Tensor]:
         if pad:
             x, x_res = F.pad(x, (0, 0, pad, 0)), F.pad(x_res, (0, 0, pad, 0))
-        out = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        out = self.dropout(F.gelu(self.out_linear(out)))
-        x_res = self._pool(x_res)
-        if self.w1 is not None:
-            out = out + self.w1 * self._pool(x)
-        if self.w2 is not None:
-            out = out + self.w2 * x_res
-        return self.norm(out), x_res
+        conv = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return self._finish(conv, self._pool(x) if self.w1 is not None else None, self._pool(x_res))
+
+    def forward_dilated(self, taps: Sequence[tuple[Tensor, Tensor] | None], dilation: int) -> tuple[Tensor, Tensor]:
+        """The layer on a shared time axis: the output at time ``p`` is the window whose tap ``τ`` (0 the oldest)
+        reads the pair ``taps[τ] = (x, x_res)``, each ``(B, T, D)``, at time ``p - (kernel - 1 - τ) · dilation``,
+        or a pad zero where ``taps[τ]`` is None. Taps reading the same pair share one dilated convolution."""
+        sources: dict[int, tuple[tuple[Tensor, Tensor], list[int]]] = {}
+        for tap, pair in enumerate(taps):
+            if pair is not None:
+                sources.setdefault(id(pair), (pair, []))[1].append(tap)
+        channels = self.conv.in_channels
+        conv, pooled, pooled_res = 0.0, 0.0, 0.0
+        for (x, x_res), chosen in sources.values():
+            select = torch.zeros(self.kernel, dtype=x.dtype, device=x.device)
+            select[chosen] = 1.0
+            average = (select / self.kernel).expand(channels, 1, self.kernel)
+            conv = conv + causal_dilated_conv(x, self.conv.weight * select, dilation, self.conv.groups)
+            pooled_res = pooled_res + causal_dilated_conv(x_res, average, dilation, channels)
+            if self.w1 is not None:
+                pooled = pooled + causal_dilated_conv(x, average, dilation, channels)
+        return self._finish(conv + self.conv.bias, pooled if self.w1 is not None else None, pooled_res)
+
+
+def causal_dilated_conv(x: Tensor, weight: Tensor, dilation: int, groups: int) -> Tensor:
+    """``out[:, p] = Σ_τ weight[..., τ] · x[:, p - (k - 1 - τ) · dilation]`` for ``x (B, T, C)`` (zeros before time 0)."""
+    reach = (weight.shape[-1] - 1) * dilation
+    out = F.conv1d(F.pad(x.transpose(1, 2), (reach, 0)), weight, dilation=dilation, groups=groups)
+    return out.transpose(1, 2)
 
 
 @register_block("conv_pyramid", aliases=("cds",))
@@ -155,3 +185,51 @@ class ConvPyramid(ReadoutBlock):
         for layer, (pad, _) in zip(self.layers, self.plan):
             x, x_res = layer(x, x_res, pad)
         return x.mean(1)
+
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The user vector of every prefix at once, ``(B, L, D)``: ``out[:, t] == forward(x[:, :t+1], mask[:, :t+1])``.
+
+        A strided pyramid read from the newest item is a dilated one read at every time (the à-trous form of
+        a strided convolution): for the prefix ending at ``t``, layer ``i``'s window ``g`` (counted from the
+        newest) ends at time ``t - g · d_{i+1}``, ``d_{i+1}`` the product of the strides so far, and its taps
+        read layer ``i - 1`` every ``d_i`` steps. So each layer runs once as a causal convolution with dilation
+        ``d_i`` over one time axis shared by all prefixes, and the prefix at ``t`` averages its last layer's
+        windows at ``t, t - d_{N+1}, ...``. A window is not shared where the pad rule puts zeros into it (the
+        oldest window of a layer whose length the windows do not tile): that window is computed apart, with
+        those taps reading zero, and so is every window that reads it. The time axis reaches back far enough
+        (zeros before the window) that every shared value any prefix reads is its own."""
+        if x.dim() != 3 or mask.shape != x.shape[:2]:
+            raise ValueError(f"conv_pyramid: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        if self.mode == "avgpool":
+            return causal_prefix_mean(x, mask)
+        longest = int(mask.sum(1).max())
+        if longest > self.max_len:
+            raise ValueError(f"conv_pyramid: a sequence has {longest} real items but the block was built for max_len={self.max_len}")
+        reach, length, dilation = self.max_len, self.max_len, 1
+        for (_, stride), (_, out_length) in zip(self.schedule, self.plan):
+            dilation *= stride
+            reach = max(reach, out_length * dilation)
+        start = F.pad(zero_pads(x, mask), (0, 0, reach, 0))
+        normal: tuple[Tensor, Tensor] | None = (start, start)
+        apart: dict[int, tuple[Tensor, Tensor]] = {}  # windows computed apart, by their index from the newest
+        dilation = 1
+        for layer, (kernel, stride), (_, out_length) in zip(self.layers, self.schedule, self.plan):
+            outputs: dict[tuple, tuple[Tensor, Tensor]] = {}
+            next_normal, next_apart = None, {}
+            for window in range(out_length):
+                elements = [window * stride + kernel - 1 - tap for tap in range(kernel)]
+                taps = [None if e >= length else apart.get(e, normal) for e in elements]
+                key = tuple(None if pair is None else id(pair) for pair in taps)
+                if key not in outputs:
+                    outputs[key] = layer.forward_dilated(taps, dilation)
+                if normal is not None and all(pair is normal for pair in taps):
+                    next_normal = outputs[key]
+                else:
+                    next_apart[window] = outputs[key]
+            normal, apart, length, dilation = next_normal, next_apart, out_length, dilation * stride
+        last = [apart.get(window, normal)[0] for window in range(length)]
+        user = sum(shift_time(out, window * dilation) for window, out in enumerate(last)) / length
+        return user[:, reach:]

@@ -210,11 +210,28 @@ class AttributeContextEncoder(ItemEncoderBlock):
     def _first_interval(self, like: Tensor) -> Tensor:
         return torch.full_like(like, 1.0 if self.first_interval == "one" else 0.0)
 
+    def _side_map(self) -> tuple[Tensor, Tensor]:
+        """Weight ``(4D, A + 6)`` and bias of ``a = W_ac [W_f f + b_f ; W_c c + b_c] + b_ac`` (Eqs. 2-4) as one map
+        of ``[f ; c]``: the three products are linear with nothing between them, so they compose exactly, and a
+        position then costs ``4D (A + 6)`` multiplications instead of ``4D (5D + A + 6)``."""
+        width = self.features_encoder.out_features
+        to_features, to_context = self.combine_encoder.weight.split([width, self.context_encoder.out_features], 1)
+        weight = torch.cat([to_features @ self.features_encoder.weight, to_context @ self.context_encoder.weight], 1)
+        bias = to_features @ self.features_encoder.bias + to_context @ self.context_encoder.bias + self.combine_encoder.bias
+        return weight, bias
+
     def _embed(self, item_ids: Tensor, context: Tensor) -> Tensor:
-        """Eqs. 1-4: ``v = W_v [E[id] ; Dropout(W_ac [W_f f ; W_c c])]``."""
-        features = self.features_encoder(self.attributes[item_ids])
-        side = self.dropout(self.combine_encoder(torch.cat([features, self.context_encoder(context)], -1)))
-        return self.item_encoder(torch.cat([self.id_embedding(self.id_rows[item_ids]), side], -1))
+        """Eqs. 1-4: ``v = W_v [E[id] ; Dropout(a)]`` with ``a`` from :meth:`_side_map`.
+
+        Without dropout (evaluation) ``W_v``'s side half composes with the side map as well."""
+        ids = self.id_embedding(self.id_rows[item_ids])
+        inputs = torch.cat([self.attributes[item_ids], context.to(self.attributes.dtype)], -1)
+        weight, bias = self._side_map()
+        to_id, to_side = self.item_encoder.weight.split([ids.shape[-1], weight.shape[0]], 1)
+        if self.training and self.dropout.p > 0:
+            side = self.dropout(F.linear(inputs, weight, bias))
+            return F.linear(ids, to_id, self.item_encoder.bias) + F.linear(side, to_side)
+        return F.linear(ids, to_id, self.item_encoder.bias) + F.linear(inputs, to_side @ weight, to_side @ bias)
 
     def _finish(self, v: Tensor, intervals: Tensor, dropout: bool) -> Tensor:
         """Eqs. 5-7: ``GELU(W_in Norm(Dropout(GELU([v ; Δ]))))``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from zoo.blocks.base import ReadoutBlock
-from zoo.blocks.masking import masked_mean
+from zoo.blocks.masking import causal_prefix_mean, masked_mean
 from zoo.registry import register_block
 
 
@@ -38,3 +38,10 @@ class MaskedMean(ReadoutBlock):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return masked_mean(x, mask)
+
+    def offers_prefixes(self) -> bool:
+        return True
+
+    def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The running mean of the real positions up to each ``t``."""
+        return causal_prefix_mean(x, mask)

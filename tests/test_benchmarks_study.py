@@ -108,3 +108,35 @@ def test_a_run_finished_meanwhile_is_not_run_again(tmp_path):
     args = argparse.Namespace(device="cpu", precision="fp32", threads=1, jobs=1)
     assert study.launch("sasrec", 1, runs, args) == ("sasrec", 1, 0, 0.0)
     assert not (runs / "sasrec" / "seed-1.json").exists() and not (runs / "sasrec" / "seed-1.log").exists()
+
+
+def test_keep_joins_an_earlier_reports_runs_where_no_folder_is_finished(tmp_path):
+    """``--keep``: an earlier report's runs count for (recipe, seed) pairs without a finished folder; a finished
+    folder wins; a report of another protocol is refused."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for seed in (0, 1):
+        write_run(first, "sigma", seed, 0.06 + seed / 1000)
+    write_run(first, "mamba4rec", 0, 0.040)
+    earlier = tmp_path / "earlier.json"
+
+    def study_cli(runs, out, *extra):
+        return subprocess.run([sys.executable, str(BENCHMARKS / "study.py"), "--runs", str(runs), "--recipes", "sigma",
+                               "mamba4rec", "--seeds", "0", "1", "--collect-only", "--out", str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    assert study_cli(first, earlier).returncode == 0
+    write_run(second, "mamba4rec", 0, 0.050)  # replaces the earlier seed 0
+    write_run(second, "mamba4rec", 1, 0.052)
+    out = tmp_path / "study.json"
+    done = study_cli(second, out, "--keep", str(earlier))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["recipes"]["sigma"]["n"] == 2
+    assert report["recipes"]["sigma"]["full"]["ndcg@10"]["mean"] == pytest.approx(0.0605)
+    assert report["recipes"]["mamba4rec"]["full"]["ndcg@10"]["mean"] == pytest.approx(0.051)
+    assert report["kept_from"]["file"] == str(earlier) and "--collect-only" in report["kept_from"]["command"]
+    other = json.loads(earlier.read_text())
+    other["protocol"] = "ml-1m, something else"
+    earlier.write_text(json.dumps(other))
+    refused = study_cli(second, out, "--keep", str(earlier))
+    assert refused.returncode != 0 and "its protocol is 'ml-1m, something else'" in refused.stderr

@@ -247,6 +247,40 @@ def test_encoder_equals_equations_with_intervals(first_interval, first):
     assert torch.equal(padded[0, :3], torch.zeros(3, 4))
 
 
+class _ChannelDropout(torch.nn.Module):
+    """A deterministic stand-in for dropout: zeroes every third channel and scales the rest by 1.5."""
+
+    p = 1 / 3
+
+    def forward(self, x):
+        return x * (torch.arange(x.shape[-1]) % 3 != 0).to(x.dtype) * 1.5
+
+
+def test_encoder_in_training_equals_equations_with_dropout_on_the_side_vector():
+    """Training keeps dropout between the side map and W_v (Eq. 4), so only the side map is composed there."""
+    torch.manual_seed(8)
+    block = AttributeContextEncoder(d_model=4, num_items=6, num_attributes=3, dropout=0.5).double().train()
+    block.set_item_features(attributes=torch.rand(7, 3, dtype=torch.float64))
+    block.dropout = _ChannelDropout()
+    ids = torch.tensor([3, 1, 6])
+    stamps = torch.tensor([8.8e8, 8.9e8, 9.1e8], dtype=torch.float64)
+    outs, previous = [], None
+    for item, stamp in zip(ids.tolist(), stamps.tolist()):
+        context = calendar_context(torch.tensor([stamp], dtype=torch.float64), block.year_range)[0].double()
+        f = block.features_encoder.weight @ block.attributes[item] + block.features_encoder.bias
+        c = block.context_encoder.weight @ context + block.context_encoder.bias
+        a = block.dropout(block.combine_encoder.weight @ torch.cat([f, c]) + block.combine_encoder.bias)
+        e = block.id_embedding.weight[block.id_rows[item]]
+        v = block.item_encoder.weight @ torch.cat([e, a]) + block.item_encoder.bias
+        interval = torch.zeros(3, dtype=torch.float64) if previous is None else context[:3] - previous
+        previous = context[:3]
+        h = _layer_norm_c(block.dropout(F.gelu(torch.cat([v, interval]))), block.norm)
+        outs.append(F.gelu(block.in_linear.weight @ h + block.in_linear.bias))
+    with torch.no_grad():
+        got = block(ids.unsqueeze(0), torch.ones(1, 3, dtype=torch.bool), stamps.unsqueeze(0))[0]
+    torch.testing.assert_close(got, torch.stack(outs).detach(), atol=1e-10, rtol=1e-10)
+
+
 def test_encoder_without_intervals_or_timestamps():
     torch.manual_seed(6)
     block = AttributeContextEncoder(d_model=4, num_items=6, intervals=False).eval()

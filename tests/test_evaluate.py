@@ -227,8 +227,8 @@ def test_seqrec_model_end_to_end():
 
 
 def test_default_batch_size_keeps_a_batchs_scores_within_the_budget():
-    assert default_batch_size(1682) == BATCH_BOUNDS[1]  # ml-100k: one batch of 943 users
-    for num_items in (50_000, 200_000):
+    assert default_batch_size(1682) == BATCH_BOUNDS[1]  # ml-100k: 943 users in batches of 256
+    for num_items in (100_000, 200_000):
         size = default_batch_size(num_items)
         assert BATCH_BOUNDS[0] < size < BATCH_BOUNDS[1]
         assert size * 4 * (num_items + 1) <= SCORES_BUDGET_BYTES < (size + 1) * 4 * (num_items + 1)

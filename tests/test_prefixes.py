@@ -53,6 +53,47 @@ def test_block_prefixes_equal_each_prefix_run_alone(name, kwargs):
         assert_matches_each_prefix(block.forward_prefixes, block, x, mask)
 
 
+READOUT_CASES = [case for case in CASES if build(*case.values).kind == "readout"]
+
+
+@pytest.mark.parametrize("name, kwargs", READOUT_CASES)
+def test_readout_prefixes_equal_each_prefix_read_alone(name, kwargs):
+    """``forward_prefixes(x, mask)[:, t] == forward(x[:, :t + 1], mask[:, :t + 1])``, the user vector itself."""
+    block = build(name, kwargs).double()
+    x, mask = inputs()
+    assert block.offers_prefixes()
+    with torch.no_grad():
+        assert_matches_each_prefix(block.forward_prefixes, lambda x, mask: block(x, mask).unsqueeze(1), x, mask)
+
+
+@pytest.mark.parametrize("width, kwargs", [
+    (12, {"max_len": 12, "schedule": [(3, 2), (4, 3), (2, 2)]}),  # pads at the first two layers, read by the next
+    (12, {"max_len": 12, "schedule": [(5, 5), (3, 1)]}),  # overlapping windows after a padded layer
+    (9, {"max_len": 12, "schedule": [(2, 2), (2, 2), (3, 3)], "num_heads": 4}),  # narrower than max_len
+    (30, {"max_len": 50}),  # ConvRec's pyramid (2, 2), (5, 5), (7, 7)
+    (20, {"max_len": 20, "mode": "one_conv"}),
+])
+def test_pyramid_prefixes_where_the_pad_rule_puts_zeros_into_windows(width, kwargs):
+    from zoo.blocks.conv_pyramid import ConvPyramid
+
+    torch.manual_seed(0)
+    block = ConvPyramid(D, **kwargs).double().eval()
+    g = torch.Generator().manual_seed(2)
+    lengths = [width, width - 1, 1, 5, width // 2, 2]
+    x, mask = left_padded(lengths, width, D, garbage=10.0, generator=g)
+    with torch.no_grad():
+        assert_matches_each_prefix(block.forward_prefixes, lambda x, mask: block(x.double(), mask).unsqueeze(1),
+                                   x.double(), mask)
+
+
+def test_pyramid_prefixes_refuse_a_sequence_longer_than_max_len():
+    from zoo.blocks.conv_pyramid import ConvPyramid
+
+    block = ConvPyramid(D, max_len=8)
+    with pytest.raises(ValueError, match="has 9 real items but the block was built for max_len=8"):
+        block.forward_prefixes(torch.randn(1, 9, D), torch.ones(1, 9, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("kwargs", [
     {"remain": 1, "gate": "sum"}, {"remain": 2}, {"remain": 3, "d_conv": 2}, {"remain": 4, "d_conv": 6, "gate": "linear"},
     {"remain": 15, "shared": False}, {"flip": "none", "shared": False}, {"remain": 2, "gate_form": "code"},
@@ -97,3 +138,27 @@ def test_recipe_encoders(recipe):
         x = model.item_encoder(ids, mask).double()
         encoder = model.encoder.double()
         assert_matches_each_prefix(encoder.forward_prefixes, encoder, x, mask)
+
+
+@pytest.mark.parametrize("recipe", [r for r in zoo.list_models() if zoo.create(r, num_items=30).trains_every_prefix])
+def test_recipe_prefix_users(recipe):
+    """What objective ``all`` trains on: the user vector of every prefix, equal to scoring that prefix alone."""
+    torch.manual_seed(0)
+    model = zoo.create(recipe, num_items=30).double().eval()
+    if "text" in getattr(model.item_encoder, "item_features", ()):
+        model.set_item_features(text=torch.randn(31, model.item_encoder.text_dim, dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    mask = torch.arange(12).expand(len(LENGTHS), 12) >= 12 - torch.tensor(LENGTHS)[:, None]
+    ids = torch.randint(1, 31, (len(LENGTHS), 12), generator=g) * mask
+    stamps = (8.8e8 + 86400.0 * torch.arange(12, dtype=torch.float64) * 3).expand(len(LENGTHS), 12) * mask
+
+    def users_alone(ids, stamps):
+        hidden, mask = model.encode(ids, stamps)
+        return model.readout(hidden, mask).unsqueeze(1)
+
+    with torch.no_grad():
+        got, _ = model.prefix_users(ids, stamps)
+        for t in range(12):
+            rows = mask[:, t]
+            want = users_alone(ids[rows, : t + 1], stamps[rows, : t + 1])[:, -1]
+            torch.testing.assert_close(got[rows, t], want, **TOL, msg=f"{recipe}: position {t}")

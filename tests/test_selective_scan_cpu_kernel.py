@@ -192,3 +192,55 @@ def test_chunk_starts_are_kept_only_for_a_call_autograd_records(monkeypatch):
     cpu_kernel.selective_scan_compiled(**leaves).sum().backward()
     assert kept == [False, False, True]
     assert all(v.grad is not None for v in leaves.values())
+
+
+def test_float32_gradient_from_the_newest_position_only_matches_float64_loop():
+    """A loss on the newest position alone (objective ``last``) leaves the adjoint decaying through strong decays,
+    into float32's denormal range, which the kernel flushes to zero (flush_denormals.h): the gradients still match."""
+    g = torch.Generator().manual_seed(5)
+    u, z = torch.randn(2, 2, 8, 120, generator=g, dtype=torch.float64)
+    delta = torch.randn(2, 8, 120, generator=g, dtype=torch.float64) + 1.0
+    A = -torch.rand(8, 16, generator=g, dtype=torch.float64) * 30 - 2
+    B, C = torch.randn(2, 2, 16, 120, generator=g, dtype=torch.float64)
+    inputs = dict(u=u, delta=delta, A=A, B=B, C=C, z=z)
+
+    def newest_gradients(fn, dtype):
+        leaves = {k: v.to(dtype).requires_grad_() for k, v in inputs.items()}
+        out = fn(**leaves, delta_softplus=True)
+        return torch.autograd.grad(out[..., -1].sum(), list(leaves.values()))
+
+    got = newest_gradients(cpu_kernel.selective_scan_compiled, torch.float32)
+    want = newest_gradients(loop_reference, torch.float64)
+    for name, g32, g64 in zip(inputs, got, want):
+        torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+
+
+def test_the_kernel_leaves_the_callers_denormals_alone():
+    """The flush to zero holds inside the kernel's tasks only; the caller's arithmetic keeps denormal numbers."""
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0
+    x = make_inputs(5, "batched", "batched", dtype=torch.float32)
+    with torch.enable_grad():
+        leaves = {k: v.requires_grad_() for k, v in x.items()}
+        cpu_kernel.selective_scan_compiled(**leaves, delta_softplus=True).sum().backward()
+    assert (tiny * 1.0).item() != 0.0 and (tiny / 2.0).item() != 0.0
+
+
+def test_float32_padded_steps_keep_the_state_bit_for_bit():
+    """A padded step (step size 0) decays by exp(0), which the kernels' float32 exp gives as exactly 1, and adds
+    nothing, so padded steps between real ones change no bit of the state. The step sizes are given directly, and
+    the outputs are compared to an ulp: softplus and the gate's sigmoid round apart by an ulp between the vector
+    body of a loop over time and its scalar remainder, where the padding moves a position."""
+    x = make_inputs(6, "batched", "batched", seed=9, dtype=torch.float32)
+    x["delta"], x["delta_bias"] = x["delta"].abs(), torch.zeros_like(x["delta_bias"])
+    keep = torch.tensor([True, True, True, False, False, False, True, True, True])
+    padded = dict(x)
+    for name in ("u", "delta", "z", "B", "C"):
+        wide = torch.randn(*x[name].shape[:-1], 9)
+        wide[..., keep] = x[name]
+        padded[name] = wide
+    padded["delta"][..., ~keep] = 0.0
+    out, state = cpu_kernel.selective_scan_compiled(**x, return_last_state=True)
+    out_padded, state_padded = cpu_kernel.selective_scan_compiled(**padded, return_last_state=True)
+    assert torch.equal(state_padded, state)
+    torch.testing.assert_close(out_padded[..., keep], out, rtol=2e-7, atol=0.0)

@@ -66,8 +66,11 @@ class SeqRecModel(nn.Module):
     @property
     def trains_every_prefix(self) -> bool:
         """True when one pass gives, at every position, the user vector of the history up to it (objective
-        ``all``): causal models, and models whose look-ahead blocks offer an exact ``forward_prefixes``."""
-        return bool(self.item_encoder.causal and self.encoder.offers_prefixes() and self.readout.positionwise)
+        ``all``, :meth:`prefix_users`): causal models read out at each position, models whose look-ahead blocks
+        offer an exact ``forward_prefixes``, and causal encoders whose whole-sequence readout offers one."""
+        if not (self.item_encoder.causal and self.readout.offers_prefixes()):
+            return False
+        return bool(self.encoder.offers_prefixes() if self.readout.positionwise else self.encoder.causal)
 
     @property
     def reads_pads(self) -> bool:
@@ -135,6 +138,12 @@ class SeqRecModel(nn.Module):
         if every_prefix and not self.encoder.causal:
             return self.encoder.forward_prefixes(x, mask)[:, -width:], mask[:, -width:]
         return self.encoder(x, mask)[:, -width:], mask[:, -width:]
+
+    def prefix_users(self, item_ids: Tensor, timestamps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """User vectors ``(B, L, D)`` of every prefix of checked, truncated inputs and the mask: at position
+        ``t`` the vector scoring the history up to ``t`` would read (:attr:`trains_every_prefix` models)."""
+        hidden, mask = self.encode(item_ids, timestamps, every_prefix=True)
+        return self.readout.forward_prefixes(hidden, mask), mask
 
     def item_logits(self, user: Tensor) -> Tensor:
         """Scores of every item for user vectors ``(N, D)``; column 0 (padding) is ``-inf``."""
@@ -305,8 +314,8 @@ class SeqRecModel(nn.Module):
 
         ``batch["item_ids"]`` (B, L) with ``batch["target"]`` (B,) scores the user vector of each
         history (objectives ``last`` / ``random_cut``); with ``batch["targets"]`` (B, L) (0 where
-        there is no target) every position predicts its own next item (objective ``all``; causal
-        models with a position-wise readout only); with ``batch["masked_targets"]`` (B, L) the
+        there is no target) every position predicts its own next item (objective ``all``; models
+        that :attr:`trains_every_prefix`); with ``batch["masked_targets"]`` (B, L) the
         masked positions predict their items (objective ``masked``). See :mod:`zoo.objectives`.
         """
         return mean_loss(self, batch)

@@ -270,8 +270,11 @@ class RandomCutSamples(TrainingSamples):
 def check_objective(model: "SeqRecModel", objective: str) -> None:
     """Raise a clear error when ``model`` cannot be trained with ``objective``."""
     if objective == "all" and not model.trains_every_prefix:
-        if not model.readout.positionwise:
-            why = f"it is read out by {model.recipe.readout.block!r}, not at each position"
+        if not model.readout.offers_prefixes():
+            why = f"it is read out by {model.recipe.readout.block!r}, which has no exact every-prefix pass"
+        elif not model.readout.positionwise:
+            why = (f"its readout {model.recipe.readout.block!r} reads every position's state, and "
+                   f"{_looks_ahead(model, even_exact=True)} makes those depend on later items")
         else:
             why = f"{_looks_ahead(model)} looks ahead and has no exact every-prefix pass"
         raise ValueError(f"objective 'all' trains every position of a window at once, from the history up to each; "
@@ -285,11 +288,12 @@ def check_objective(model: "SeqRecModel", objective: str) -> None:
                              f"{model.recipe.name!r} has none")
 
 
-def _looks_ahead(model: "SeqRecModel") -> str:
-    """The first block of ``model`` that looks ahead without an exact ``forward_prefixes``, described."""
+def _looks_ahead(model: "SeqRecModel", even_exact: bool = False) -> str:
+    """The first block of ``model`` that looks ahead without an exact ``forward_prefixes`` (with ``even_exact``:
+    the first that looks ahead at all), described."""
     for module in (model.item_encoder, *model.encoder.modules()):
         offers = getattr(module, "offers_prefixes", None)  # item encoders have none: causal or not usable
-        if hasattr(module, "block_name") and not module.causal and not (offers and offers()):
+        if hasattr(module, "block_name") and not module.causal and (even_exact or not (offers and offers())):
             args = ", ".join(f"{k}={v!r}" for k, v in getattr(module, "recipe_args", {}).items())
             return f"block {module.block_name!r}" + (f" ({args})" if args else "")
     return "a layer after a look-ahead block that mixes positions"
@@ -447,7 +451,7 @@ def _users_and_targets(model: "SeqRecModel", batch: dict[str, Tensor]) -> _Targe
         return _Targets(model.readout(hidden, mask), batch["target"], rows, negatives)
     if "targets" in batch:
         check_objective(model, "all")
-        hidden, _ = model.encode(item_ids, timestamps, every_prefix=True)
+        hidden, _ = model.prefix_users(item_ids, timestamps)
         targets = batch["targets"]
     elif "masked_targets" in batch:
         check_objective(model, "masked")

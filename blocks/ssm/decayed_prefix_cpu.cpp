@@ -24,6 +24,10 @@
 
 #include <ATen/Parallel.h>
 
+#include "flush_denormals.h"
+
+#include "decay_exp.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -44,6 +48,7 @@ void readout_forward(const at::Tensor& before, const at::Tensor& w, const at::Te
   const T *A_p = A.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
   T* out_p = out.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<T> Q(s.n);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / s.dim, e = pair % s.dim;
@@ -59,8 +64,8 @@ void readout_forward(const at::Tensor& before, const at::Tensor& w, const at::Te
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < s.n; ++i) {
-          Qp[i] += std::exp(A_e[i] * into) * weight * Bt[i];
-          sum += Ct[i] * std::exp(A_e[i] * out_of) * Qp[i];
+          Qp[i] += decay_exp(A_e[i] * into) * weight * Bt[i];
+          sum += Ct[i] * decay_exp(A_e[i] * out_of) * Qp[i];
         }
         out_p[pair * s.length + t] = sum;
       }
@@ -85,6 +90,7 @@ void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::T
   std::fill(dB_p, dB_p + dB.numel(), T(0));
   std::fill(dC_p, dC_p + dC.numel(), T(0));
   at::parallel_for(0, splits * s.batch, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<T> Q(n), G(n), P(L * n);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t split = task / s.batch, b = task % s.batch;
@@ -108,8 +114,8 @@ void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::T
           T d_out_of = 0;
 #pragma omp simd reduction(+ : d_out_of)
           for (int64_t i = 0; i < n; ++i) {
-            Qp[i] += std::exp(A_e[i] * into) * weight * Bt[i];
-            const T decay = std::exp(A_e[i] * out_of);
+            Qp[i] += decay_exp(A_e[i] * into) * weight * Bt[i];
+            const T decay = decay_exp(A_e[i] * out_of);
             Pt[i] = go * Ct[i] * decay;
             dCt[i] += go * decay * Qp[i];
             const T through = Pt[i] * Qp[i];  // dL / d(A[i] * after_s)
@@ -127,7 +133,7 @@ void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::T
 #pragma omp simd reduction(+ : d_weight, d_into)
           for (int64_t i = 0; i < n; ++i) {
             Gp[i] += Pt[i];
-            const T reach = Gp[i] * std::exp(A_e[i] * into);  // dL / d(w_j B_j[i])
+            const T reach = Gp[i] * decay_exp(A_e[i] * into);  // dL / d(w_j B_j[i])
             d_weight += reach * Bt[i];
             dBt[i] += reach * weight;
             const T through = reach * weight * Bt[i];  // dL / d(A[i] * before_j)

@@ -22,6 +22,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "flush_denormals.h"
+
 #include "scan_steps.h"
 
 #include <algorithm>
@@ -44,6 +46,7 @@ void final_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<T> h(s.n);
     for (int64_t r = begin; r < end; ++r) {
       const T *B_r = B_p + r * s.steps * s.n, *C_r = C_p + r * s.n;
@@ -76,6 +79,7 @@ void final_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tens
   std::fill(dB_p, dB_p + dB.numel(), T(0));
   std::fill(dC_p, dC_p + dC.numel(), T(0));
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     const int64_t thread = at::get_thread_num();
     T *dA_t = dA_p + thread * s.dim * n, *dD_t = dD_p + thread * s.dim;
     std::vector<T> states((S + 1) * n), decays(S * n), g(n);
@@ -94,7 +98,7 @@ void final_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tens
           T *current = states.data() + (k + 1) * n, *decay = decays.data() + k * n;
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
-            decay[i] = std::exp(dt * A_e[i]);
+            decay[i] = decay_exp(dt * A_e[i]);
             current[i] = decay[i] * previous[i] + dtu * Bk[i];
           }
         }

@@ -5,11 +5,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "decay_exp.h"
+
 // h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states.
 template <typename T>
 inline void advance(T* __restrict h, const T* __restrict A, const T* __restrict Bt, T dt, T dtu, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) h[i] = std::exp(dt * A[i]) * h[i] + dtu * Bt[i];
+  for (int64_t i = 0; i < n; ++i) h[i] = decay_exp(dt * A[i]) * h[i] + dtu * Bt[i];
 }
 
 template <typename T>

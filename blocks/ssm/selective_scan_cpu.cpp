@@ -34,6 +34,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "flush_denormals.h"
+
 #include "group_runs.h"
 #include "scan_steps.h"
 #include "silu.h"
@@ -139,6 +141,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
   const T* z_p = z.numel() ? z.data_ptr<T>() : nullptr;
   T* gated_p = z.numel() ? gated.data_ptr<T>() : nullptr;
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::fill(last_p + begin * s.n, last_p + end * s.n, T(0));
     T steps[kChunk];
     std::vector<T> B_tile(kChunk * s.n), C_tile(kChunk * s.n);
@@ -196,7 +199,7 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
     const T dt = steps[t - first], dtu = dt * u[t];
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      decay[i] = std::exp(dt * A[i]);
+      decay[i] = decay_exp(dt * A[i]);
       next[i] = decay[i] * previous[i] + dtu * Bt[i];
     }
   }
@@ -247,6 +250,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   const StateInput<T> dB_out(dB.flatten(0, 1)), dC_out(dC.flatten(0, 1));
   // Task (split, b, g) owns dB[split, b, g] and dC[split, b, g]: no two tasks write the same memory.
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     // Per channel of a task: its adjoint.
     std::vector<T> adjoints(per_split * n), states((kChunk + 1) * n), decays(kChunk * n);
     std::vector<T> B_tile(kChunk * n), C_tile(kChunk * n), dB_tile(kChunk * n), dC_tile(kChunk * n);

@@ -29,6 +29,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "flush_denormals.h"
+
 #include "group_runs.h"
 #include "step_size.h"
 
@@ -135,6 +137,7 @@ void scan_forward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A
   const T *A_p = A.data_ptr<T>(), *D_p = D.data_ptr<T>(), *init_p = initial.data_ptr<T>();
   T *y_p = y.data_ptr<T>(), *final_p = final_state.data_ptr<T>();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<T> transposed(s.heads_per_group() * size), scratch(s.p);
     T chunk_steps[kChunk];
     // Chunk by chunk over the heads of one (b, g): a chunk of the group's B and C stays in cache while
@@ -265,6 +268,7 @@ void scan_backward(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& 
   // the same memory.
   const int64_t size = s.state_size(), chunks = (s.length + kChunk - 1) / kChunk;
   at::parallel_for(0, splits * s.batch * s.groups, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     // Per head of a task: its states at every chunk start, its adjoint, its dA.
     std::vector<T> starts(per_split * chunks * size), adjoints(per_split * size), dA_heads(per_split);
     std::vector<T> states((kChunk + 1) * size), scratch(3 * s.n);
