@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--copy-only", action="store_true", help="copy finished runs, train nothing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu",
-                        help="where to train (e.g. cuda: sigma-code and convrec take hours on a 2-core CPU, minutes on a GPU)")
+                        help="where to train (e.g. cuda: sigma-code and convrec take 40-70 minutes on a 2-core CPU, minutes on a GPU)")
     parser.add_argument("--cards-only", action="store_true",
                         help="rewrite the model cards of the shipped folders with this version's template, train nothing")
     args = parser.parse_args()

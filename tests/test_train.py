@@ -214,8 +214,9 @@ def test_eval_precision_reaches_every_evaluation(data, tmp_path, monkeypatch):
 def test_bad_settings_are_reported(data, tmp_path):
     with pytest.raises(ValueError, match="valid_metric 'ndcg10'"):
         parse_metric("ndcg10")
-    with pytest.raises(ValueError, match="objective 'all' cannot train this model.*read out by 'mean'"):
-        train("sasrec", data, tmp_path, epochs=1, overrides={**TINY, "readout": "mean"}, progress=False)
+    with pytest.raises(ValueError, match="objective 'all' cannot train this model.*readout 'mean' reads every position"):
+        train("bert4rec", data, tmp_path, epochs=1, overrides={**TINY, "readout": "mean", "train.objective": "all"},
+              progress=False)
     with pytest.raises(ValueError, match="optimizer 'nope'"):
         train("sasrec", data, tmp_path, epochs=1, overrides=TINY, config={"optimizer": "nope"}, progress=False)
     model = zoo.create("sasrec", num_items=data.dataset.num_items + 1, **TINY)
