@@ -232,9 +232,10 @@ def collect(recipes: list[str], seeds: list[int], runs: Path, kept: dict[str, An
         for seed in seeds:
             path = run_folder(runs, recipe, seed) / RESULT
             earlier = (kept or {}).get(recipe, {}).get("seeds", {}).get(str(seed))
-            if not path.is_file() and earlier is not None:
-                found[seed] = earlier
-            elif path.is_file():
+            if not path.is_file():
+                if earlier is not None:
+                    found[seed] = earlier
+            else:
                 result = json.loads(path.read_text(encoding="utf-8"))
                 full = result.get("full_ranking", {}).get("test", result["test"])
                 entry = {"best_epoch": result["best_epoch"], "full": {m: full[m] for m in METRICS}}

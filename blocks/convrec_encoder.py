@@ -228,10 +228,10 @@ class AttributeContextEncoder(ItemEncoderBlock):
         inputs = torch.cat([self.attributes[item_ids], context.to(self.attributes.dtype)], -1)
         weight, bias = self._side_map()
         to_id, to_side = self.item_encoder.weight.split([ids.shape[-1], weight.shape[0]], 1)
+        id_part = F.linear(ids, to_id, self.item_encoder.bias)
         if self.training and self.dropout.p > 0:
-            side = self.dropout(F.linear(inputs, weight, bias))
-            return F.linear(ids, to_id, self.item_encoder.bias) + F.linear(side, to_side)
-        return F.linear(ids, to_id, self.item_encoder.bias) + F.linear(inputs, to_side @ weight, to_side @ bias)
+            return id_part + F.linear(self.dropout(F.linear(inputs, weight, bias)), to_side)
+        return id_part + F.linear(inputs, to_side @ weight, to_side @ bias)
 
     def _finish(self, v: Tensor, intervals: Tensor, dropout: bool) -> Tensor:
         """Eqs. 5-7: ``GELU(W_in Norm(Dropout(GELU([v ; Δ]))))``."""

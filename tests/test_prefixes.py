@@ -16,6 +16,7 @@ from test_contract import CASES, build
 import zoo
 from padding import left_padded
 from zoo.blocks.bidirectional_mamba import BidirectionalMamba
+from zoo.blocks.conv_pyramid import ConvPyramid
 
 D = 16
 LENGTHS = [12, 7, 1, 4, 9, 2]
@@ -74,8 +75,6 @@ def test_readout_prefixes_equal_each_prefix_read_alone(name, kwargs):
     (20, {"max_len": 20, "mode": "one_conv"}),
 ])
 def test_pyramid_prefixes_where_the_pad_rule_puts_zeros_into_windows(width, kwargs):
-    from zoo.blocks.conv_pyramid import ConvPyramid
-
     torch.manual_seed(0)
     block = ConvPyramid(D, **kwargs).double().eval()
     g = torch.Generator().manual_seed(2)
@@ -87,8 +86,6 @@ def test_pyramid_prefixes_where_the_pad_rule_puts_zeros_into_windows(width, kwar
 
 
 def test_pyramid_prefixes_refuse_a_sequence_longer_than_max_len():
-    from zoo.blocks.conv_pyramid import ConvPyramid
-
     block = ConvPyramid(D, max_len=8)
     with pytest.raises(ValueError, match="has 9 real items but the block was built for max_len=8"):
         block.forward_prefixes(torch.randn(1, 9, D), torch.ones(1, 9, dtype=torch.bool))

@@ -24,9 +24,8 @@
 
 #include <ATen/Parallel.h>
 
-#include "flush_denormals.h"
-
 #include "decay_exp.h"
+#include "flush_denormals.h"
 
 #include <algorithm>
 #include <cmath>
