@@ -7,7 +7,8 @@ that the machine's drift hits every case alike; the verdicts are ratios to the T
 
 * **Layers** (L=50, D=64, batch ``--batch``): the ``mamba`` block (d_state 32, expand 2, d_conv 4) and
   the ``transformer_layer`` block (2 heads, GELU feed-forward x4), forward + backward of a sum of the
-  outputs, per sequence.
+  outputs, per sequence; and the ``mamba`` block's selective scan alone (its z gate included) on inputs
+  of the layer's shapes (128 channels, 32 states), the part of the layer no projection can shorten.
 * **Models, training**: one optimiser step (Adam) of each recipe with its own objective on a batch of
   ``--batch`` random ml-100k-shaped sequences (1,682 items, length 50), per sequence.
 * **Models, evaluation**: ``zoo.evaluate`` full ranking of ml-100k's 943 test users (real data).
@@ -27,6 +28,7 @@ import torch
 import zoo
 from measure import build_model, training_batch
 from zoo.blocks.ssm.mamba import Mamba
+from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.blocks.transformer_layer import TransformerLayer
 
 MODELS = ["sasrec", "mamba4rec", "sigma", "sigma-code", "cnn-mamba", "m2rec", "conv-pf-mamba", "mamba-gru"]
@@ -39,6 +41,25 @@ def layer_case(block: torch.nn.Module, batch: int):
 
     def run():
         block(x, mask).sum().backward()
+    return run
+
+
+def scan_case(batch: int):
+    """The Mamba layer's selective scan alone, forward + backward: u, delta, z (b, 128, 50), A (128, 32), B, C
+    (b, 32, 50)."""
+    g = torch.Generator().manual_seed(0)
+    channels, states, length = 128, 32, 50
+
+    def leaf(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).requires_grad_()
+
+    u, delta, z = (leaf(batch, channels, length) for _ in range(3))
+    B, C = (leaf(batch, states, length) for _ in range(2))
+    A = (-torch.arange(1.0, states + 1).repeat(channels, 1)).requires_grad_()  # the layer's initial A = -exp(A_log)
+    D, bias = leaf(channels), leaf(channels, scale=0.5, shift=-3.0)  # steps softplus(delta + bias) around 0.05
+
+    def run():
+        selective_scan(u, delta, A, B, C, D, z=z, delta_bias=bias, delta_softplus=True).sum().backward()
     return run
 
 
@@ -89,7 +110,8 @@ def main() -> None:
     split = load_dataset("ml-100k").split("loo")
     torch.manual_seed(0)
     layers = best_times({"transformer layer": layer_case(TransformerLayer(64, 2), args.batch),
-                         "mamba layer": layer_case(Mamba(64, d_state=32, d_conv=4, expand=2), args.batch)}, args.rounds)
+                         "mamba layer": layer_case(Mamba(64, d_state=32, d_conv=4, expand=2), args.batch),
+                         "selective scan alone": scan_case(args.batch)}, args.rounds)
     training = best_times({name: train_case(name, args.batch) for name in args.models}, args.rounds)
     evaluation = best_times({name: eval_case(name, split) for name in args.models}, args.rounds)
     report = {"batch": args.batch, "rounds": args.rounds, "threads": torch.get_num_threads(),
