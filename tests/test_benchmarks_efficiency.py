@@ -163,3 +163,18 @@ def test_streaming_tiny(tmp_path):
         assert row["score_items"] == row["n"] + 1
         assert min(row["step_ms"], row["step_long_ms"], row["score_ms"], row["score_long_ms"]) > 0
         assert row["relative_difference_long"] < 1e-4 and row["relative_difference"] < 1e-4  # both read the whole history
+
+
+def test_layer_cost_tiny(tmp_path):
+    """layer_cost.py at batch 2, one round: every case of its report, the scan alone included, timed."""
+    out = tmp_path / "cost.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "layer_cost.py"), "--batch", "2", "--rounds", "1",
+                           "--models", "sasrec", "mamba4rec", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["batch"] == 2 and report["rounds"] == 1
+    assert sorted(report["layers_ms_per_sequence"]) == ["mamba layer", "selective scan alone", "transformer layer"]
+    for section in ("layers_ms_per_sequence", "train_ms_per_sequence", "eval_seconds"):
+        assert all(value > 0 for value in report[section].values()), section
+    assert sorted(report["train_ms_per_sequence"]) == sorted(report["eval_seconds"]) == ["mamba4rec", "sasrec"]
