@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="DIR or LABEL=DIR")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="ml-100k, validation NDCG@10 (full ranking)")
+    parser.add_argument("--log-time", action="store_true", help="wall time on a log scale (runs of minutes and hours)")
     args = parser.parse_args()
     import matplotlib
 
@@ -42,6 +43,8 @@ def main() -> None:
         best = max(range(len(values)), key=values.__getitem__)
         print(f"{label:30} best {values[best]:.4f} at {walls[best] / 60:6.1f} min (epoch {best + 1} of {len(values)})")
         ax.plot([w / 60 for w in walls], values, marker=".", label=label)
+    if args.log_time:
+        ax.set_xscale("log")
     ax.set_xlabel("wall time (minutes, evaluation included)")
     ax.set_ylabel("validation NDCG@10")
     ax.set_title(args.title)
