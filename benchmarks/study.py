@@ -221,6 +221,19 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
+def finished_run(result_path: Path, provenance: Path) -> dict[str, Any]:
+    """One finished run's entry: best epoch, full-ranking test metrics, sampled ones when it validated on the
+    sampled protocol, and where it ran (``provenance``, when that file exists)."""
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    full = result.get("full_ranking", {}).get("test", result["test"])
+    entry = {"best_epoch": result["best_epoch"], "full": {m: full[m] for m in METRICS}}
+    if result.get("protocol", {}).get("mode") == "sampled":
+        entry["sampled"] = {m: result["test"][m] for m in METRICS}
+    if provenance.is_file():
+        entry["trained_on"] = json.loads(provenance.read_text(encoding="utf-8"))
+    return entry
+
+
 def collect(recipes: list[str], seeds: list[int], runs: Path, kept: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every finished run's metrics and each recipe's mean ± standard error over its finished seeds.
 
@@ -232,19 +245,10 @@ def collect(recipes: list[str], seeds: list[int], runs: Path, kept: dict[str, An
         for seed in seeds:
             path = run_folder(runs, recipe, seed) / RESULT
             earlier = (kept or {}).get(recipe, {}).get("seeds", {}).get(str(seed))
-            if not path.is_file():
-                if earlier is not None:
-                    found[seed] = earlier
-            else:
-                result = json.loads(path.read_text(encoding="utf-8"))
-                full = result.get("full_ranking", {}).get("test", result["test"])
-                entry = {"best_epoch": result["best_epoch"], "full": {m: full[m] for m in METRICS}}
-                if result.get("protocol", {}).get("mode") == "sampled":
-                    entry["sampled"] = {m: result["test"][m] for m in METRICS}
-                provenance = side_file(runs, recipe, seed, ".json")
-                if provenance.is_file():
-                    entry["trained_on"] = json.loads(provenance.read_text(encoding="utf-8"))
-                found[seed] = entry
+            if path.is_file():
+                found[seed] = finished_run(path, side_file(runs, recipe, seed, ".json"))
+            elif earlier is not None:
+                found[seed] = earlier
         if not found:
             continue
         summary = {}
