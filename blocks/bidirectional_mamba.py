@@ -10,121 +10,13 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
-from zoo.blocks.masking import fit_to_length, left_align, lengths_from_mask, right_align, shift_time, zero_pads
-from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
-from zoo.blocks.ssm.final_state_scan import final_state_scan
+from zoo.blocks.flips import (code_flip_contents, code_flip_prefix_outputs, gather_time, partial_flip_index,
+                              partial_flip_prefix_outputs)
+from zoo.blocks.masking import fit_to_length, left_align, right_align, zero_pads
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
 
 Flip = Literal["partial", "full", "none", "code"]
-
-
-def partial_flip_index(mask: Tensor, remain: int) -> Tensor:
-    """Source position ``(B, L)`` of each slot after a partial flip of every left-padded row.
-
-    With ``n`` real items per row, the first ``max(n - remain, 0)`` real items are reversed and the
-    last ``remain`` stay in place; pads map to themselves. The permutation is its own inverse, so the
-    same index also maps a flipped sequence back. ``remain=0`` reverses all real items.
-    """
-    width = mask.shape[1]
-    n = lengths_from_mask(mask).unsqueeze(1)
-    slot = torch.arange(width, device=mask.device).unsqueeze(0)
-    first = width - n  # slot of the oldest real item
-    real_index = slot - first  # negative at pads
-    flipped = (n - remain).clamp_min(0)
-    source = torch.where(real_index < flipped, flipped - 1 - real_index, real_index) + first
-    return torch.where(real_index >= 0, source, slot)
-
-
-def gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b, t]]`` for ``x (B, L, ...)`` and ``index (B, L)``."""
-    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
-
-
-def flipped_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -> Tensor:
-    """For every position ``t`` at once: ``mamba``'s output at the newest slot of the prefix ending at
-    ``t`` after its partial flip (:func:`partial_flip_index` with ``remain >= 1``). ``x (B, L, D)``
-    left-padded, pads zero.
-
-    For the prefix of ``n`` items ending at ``t`` the flipped order is ``h_p, ..., h_1, h_{p+1}, ...,
-    h_n`` with ``p = max(n - remain, 0)``. The selective scan (Mamba Eq. 2a: ``S <- exp(Δ A) ⊙ S + Δ u
-    B`` per step) is linear in its inputs, so its final state splits into the parts each run of steps
-    leaves, decayed by the steps after it. The causal convolution (width ``K``) reads, in the reversed
-    order, the ``K - 1`` *later* items, so:
-
-    * the first ``K - 1`` reversed items (``h_p .. h_{p-K+2}``, windows cut at item ``p``) differ per
-      prefix: short steps;
-    * every other reversed item ``j`` sees the same window in each prefix that holds it and is followed
-      only by the older items: its part is ``(prod_{i<j} a_i) b_j``, and the reversed run's part is one
-      prefix sum over items shared by all prefixes (``Q``), whose decay through the reversed run is one
-      step of ``Δ = sum_i Δ_i`` (``exp(A sum_i Δ_i) = prod_i exp(Δ_i A)``);
-    * the ``remain`` kept items are ordinary steps whose first windows reach back into the reversed
-      run's last items (``h_1, h_2, ...``).
-
-    Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero read at its last step
-    (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus ``C_t · (Λ_t ⊙ Q)`` for the shared
-    part, ``Λ_t`` the decay of the kept steps
-    (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`); both are one compiled pass on the
-    CPU, and nothing per prefix grows with its length.
-    """
-    batch, length, _ = x.shape
-    width = mamba.d_conv
-    weight = mamba.conv1d.weight.squeeze(1)  # (E, K); tap K-1 multiplies the current input
-    bias = mamba.conv1d.bias
-    A = -torch.exp(mamba.A_log)  # (E, N)
-    real = mask.unsqueeze(-1).to(x.dtype)
-    u, z = mamba.in_proj(x).chunk(2, dim=-1)
-    u = u * real  # (B, L, E), zero at pads
-
-    def project(conv: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``v = silu(conv)`` and its ``Δ`` (zero where not ``valid``), ``B``, ``C``."""
-        v = F.silu(conv if bias is None else conv + bias)
-        dt, B, C = mamba.x_proj(v).split([mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
-        return v, F.softplus(mamba.dt_proj(dt)) * valid, B, C
-
-    lag = remain + width - 1
-    padded_u, padded_real = (F.pad(s, (0, 0, lag, width)) for s in (u, real))
-
-    def earlier(padded: Tensor, steps: int) -> Tensor:
-        """A view of the sequence padded by ``F.pad(., (0, 0, lag, width))``, moved ``steps`` slots later."""
-        return padded[:, lag - steps: lag - steps + length]
-
-    # The shared part: items whose window is whole, summed in item order, read at slot t - remain - K + 1.
-    full_window = sum(weight[:, width - 1 - j] * earlier(padded_u, -j) for j in range(width))
-    v, delta, B, _ = project(full_window, real)
-    reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
-
-    # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
-    steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for reach in range(width - 1):  # slot e - reach, e = t - remain: its window cut at slot e
-        conv = sum(weight[:, width - 1 - j] * earlier(padded_u, remain + reach - j) for j in range(reach + 1))
-        steps.append(project(conv, earlier(padded_real, remain + reach)))
-    zero_e, zero_n = torch.zeros_like(u), torch.zeros_like(B)
-    steps.append((zero_e, shift_time(reversed_delta, lag), zero_n, zero_n))
-    first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
-    slots = torch.arange(length, device=x.device)
-    tail = []  # u of item j+1 (the reversed run ends with items ..., 2, 1) while it is in the reversed run
-    for j in range(width - 1):
-        item = u.gather(1, (first + j).clamp_max(length - 1).unsqueeze(-1).expand(batch, 1, u.shape[-1]))
-        tail.append(item * ((first + j <= slots - remain) & (first + j < length)).unsqueeze(-1).to(u.dtype))
-    for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back is kept slot s - k or item k - i + 1
-        conv = sum(weight[:, width - 1 - k] * (earlier(padded_u, remain - i + k) if k < i else tail[k - i])
-                   for k in range(width))
-        steps.append(project(conv, earlier(padded_real, remain - i)))
-    v_s = torch.stack([v_k for v_k, _, _, _ in steps], -1).flatten(0, 1)  # (rows, E, steps), a row per prefix
-    delta_s = torch.stack([delta_k for _, delta_k, _, _ in steps], -1).flatten(0, 1)
-    B_s = torch.stack([B_k for _, _, B_k, _ in steps], -2).flatten(0, 1)  # (rows, steps, N)
-    C_t = steps[-1][3]  # the newest item's C: the only readout
-    y = final_state_scan(v_s, delta_s, A, B_s, C_t.flatten(0, 1), D=mamba.D).reshape(batch, length, -1)
-
-    # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ), Q_s = sum_{j <= s} (prod_{i < j} a_i) b_j.
-    if lag < length:
-        kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
-        cut = length - lag
-        shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta[:, :cut], delta[:, :cut] * v[:, :cut], B[:, :cut],
-                                        A, kept_delta[:, lag:], C_t[:, lag:])
-        y = y + F.pad(shared, (0, 0, lag, 0))
-    return mamba.out_proj(y * F.silu(z))
 
 
 @register_block("bidirectional_mamba", aliases=("pf_mamba",))
@@ -292,33 +184,38 @@ class BidirectionalMamba(SequenceBlock):
         return m + m_f
 
     def offers_prefixes(self) -> bool:
-        """Exact every-prefix outputs for the paper's flips that keep the newest item in place: ``"none"``,
-        and ``"partial"`` with ``remain >= 1`` -- with the paper's DS gate, ``remain`` must also exceed the
-        gate convolution's reach into the past, so that the flipped stream's gate window at the newest
-        item holds only kept items. ``"full"`` and ``"code"`` move the newest item; they train with ``last``."""
-        if self.flip == "none":
-            return True
+        """Exact every-prefix outputs for ``"none"``; for ``"partial"`` with ``remain >= 1`` (the newest item stays
+        in place; with the paper's DS gate ``remain`` must also exceed the gate convolution's reach into the past,
+        so that the flipped stream's gate window at the newest item holds only kept items); and for ``"code"``
+        unless the paper's DS gate convolves the flipped stream. ``"full"`` moves the newest item to the front of
+        the flipped stream; it trains with ``last``."""
+        paper_gate = self.gate_kind == "ds_gate" and self.gate.form == "paper"
+        if self.flip in ("none", "code"):
+            return self.flip == "none" or not paper_gate
         if self.flip != "partial" or self.remain < 1:
             return False
-        if self.gate_kind == "ds_gate" and self.gate.form == "paper" and not self.gate.causal:
+        if paper_gate and not self.gate.causal:
             return self.remain > self.gate.conv.pads[0]
         return True
 
     def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
         """For every position ``t``, the output at the newest item of the prefix ending at ``t``.
 
-        That item stays in place in the flipped stream (``remain >= 1``), so both streams are read at
+        Paper flips: that item stays in place in the flipped stream (``remain >= 1``), so both streams are read at
         ``t`` (with or without ``map_back``): the forward Mamba is causal; the flipped one comes from
-        :func:`flipped_prefix_outputs`; the gate of both streams is the DS gate at the newest item of the prefix (its window there holds the
-        same items in both streams, see :meth:`offers_prefixes`).
+        :func:`~zoo.blocks.flips.partial_flip_prefix_outputs`; the gate of both streams is the DS gate at the newest
+        item of the prefix (its window there holds the same items in both streams, see :meth:`offers_prefixes`).
+        ``"code"``: see :meth:`_code_prefixes`.
         """
         if not self.offers_prefixes():
             raise NotImplementedError(
                 f"bidirectional_mamba with flip={self.flip!r}, remain={self.remain} has no exact every-prefix pass")
+        if self.flip == "code":
+            return self._code_prefixes(x, mask)
         x = zero_pads(x, mask)
         m = self.mamba(x, mask)
         flipped = self._flipped_mamba()
-        m_f = flipped(x, mask) if self.flip == "none" else flipped_prefix_outputs(flipped, x, mask, self.remain)
+        m_f = flipped(x, mask) if self.flip == "none" else partial_flip_prefix_outputs(flipped, x, mask, self.remain)
         if self.gate_kind == "ds_gate":
             if self.gate.form == "paper":
                 g = g_f = self.gate.forward_prefixes(x, mask)
@@ -327,6 +224,38 @@ class BidirectionalMamba(SequenceBlock):
                 g_f = self.gate.code_gate(x + self.flipped_dense(x), g)
             m, m_f = self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
         return self._sum(m, m_f)
+
+    def _code_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Every-prefix outputs of the fixed-slot flip, each prefix right-padded to ``max_len`` slots as in
+        :meth:`forward`: the forward stream and the gates are read at each prefix's newest slot, the flipped
+        stream comes from :func:`~zoo.blocks.flips.code_flip_prefix_outputs`, and the flipped gate reads what
+        the prefix's flipped slot there holds (:func:`~zoo.blocks.flips.code_flip_contents`).
+
+        With ``pad_slots="read"`` the padded slots a prefix's flipped stream reads are taken from the first
+        ``max_len - remain`` slots of each row, which must all be padding holding the padding encoding
+        (:class:`zoo.model.SeqRecModel` left-pads every window by ``max_len`` for this); when those slots hold one
+        vector, as in evaluation, this equals running each prefix alone."""
+        flipped = max(self.max_len - self.remain, 0)
+        if self.reads_pads:
+            if x.shape[1] < flipped or mask[:, :flipped].any():
+                raise ValueError(f"bidirectional_mamba: with pad_slots='read' the every-prefix pass reads the padded slots "
+                                 f"from each row's first {flipped} slots, which must all be padding; got a "
+                                 f"{tuple(mask.shape)} mask with items there (SeqRecModel left-pads by max_len)")
+            pads = x[:, :flipped]
+        else:
+            x = zero_pads(x, mask)
+            pads = x.new_zeros(x.shape[0], flipped, x.shape[2])
+        slots_x, slots_mask = fit_to_length(x, mask, self.max_len, "bidirectional_mamba")
+        items, items_mask = right_align(slots_x, slots_mask), right_align(slots_mask, slots_mask)
+        m = self.mamba(items, items_mask)
+        m_f = code_flip_prefix_outputs(self._flipped_mamba(), items, pads, self.remain, self.reads_pads)
+        if self.gate_kind == "ds_gate":
+            contents = code_flip_contents(items, pads, self.remain)
+            g = self.gate(items, items_mask)
+            g_f = self.gate.code_gate(contents + self.flipped_dense(contents), g)
+            m, m_f = self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
+        y = left_align(self._sum(m, m_f), slots_mask)
+        return F.pad(y, (0, 0, x.shape[1] - self.max_len, 0)) if x.shape[1] > self.max_len else y[:, -x.shape[1]:]
 
     def _gated(self, x: Tensor, mask: Tensor, m: Tensor, x_f: Tensor, mask_f: Tensor, m_f: Tensor) -> tuple[Tensor, Tensor]:
         if self.gate.form == "paper":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock, State
@@ -85,7 +86,7 @@ class FeatureExtractGRU(SequenceBlock):
         return left_align(self.conv(slots, torch.ones_like(mask)), mask)
 
     def offers_prefixes(self) -> bool:
-        return not self.reads_pads
+        return True
 
     def forward_prefixes(self, x: Tensor, mask: Tensor) -> Tensor:
         """The FE-GRU at the newest position of every prefix, all at once.
@@ -94,18 +95,38 @@ class FeatureExtractGRU(SequenceBlock):
         ``t``, every position up to ``t - R`` still has all its taps, so the GRU state after ``t - R`` is
         the ordinary one; the last ``R`` positions have their later taps cut off by the prefix's end
         (:meth:`MaskedConv1d.forward_truncated`), so ``R`` more GRU steps per prefix start from that state.
+        With ``pad_slots="read"`` the cut taps read the padded slots after the prefix's newest item instead
+        (the code's zero padding past ``max_len`` slots): the vector each row holds in its first slot, which
+        must be padding (as every window :class:`zoo.model.SeqRecModel` builds for such a block is); when all
+        padded slots hold one vector, as in evaluation, this equals running each prefix alone.
         """
         if self.causal:
             return self.forward(x, mask)
+        if self.reads_pads and mask[:, 0].any():
+            raise ValueError("fe_gru: with pad_slots='read' the every-prefix pass reads the padding encoding from each "
+                             f"row's first slot, which must be padding; got a {tuple(mask.shape)} mask with an item there")
         reach = self.conv.lookahead
         hidden = shift_time(zero_pads(masked_gru(self.gru, self.conv(x, mask), mask), mask), reach)
         rows = hidden.shape[0] * hidden.shape[1]
         for i in range(1, reach + 1):  # position t - reach + i of the prefix ending at t
             c = shift_time(self.conv.forward_truncated(x, mask, lookahead=reach - i), reach - i)
+            if self.reads_pads:
+                c = c + self._cut_taps_on_pads(x, mask, cut_after=reach - i)
             real = shift_time(mask, reach - i).unsqueeze(-1)
             _, stepped = self.gru(c.reshape(rows, 1, -1), hidden.reshape(1, rows, -1).contiguous())
             hidden = torch.where(real, stepped.reshape(hidden.shape), hidden)
         return hidden
+
+    def _cut_taps_on_pads(self, x: Tensor, mask: Tensor, cut_after: int) -> Tensor:
+        """At each ``t``, what the taps past ``t`` of the window at ``t - (reach - cut_after)`` add when they read the
+        padding vector ``x[:, 0]`` in the right-padded ``max_len`` slots of the prefix ending at ``t``: tap offset
+        ``d > cut_after`` lands on the prefix's slot ``n_t - 1 - cut_after + d``, a padded slot below ``max_len``."""
+        items = mask.long().cumsum(1)  # n_t
+        out = torch.zeros_like(x)
+        for offset in range(cut_after + 1, self.conv.lookahead + 1):
+            on_pad = ((items - 1 - cut_after + offset) < self.max_len).unsqueeze(-1).to(x.dtype)
+            out = out + on_pad * F.linear(x[:, :1], self.conv.conv.weight[..., self.conv.pads[0] + offset])
+        return out
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.streaming:

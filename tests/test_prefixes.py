@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_contract import CASES, build
 
 import zoo
 from padding import left_padded
 from zoo.blocks.bidirectional_mamba import BidirectionalMamba
 from zoo.blocks.conv_pyramid import ConvPyramid
+from zoo.blocks.fe_gru import FeatureExtractGRU
 
 D = 16
 LENGTHS = [12, 7, 1, 4, 9, 2]
@@ -106,8 +108,82 @@ def test_partial_flip_prefixes_across_remain_and_conv_width(kwargs):
 
 
 def test_flips_that_move_the_newest_item_refuse():
-    for kwargs in ({"flip": "full"}, {"remain": 0}, {"flip": "code"}, {"remain": 1}):  # remain 1: the gate reads item n - 1
+    for kwargs in ({"flip": "full"}, {"remain": 0}, {"remain": 1},  # remain 1: the gate reads item n - 1
+                   {"flip": "code"}):  # the paper's gate convolves the flipped stream around the moved item
         assert not BidirectionalMamba(D, **kwargs).offers_prefixes()
+
+
+def padded_before(lengths: list[int], max_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``max_len`` slots or fewer, each after ``max_len`` more padded slots, every padded slot holding one
+    vector (the padding encoding, as a model's item encoder gives it in evaluation)."""
+    g = torch.Generator().manual_seed(seed)
+    x, mask = left_padded(lengths, 2 * max_len, D, garbage=0.0, generator=g)
+    pad = torch.randn(D, generator=g)
+    return torch.where(mask.unsqueeze(-1), x, pad).double(), mask
+
+
+def assert_matches_each_padded_prefix(block, x, mask, max_len):
+    """Like :func:`assert_matches_each_prefix` for blocks that read padded slots: each prefix run alone is the
+    ``max_len`` slots ending at it, as :class:`zoo.model.SeqRecModel` gives such a block."""
+    assert_matches_each_prefix(block.forward_prefixes, lambda x, mask: block(x[:, -max_len:], mask[:, -max_len:]), x, mask)
+
+
+@pytest.mark.parametrize("max_len, remain, d_conv", [(50, 5, 4), (12, 0, 4), (12, 1, 2), (13, 2, 1), (13, 3, 4),
+                                                     (20, 5, 6), (7, 7, 4), (9, 12, 3)])
+@pytest.mark.parametrize("pad_slots", ["masked", "read"])
+def test_code_flip_prefixes_across_remain_conv_width_and_pads(max_len, remain, d_conv, pad_slots):
+    """The fixed-slot flip: prefixes reading only padded slots, padded slots then items (boundary and later
+    items on both sides of the split), and the whole window's flipped sequence -- every length 1 .. max_len."""
+    torch.manual_seed(0)
+    block = BidirectionalMamba(D, flip="code", remain=remain, d_state=4, expand=1, d_conv=d_conv, gate_form="code",
+                               stream_weights=(0.8, 0.1), pad_slots=pad_slots, max_len=max_len).double().eval()
+    assert block.offers_prefixes()
+    lengths = [max_len, max_len - 1, 1, max_len // 2, max_len // 2 + 1, 3, max(max_len - remain, 1)]
+    x, mask = padded_before(lengths, max_len, seed=max_len + remain)
+    with torch.no_grad():
+        assert_matches_each_padded_prefix(block, x, mask, max_len)
+
+
+@pytest.mark.parametrize("gate", ["sum", "linear"])
+def test_code_flip_prefixes_with_the_other_mixes(gate):
+    torch.manual_seed(0)
+    block = BidirectionalMamba(D, flip="code", remain=3, d_state=4, expand=1, gate=gate, shared=False, pad_slots="read",
+                               max_len=12).double().eval()
+    x, mask = padded_before([12, 5, 1, 8, 9], 12, seed=1)
+    with torch.no_grad():
+        assert_matches_each_padded_prefix(block, x, mask, 12)
+
+
+def test_padded_slot_passes_refuse_rows_without_padding_to_read():
+    block = BidirectionalMamba(D, flip="code", gate_form="code", pad_slots="read", max_len=12)
+    x, mask = padded_before([12, 3], 12, seed=0)
+    with pytest.raises(ValueError, match="first 7 slots, which must all be padding"):
+        block.forward_prefixes(x[:, 6:], mask[:, 6:])
+    gru = FeatureExtractGRU(D, pad_slots="read", max_len=12)
+    with pytest.raises(ValueError, match="first slot, which must be padding"):
+        gru.forward_prefixes(x[:, 12:], mask[:, 12:])
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4, 5])
+def test_fe_gru_prefixes_reading_padded_slots(kernel_size):
+    """The centred window's taps past each prefix's newest item read the padded slots there, or nothing past
+    ``max_len`` slots."""
+    torch.manual_seed(0)
+    block = FeatureExtractGRU(D, kernel_size=kernel_size, pad_slots="read", max_len=8, bias=False).double().eval()
+    x, mask = padded_before([8, 7, 1, 2, 4, 6], 8, seed=kernel_size)
+    with torch.no_grad():
+        assert_matches_each_padded_prefix(block, x, mask, 8)
+
+
+def test_gradients_flow_through_the_code_flip_prefix_pass():
+    torch.manual_seed(0)
+    block = BidirectionalMamba(D, flip="code", remain=2, d_state=4, expand=1, gate_form="code", pad_slots="read",
+                               max_len=10).double()
+    x, mask = padded_before([10, 6, 3], 10, seed=3)
+    x.requires_grad_(True)
+    block.forward_prefixes(x, mask)[mask].square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[mask].abs().sum() > 0 and x.grad[~mask].abs().sum() > 0
+    assert all(p.grad is not None for p in block.parameters())
 
 
 def test_gradients_flow_through_the_prefix_pass():
@@ -132,8 +208,14 @@ def test_recipe_encoders(recipe):
             with pytest.raises(NotImplementedError):
                 model.encoder.forward_prefixes(model.item_encoder(ids, mask), mask)
             return
-        x = model.item_encoder(ids, mask).double()
         encoder = model.encoder.double()
+        if model.reads_pads:  # each prefix alone is its max_len slots, as model.encode gives them
+            ids, mask = F.pad(ids, (model.max_len, 0)), F.pad(mask, (model.max_len, 0))
+            x = model.item_encoder(ids, mask).double()
+            assert_matches_each_prefix(encoder.forward_prefixes,
+                                       lambda x, mask: encoder(x[:, -model.max_len:], mask[:, -model.max_len:]), x, mask)
+            return
+        x = model.item_encoder(ids, mask).double()
         assert_matches_each_prefix(encoder.forward_prefixes, encoder, x, mask)
 
 

@@ -125,12 +125,14 @@ class SeqRecModel(nn.Module):
         ``newest_only`` returns the newest position alone, ``(B, 1, D)`` and its mask: the encoder's
         last layers then run only there (``forward_last``). ``every_prefix`` gives at each position the
         state the history up to it would have at its newest item (``forward_prefixes``; the ordinary
-        states for a causal encoder). A model that :attr:`reads_pads` encodes ``max_len`` slots and
-        returns the input's width."""
+        states for a causal encoder). A model that :attr:`reads_pads` encodes ``max_len`` slots, or for
+        ``every_prefix`` ``max_len`` padded slots before the input, which its blocks read as the padded slots
+        of each prefix; either way it returns the input's width."""
         width = item_ids.shape[1]
-        if self.reads_pads and width < self.max_len:
-            item_ids = left_pad_to(item_ids, self.max_len)
-            timestamps = None if timestamps is None else left_pad_to(timestamps, self.max_len)
+        if self.reads_pads and (every_prefix or width < self.max_len):
+            padded = width + self.max_len if every_prefix else self.max_len
+            item_ids = left_pad_to(item_ids, padded)
+            timestamps = None if timestamps is None else left_pad_to(timestamps, padded)
         mask = item_ids > 0
         x = self.item_encoder(item_ids, mask, timestamps)
         if newest_only:

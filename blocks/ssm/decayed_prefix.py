@@ -6,7 +6,7 @@ Per batch ``b``, position ``s``, channel ``e`` and state ``n``::
     out_s[e]     = sum_n C_s[n] * exp(A[e, n] * after_s[e]) * Q_s[e, n]
 
 This is the shared part of SIGMA's every-prefix flipped scan
-(:func:`zoo.blocks.bidirectional_mamba.flipped_prefix_outputs`): in the partially flipped order the
+(:func:`zoo.blocks.flips.partial_flip_prefix_outputs`): in the partially flipped order the
 older items are scanned newest first, so item ``j``'s contribution ``Δ_j u_j B_j`` (Mamba Eq. 2a)
 reaches the end of that reversed run decayed only by the items older than it,
 ``exp(A * sum_{i<j} Δ_i)`` (``before_j``); ``Q_s`` is then the reversed run's final state for every

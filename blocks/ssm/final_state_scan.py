@@ -5,7 +5,7 @@ Per row ``r`` and channel ``e``, over steps ``k = 0 .. S - 1`` (Mamba Eq. 2a-2b)
     h_k  = exp(delta_k * A[e]) * h_{k-1} + delta_k * u_k * B_k        h_{-1} = 0
     y[r, e] = C_r · h_{S-1} + D[e] * u_{S-1}
 
-SIGMA's every-prefix pass (:func:`zoo.blocks.bidirectional_mamba.flipped_prefix_outputs`) runs one such
+SIGMA's every-prefix pass (:func:`zoo.blocks.flips.partial_flip_prefix_outputs`) runs one such
 scan of ``d_conv - 1 + 1 + remain`` steps per prefix: a batch of 128 windows of 50 items is 6,400 rows
 of 9 steps. The general scan reads out every step and keeps chunk-start states for its backward pass,
 which at 9 steps costs as much as the recurrence itself; the compiled kernel here
