@@ -42,17 +42,17 @@ def test_convrec_recipes_train_and_evaluate_as_the_paper_says(name):
     recipe = resolve_recipe(name)
     config = recipe.train
     assert (config.objective, config.loss, config.num_negatives, config.negatives) == ("random_cut", "bce", 100, "unseen")
-    assert (config.optimizer, config.lr, config.weight_decay, config.batch_size) == ("adam", 1e-4, 0.1, 128)
+    assert (config.optimizer, config.lr, config.weight_decay, config.batch_size) == ("adamw", 1e-3, 0.1, 128)
     assert (config.eval_protocol, config.eval_negatives, config.epochs, config.patience) == ("sampled", 100, 1000, 100)
     assert recipe.item_encoder.args["num_known_items"] == 0.75
 
 
-def test_convrec_builds_adam_with_coupled_weight_decay():
+def test_convrec_builds_adamw_decaying_weights_and_embeddings_only():
     model = zoo.create("convrec", num_items=200)
     optimizer = build_optimizer(model, model.recipe.train)
-    assert type(optimizer) is torch.optim.Adam and not isinstance(optimizer, torch.optim.AdamW)
+    assert isinstance(optimizer, torch.optim.AdamW)
     decayed = [g for g in optimizer.param_groups if g["weight_decay"] > 0]
-    assert len(decayed) == 1 and decayed[0]["weight_decay"] == 0.1 and not decayed[0]["decoupled_weight_decay"]
+    assert len(decayed) == 1 and decayed[0]["weight_decay"] == 0.1
     names = {id(p): n for n, p in model.named_parameters()}
     assert "item_encoder.id_embedding.weight" in {names[id(p)] for p in decayed[0]["params"]}
     assert "readout.layers.0.w1" not in {names[id(p)] for p in decayed[0]["params"]}
