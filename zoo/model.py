@@ -76,7 +76,8 @@ class SeqRecModel(nn.Module):
     def reads_pads(self) -> bool:
         """True when an encoder block reads padded slots (``pad_slots: read``, the released SIGMA code's
         way): every batch is then left-padded to ``max_len`` before encoding, as RecBole pads every batch to
-        ``MAX_ITEM_LIST_LENGTH``, so the padded slots such a block reads are always there."""
+        ``MAX_ITEM_LIST_LENGTH``, so the padded slots such a block reads are always there (for the every-prefix
+        pass, ``max_len`` padded slots more, :meth:`encode`)."""
         return any(getattr(module, "reads_pads", False) for module in self.encoder.modules())
 
     @property
