@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
-from zoo.blocks.flips import (code_flip_contents, code_flip_prefix_outputs, gather_time, partial_flip_index,
-                              partial_flip_prefix_outputs)
+from zoo.blocks.flips import (code_flip_contents, code_flip_index, code_flip_prefix_outputs, gather_time,
+                              partial_flip_index, partial_flip_prefix_outputs)
 from zoo.blocks.masking import fit_to_length, left_align, right_align, zero_pads
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
@@ -143,7 +143,7 @@ class BidirectionalMamba(SequenceBlock):
         if self.flip == "none":
             return torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)
         if self.flip == "code":
-            return partial_flip_index(torch.ones_like(mask), self.remain)
+            return code_flip_index(mask.shape[1], self.remain, mask.device).expand(mask.shape)
         return partial_flip_index(mask, 0 if self.flip == "full" else self.remain)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.blocks.masking import lengths_from_mask, shift_time
+from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
 from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.mamba import Mamba
@@ -138,11 +139,10 @@ def scan_inputs(mamba: Mamba, conv: Tensor, valid: Tensor | float) -> tuple[Tens
     return u, F.softplus(mamba.dt_proj(dt)) * valid, B, C
 
 
-def causal_taps(weight: Tensor, inputs: Tensor) -> Tensor:
-    """The short convolution ``sum_k weight[:, K-1-k] * inputs[:, s-k]`` over ``inputs (B, S, E)``, zero before
-    slot 0 (``weight (E, K)``, tap ``K - 1`` on the current slot), without its bias."""
-    width = weight.shape[1]
-    return sum(weight[:, width - 1 - k] * shift_time(inputs, k) for k in range(width))
+def short_conv(mamba: Mamba, inputs: Tensor) -> Tensor:
+    """``mamba``'s short causal convolution over ``inputs (B, S, E)``, zero before slot 0, without its bias (which
+    :func:`scan_inputs` adds): the compiled kernel where it applies."""
+    return causal_depthwise_conv1d(inputs.transpose(1, 2), mamba.conv1d.weight, None).transpose(1, 2)
 
 
 def scan_outputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -159,9 +159,9 @@ def code_flip_index(length: int, remain: int, device: torch.device | None = None
 
 
 def code_flip_contents(x: Tensor, pads: Tensor, remain: int) -> Tensor:
-    """What flipped slot ``q`` holds in the prefix of items ``0 .. q``, for every ``q``: ``x (B, L, D)`` in
-    right-aligned slots (the items first, as the code pads), ``pads (B, max(L - remain, 0), D)`` what padded slots
-    hold. The fixed-slot flip puts slot ``L - remain - 1 - q`` there, a padded slot when that lies after ``q``."""
+    """What flipped slot ``q`` holds in the prefix of items ``0 .. q``, for every ``q``: ``x (B, L, ...)`` in
+    right-aligned slots (the items first, as the code pads), ``pads (B, max(L - remain, 0), ...)`` what padded slots
+    hold (the inputs themselves or anything computed from them slot by slot). The fixed-slot flip puts slot ``L - remain - 1 - q`` there, a padded slot when that lies after ``q``."""
     length = x.shape[1]
     source = code_flip_index(length, remain, x.device)
     slot = torch.arange(length, device=x.device)
@@ -199,22 +199,22 @@ def code_flip_prefix_outputs(mamba: Mamba, x: Tensor, pads: Tensor, remain: int,
     """
     length = x.shape[1]
     flipped = max(length - remain, 0)
-    weight = mamba.conv1d.weight.squeeze(1)  # (E, K)
     A = -torch.exp(mamba.A_log)
-    projected = mamba.in_proj(x).chunk(2, dim=-1)[0]  # the convolution's inputs
-    projected_pad = mamba.in_proj(pads).chunk(2, dim=-1)[0] * float(pads_move_state)
-    z = mamba.in_proj(code_flip_contents(x, pads, remain)).chunk(2, dim=-1)[1]  # the gate at each readout slot
+    projected, z_items = mamba.in_proj(x).chunk(2, dim=-1)  # the convolution's inputs and the gate
+    projected_pad, z_pads = mamba.in_proj(pads).chunk(2, dim=-1)
+    projected_pad = projected_pad * float(pads_move_state)
+    z = code_flip_contents(z_items, z_pads, remain)  # the gate at each readout slot
 
     whole_order = projected[:, code_flip_index(length, remain, x.device)]
-    u_full, delta_full, B_full, C_full = scan_inputs(mamba, causal_taps(weight, whole_order), 1.0)
-    u_pad, delta_pad, B_pad, C_pad = scan_inputs(mamba, causal_taps(weight, projected_pad), float(pads_move_state))
-    only_pads = flipped // 2  # prefixes q < only_pads read padded slots only
+    u_full, delta_full, B_full, C_full = scan_inputs(mamba, short_conv(mamba, whole_order), 1.0)
     scan, readout_u = [], []
-    if only_pads:
-        scan.append(scan_outputs(u_pad[:, :only_pads], delta_pad[:, :only_pads], A, B_pad[:, :only_pads], C_pad[:, :only_pads]))
-        readout_u.append(u_pad[:, :only_pads])
-
-    if only_pads < flipped:
+    if flipped:  # the prefixes q < flipped read padded slots, the first flipped // 2 of them nothing else
+        u_pad, delta_pad, B_pad, C_pad = scan_inputs(mamba, short_conv(mamba, projected_pad), float(pads_move_state))
+        only_pads = flipped // 2
+        if only_pads:
+            scan.append(scan_outputs(u_pad[:, :only_pads], delta_pad[:, :only_pads], A, B_pad[:, :only_pads],
+                                     C_pad[:, :only_pads]))
+            readout_u.append(u_pad[:, :only_pads])
         pads_scan = (projected_pad, u_pad, delta_pad, B_pad)
         straddling, straddling_u = _straddling_prefixes(mamba, A, whole_order[:, :flipped], pads_scan,
                                                         (u_full, delta_full, B_full, C_full), flipped)
