@@ -2,9 +2,9 @@
 
 For each recipe, in a fresh subprocess (so peak memory is that recipe's alone):
 
-* **ms per sequence (f+b)**: one optimiser step (forward, backward, Adam) on a real training batch of
-  the recipe's objective and batch size, best of 3 after 2 warm-up steps, divided by the batch's
-  sequences;
+* **ms per sequence (f+b)**: one optimiser step (forward, backward, the trainer's optimiser) on a real
+  training batch of the recipe's objective and batch size, best of 3 after 2 warm-up steps, divided by
+  the batch's sequences;
 * **training**: ``zoo.train(recipe, "ml-100k", ...)`` with the recipe's defaults (early stopping on
   validation NDCG@10, full ranking, leave-one-out by time), resumable (``--out`` keeps the runs);
 * from the run's history: epochs, targets per second, **time to best** (wall time when the best
@@ -49,7 +49,7 @@ def step_seconds(recipe: str, seed: int) -> tuple[float, int, int]:
     import zoo
     from zoo.data import load_dataset
     from zoo.objectives import count_targets, training_samples
-    from zoo.train import give_item_features
+    from zoo.train import build_optimizer, give_item_features
 
     split = load_dataset("ml-100k").split("loo")
     torch.manual_seed(seed)
@@ -60,7 +60,7 @@ def step_seconds(recipe: str, seed: int) -> tuple[float, int, int]:
     rng = np.random.default_rng(seed)
     indices = rng.permutation(samples.epoch_size(0))[: config.batch_size]
     batch = samples.batch(indices, 0, rng)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(model, config)
     times = []
     for i in range(5):
         begun = time.perf_counter()

@@ -60,7 +60,22 @@ class ConvDownscaleLayer(nn.Module):
         self.w2 = nn.Parameter(torch.tensor(0.5)) if original_residual else None
         self.norm = create_norm(norm, d_model)
 
+    def _tiles(self, x: Tensor) -> bool:
+        """Whether the windows are side by side (kernel = stride) and ``x``'s length a whole number of them."""
+        return self.kernel == self.stride and x.shape[1] % self.kernel == 0
+
+    def _convolve(self, x: Tensor) -> Tensor:
+        """``Conv_{k,s}(x)`` for ``x (B, n, D)``. Side-by-side windows without groups are rows of ``k · D`` values
+        and the convolution one matrix product on them (the same sums; on the CPU a few times faster with its
+        backward pass than ``conv1d``)."""
+        if not self._tiles(x) or self.conv.groups != 1:
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        weight = self.conv.weight.transpose(1, 2).flatten(1)  # (D_out, k · D_in), tap-major like the rows
+        return F.linear(x.flatten(1).unflatten(1, (-1, self.kernel * x.shape[2])), weight, self.conv.bias)
+
     def _pool(self, x: Tensor) -> Tensor:
+        if self._tiles(x):
+            return x.unflatten(1, (-1, self.kernel)).mean(2)
         return F.avg_pool1d(x.transpose(1, 2), self.kernel, self.stride).transpose(1, 2)
 
     def _finish(self, conv: Tensor, pooled: Tensor | None, pooled_res: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,8 +90,7 @@ class ConvDownscaleLayer(nn.Module):
     def forward(self, x: Tensor, x_res: Tensor, pad: int) -> tuple[Tensor, Tensor]:
         if pad:
             x, x_res = F.pad(x, (0, 0, pad, 0)), F.pad(x_res, (0, 0, pad, 0))
-        conv = self.conv(x.transpose(1, 2)).transpose(1, 2)
-        return self._finish(conv, self._pool(x) if self.w1 is not None else None, self._pool(x_res))
+        return self._finish(self._convolve(x), self._pool(x) if self.w1 is not None else None, self._pool(x_res))
 
     def forward_dilated(self, taps: Sequence[tuple[Tensor, Tensor] | None], dilation: int) -> tuple[Tensor, Tensor]:
         """The layer on a shared time axis: the output at time ``p`` is the window whose tap ``τ`` (0 the oldest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -36,7 +37,9 @@ class LayerNormC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         centred = x - x.mean(-1, keepdim=True)
-        return self.weight * centred / (x.std(-1, keepdim=True) + self.eps) + self.bias
+        # σ_unbiased = |x − μ| / sqrt(n − 1), from the centred values at hand (a few times faster than Tensor.std on the CPU)
+        std = torch.linalg.vector_norm(centred, dim=-1, keepdim=True) / math.sqrt(x.shape[-1] - 1)
+        return torch.addcmul(self.bias, centred / (std + self.eps), self.weight)
 
 
 class GatedRMSNorm(nn.Module):

@@ -32,7 +32,12 @@ def test_pyramid_length_schedule_matches_hand_computation(length):
     block = ConvPyramid(d_model=4, max_len=length).eval()
     seen = []
     for layer in block.layers:
-        layer.conv.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].shape[-1], out.shape[-1])))
+        def recorded(x, convolve=layer._convolve):
+            out = convolve(x)
+            seen.append((x.shape[1], out.shape[1]))
+            return out
+
+        layer._convolve = recorded
     mask = torch.ones(2, length, dtype=torch.bool)
     user = block(torch.randn(2, length, 4), mask)
     assert user.shape == (2, 4)
@@ -278,7 +283,12 @@ def test_encoder_in_training_equals_equations_with_dropout_on_the_side_vector():
         outs.append(F.gelu(block.in_linear.weight @ h + block.in_linear.bias))
     with torch.no_grad():
         got = block(ids.unsqueeze(0), torch.ones(1, 3, dtype=torch.bool), stamps.unsqueeze(0))[0]
+        # beside a longer row, behind two pads: only the real positions are encoded
+        padded = block(torch.tensor([[4, 4, 3, 1, 6], [2, 5, 1, 3, 6]]), torch.tensor([[False, False] + [True] * 3, [True] * 5]),
+                       torch.cat([torch.tensor([[1e9, 2e9]], dtype=torch.float64), stamps.unsqueeze(0)], 1).expand(2, 5))
     torch.testing.assert_close(got, torch.stack(outs).detach(), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(padded[0, 2:], got, atol=1e-12, rtol=1e-12)
+    assert torch.equal(padded[0, :2], torch.zeros(2, 4, dtype=torch.float64))
 
 
 def test_encoder_without_intervals_or_timestamps():

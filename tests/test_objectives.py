@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.objectives as objectives
 from zoo.data import Sequences
 from zoo.objectives import (
     AllPositionSamples,
@@ -384,7 +385,9 @@ def test_all_positions_loss_equals_the_sum_over_prefixes():
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
-def test_losses_with_negatives_match_hand_computation(loss):
+@pytest.mark.parametrize("rows_per_candidate", [objectives.WHOLE_TABLE_PER_CANDIDATE, 0], ids=["whole-table", "gathered"])
+def test_losses_with_negatives_match_hand_computation(loss, rows_per_candidate, monkeypatch):
+    monkeypatch.setattr(objectives, "WHOLE_TABLE_PER_CANDIDATE", rows_per_candidate)
     m = model(**{"head.item_bias": True}).eval()
     with torch.no_grad():
         m.head.bias.uniform_(-1, 1)
@@ -403,6 +406,28 @@ def test_losses_with_negatives_match_hand_computation(loss):
             expected += -math.log(1 / (1 + math.exp(-s[0]))) - sum(math.log(1 - 1 / (1 + math.exp(-x))) for x in s[1:])
     assert terms.count == 2
     assert abs(float(terms.total.detach()) - expected) < 1e-4
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bce"])
+def test_scoring_the_whole_table_gives_the_gathered_candidates_loss_and_gradients(loss, monkeypatch):
+    """Both ways of scoring sampled candidates (objectives.candidate_scores), float64, projection and item bias on."""
+    m = model(**{"head.item_bias": True, "head.projection": True, "head.activation": "gelu"}).double().train()
+    with torch.no_grad():
+        m.head.bias.uniform_(-1, 1)
+    batch = {"item_ids": torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 9, 9, 5]]), "target": torch.tensor([7, 1, 2]),
+             "negatives": torch.tensor([[1, 2, 9], [5, 5, 12], [12, 11, 3]])}
+    results = []
+    for rows_per_candidate in (objectives.WHOLE_TABLE_PER_CANDIDATE, 0):
+        monkeypatch.setattr(objectives, "WHOLE_TABLE_PER_CANDIDATE", rows_per_candidate)
+        m.zero_grad()
+        total = loss_terms(m, batch, loss).total
+        total.backward()
+        results.append((total.detach(), {name: p.grad.clone() for name, p in m.named_parameters() if p.grad is not None}))
+    (whole, whole_grads), (gathered, gathered_grads) = results
+    assert whole_grads.keys() == gathered_grads.keys() and "head.bias" in whole_grads
+    torch.testing.assert_close(whole, gathered, rtol=1e-12, atol=1e-12)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(grad, gathered_grads[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_masked_loss_scores_the_masked_positions_of_a_bidirectional_model():

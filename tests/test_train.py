@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import math
@@ -164,6 +165,30 @@ def test_no_weight_decay_on_ssm_parameters_norms_and_biases():
     for name, param in names.items():
         assert decay_of[id(param)] == (0.0 if name in exempt else 0.1), name
     assert type(optimizer).__name__ == "AdamW"
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_adam_takes_the_steps_of_torchs_loop_implementation(name):
+    """build_optimizer's fused Adam / AdamW against torch's per-parameter loop with the same groups, float64."""
+    model = zoo.create("mamba4rec", num_items=20, d_model=16).double()
+    twin = copy.deepcopy(model)
+    start = [p.detach().clone() for p in model.parameters()]
+    config = model.recipe.train.model_copy(update={"optimizer": name, "lr": 1e-2, "weight_decay": 0.1})
+    fused = build_optimizer(model, config)
+    assert all(group["fused"] for group in fused.param_groups)
+    twin_of = {id(p): q for p, q in zip(model.parameters(), twin.parameters())}
+    groups = [{**{k: v for k, v in g.items() if k not in ("params", "fused")}, "params": [twin_of[id(p)] for p in g["params"]]}
+              for g in fused.param_groups]
+    loop = type(fused)(groups, foreach=False, fused=False)
+    for step in range(5):
+        for optimizer, m in ((fused, model), (loop, twin)):
+            for index, p in enumerate(m.parameters()):
+                draws = torch.Generator().manual_seed(1000 * step + index)
+                p.grad = torch.randn(p.shape, generator=draws, dtype=p.dtype)
+            optimizer.step()
+    for (param_name, p), q, before in zip(model.named_parameters(), twin.parameters(), start):
+        assert not torch.equal(p, before), param_name
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=param_name)
 
 
 def test_cosine_schedule_with_warmup_is_stepped_per_update(data, tmp_path):
