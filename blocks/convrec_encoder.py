@@ -88,6 +88,19 @@ def known_item_count(num_known_items: int | float | None, num_items: int) -> int
     return num_known_items
 
 
+def packed_rows(mask: Tensor, sizes: int = 8) -> tuple[Tensor, int]:
+    """Flat indices of ``mask``'s real positions, then of some pads up to the next of ``sizes`` equal steps of
+    the whole grid, and how many are real. Encoding only the real positions saves the pads' work, but a new
+    row count every batch fragmented glibc's heap (ConvRec's peak memory rose from 1.2 to over 3 GB in 80
+    epochs); rounding the count to a few sizes lets the allocator reuse its blocks."""
+    flat = mask.flatten()
+    real = flat.nonzero().squeeze(1)
+    step = -(-flat.numel() // sizes)
+    count = min(flat.numel(), -(-len(real) // step) * step)
+    pads = (~flat).nonzero().squeeze(1)[: count - len(real)]
+    return torch.cat([real, pads]), len(real)
+
+
 @register_block("attribute_context", aliases=("convrec_encoder",))
 class AttributeContextEncoder(ItemEncoderBlock):
     """ConvRec's item encoder (ConvRec §4.1 Eqs. 1-7; code ``ConvItemEncoder``, docs/models/convrec.md, "Item encoder").
@@ -255,11 +268,13 @@ class AttributeContextEncoder(ItemEncoderBlock):
         previous = F.pad(dates, (0, 0, 1, 0))[:, :-1]
         has_previous = (mask & F.pad(mask, (1, 0), value=False)[:, :-1]).unsqueeze(-1)
         intervals = torch.where(has_previous, dates - previous, self._first_interval(dates))
+        item_ids = item_ids * mask
         if tracing() or bool(mask.all()):
-            return self._encode(item_ids * mask, context, intervals) * weights
-        real = mask.flatten().nonzero().squeeze(1)
-        rows = self._encode(item_ids.flatten()[real], context.flatten(0, 1)[real], intervals.flatten(0, 1)[real])
-        return rows.new_zeros(mask.numel(), rows.shape[-1]).index_copy(0, real, rows).view(*mask.shape, -1)
+            return self._encode(item_ids, context, intervals) * weights
+        chosen, real = packed_rows(mask)
+        rows = self._encode(item_ids.flatten()[chosen], context.flatten(0, 1)[chosen], intervals.flatten(0, 1)[chosen])
+        out = rows.new_zeros(mask.numel(), rows.shape[-1]).index_copy(0, chosen[:real], rows[:real])
+        return out.view(*mask.shape, -1)
 
     def _encode(self, item_ids: Tensor, context: Tensor, intervals: Tensor) -> Tensor:
         """Eqs. 1-7 for each position of any leading shape, history dropout on."""

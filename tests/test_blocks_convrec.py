@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.blocks.conv_pyramid import ConvPyramid, pyramid_lengths
-from zoo.blocks.convrec_encoder import AttributeContextEncoder, calendar_context, calendar_fields
+from zoo.blocks.convrec_encoder import AttributeContextEncoder, calendar_context, calendar_fields, packed_rows
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -332,3 +332,15 @@ def test_encoder_feature_errors():
     attributes = torch.ones(6, 2)
     block.set_item_features(attributes=attributes)
     assert torch.equal(block.attributes[0], torch.zeros(2)) and attributes[0].sum() == 2  # copied, row 0 zeroed
+
+
+def test_packed_rows_are_the_real_positions_then_pads_up_to_an_eighth_of_the_grid():
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0, 7:] = mask[1, 2:] = mask[3, 9:] = True  # 3 + 8 + 1 = 12 real of 40; steps of 5 rows
+    chosen, real = packed_rows(mask)
+    flat = mask.flatten()
+    assert real == 12 and len(chosen) == 15 and len(set(chosen.tolist())) == 15
+    assert torch.equal(chosen[:real], flat.nonzero().squeeze(1))
+    assert not flat[chosen[real:]].any()
+    chosen, real = packed_rows(torch.ones(2, 3, dtype=torch.bool))
+    assert real == 6 and chosen.tolist() == list(range(6))
