@@ -33,11 +33,7 @@ from zoo import distributed
 
 def trainer_run(recipe: str, split, folder: Path) -> trainer._Run:
     """The trainer's state for ``recipe`` on ``split`` as ``zoo.train`` builds it (seed 0, CPU, fp32), nothing trained."""
-    model = trainer._resolve_model(recipe, split.dataset.num_items, {}, seed=0)
-    config = trainer._train_config(model, None, None)
-    model.recipe = model.recipe.model_copy(update={"train": config})
-    model.item_vocab = split.dataset.item_vocab
-    trainer.give_item_features(model, split)
+    model, config = trainer.prepare_model(recipe, split, seed=0)
     context, device = distributed.setup("cpu")
     torch.manual_seed(0)
     return trainer._Run(model, split, config, folder, 0, device, context, "fp32", False, None, (10,), ())

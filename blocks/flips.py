@@ -160,8 +160,9 @@ def code_flip_index(length: int, remain: int, device: torch.device | None = None
 
 def code_flip_contents(x: Tensor, pads: Tensor, remain: int) -> Tensor:
     """What flipped slot ``q`` holds in the prefix of items ``0 .. q``, for every ``q``: ``x (B, L, ...)`` in
-    right-aligned slots (the items first, as the code pads), ``pads (B, max(L - remain, 0), ...)`` what padded slots
-    hold (the inputs themselves or anything computed from them slot by slot). The fixed-slot flip puts slot ``L - remain - 1 - q`` there, a padded slot when that lies after ``q``."""
+    right-aligned slots (the items first, as the code pads), ``pads (B, max(L - remain, 0), ...)`` what padded
+    slots hold (the inputs themselves or anything computed from them slot by slot). The fixed-slot flip puts
+    slot ``L - remain - 1 - q`` there, a padded slot when that lies after ``q``."""
     length = x.shape[1]
     source = code_flip_index(length, remain, x.device)
     slot = torch.arange(length, device=x.device)

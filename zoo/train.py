@@ -838,13 +838,7 @@ def train(
     if context.is_main:
         check_run_folder(out)
     data = _resolve_split(dataset, split)
-    model = _resolve_model(model_or_recipe, data.dataset.num_items, dict(overrides or {}), seed)
-    train_config = _train_config(model, config, epochs)
-    model.recipe = model.recipe.model_copy(update={"train": train_config})
-    if init_from is not None:
-        init_weights_from(model, init_from, data.dataset.item_vocab)
-    model.item_vocab = data.dataset.item_vocab
-    give_item_features(model, data)
+    model, train_config = prepare_model(model_or_recipe, data, overrides, seed, config, epochs, init_from)
     model.to(device)
     dist_utils.broadcast_parameters(model, context)
     torch.manual_seed(seed * 1000 + context.rank)  # dropout draws: reproducible, different on every process
@@ -858,6 +852,23 @@ def train(
         result = _finish(run, save_model, plot)
     dist_utils.cleanup(context)
     return result
+
+
+def prepare_model(model_or_recipe: SeqRecModel | Recipe | str | os.PathLike, data: DataSplit,
+                  overrides: Mapping[str, Any] | None = None, seed: int = 0,
+                  config: TrainConfig | Mapping[str, Any] | None = None, epochs: int | None = None,
+                  init_from: str | os.PathLike | None = None) -> tuple[SeqRecModel, TrainConfig]:
+    """The model :func:`train` trains on ``data`` and its training configuration (see :func:`train` for the
+    arguments): built (or taken), the recipe's training part replaced, optionally initialised from pretrained
+    weights, given the data's item vocabulary and item features. Still on the CPU."""
+    model = _resolve_model(model_or_recipe, data.dataset.num_items, dict(overrides or {}), seed)
+    train_config = _train_config(model, config, epochs)
+    model.recipe = model.recipe.model_copy(update={"train": train_config})
+    if init_from is not None:
+        init_weights_from(model, init_from, data.dataset.item_vocab)
+    model.item_vocab = data.dataset.item_vocab
+    give_item_features(model, data)
+    return model, train_config
 
 
 def _start(run: _Run, resume: bool) -> None:
