@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.blocks import compiled
+from zoo.blocks.dropout import KERNEL_DTYPES
+
 NormKind = Literal["layernorm", "rmsnorm", "layernorm_c", "none"]
 # Each kind's eps when a caller gives none: torch's LayerNorm default, mamba-ssm's RMSNorm, ConvRec's code.
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "layernorm_c": 1e-6}
@@ -26,20 +29,54 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def layer_norm_c(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """ConvRec's layer norm in PyTorch operators: ``weight ⊙ (x − μ) / (σ_unbiased + eps) + bias`` over the last axis."""
+    centred = x - x.mean(-1, keepdim=True)
+    # σ_unbiased = |x − μ| / sqrt(n − 1), from the centred values at hand (a few times faster than Tensor.std on the CPU)
+    std = torch.linalg.vector_norm(centred, dim=-1, keepdim=True) / math.sqrt(x.shape[-1] - 1)
+    return torch.addcmul(bias, centred / (std + eps), weight)
+
+
+class _CompiledLayerNormC(torch.autograd.Function):
+    """:func:`layer_norm_c` by the compiled kernel (``layer_norm_c_cpu.cpp``): one pass a row each way."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        y, means, norms = compiled.load("layer_norm_c").forward(rows, weight.contiguous(), bias.contiguous(), eps)
+        ctx.save_for_backward(rows, weight, means, norms)
+        ctx.eps = eps
+        return y.view(x.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        rows, weight, means, norms = ctx.saved_tensors
+        grad_rows = grad_y.reshape(rows.shape).contiguous()
+        dx, dweight, dbias = compiled.load("layer_norm_c").backward(grad_rows, rows, weight.contiguous(), means, norms, ctx.eps)
+        return dx.view(grad_y.shape), dweight, dbias, None
+
+
 class LayerNormC(nn.Module):
-    """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (docs/models/convrec.md, "ConvRec's layer norm")."""
+    """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (docs/models/convrec.md, "ConvRec's layer norm").
+
+    On the CPU in float32 / float64 with the compiled kernels enabled (:mod:`zoo.blocks.compiled`) forward and
+    backward run in ``layer_norm_c_cpu.cpp``; elsewhere (CUDA, other dtypes, a tracer) in PyTorch operators.
+    """
 
     def __init__(self, width: int, eps: float = 1e-6) -> None:
         super().__init__()
+        if width < 2:
+            raise ValueError(f"layernorm_c: the unbiased standard deviation needs width >= 2, got {width}")
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width))
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        # σ_unbiased = |x − μ| / sqrt(n − 1), from the centred values at hand (a few times faster than Tensor.std on the CPU)
-        std = torch.linalg.vector_norm(centred, dim=-1, keepdim=True) / math.sqrt(x.shape[-1] - 1)
-        return torch.addcmul(self.bias, centred / (std + self.eps), self.weight)
+        same_dtype = x.dtype == self.weight.dtype == self.bias.dtype
+        if same_dtype and x.dtype in KERNEL_DTYPES and compiled.applies("layer_norm_c", x, self.weight, self.bias):
+            return _CompiledLayerNormC.apply(x, self.weight, self.bias, self.eps)
+        return layer_norm_c(x, self.weight, self.bias, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
