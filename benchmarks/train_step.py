@@ -7,11 +7,14 @@ negatives), forward, backward and the recipe's optimiser. Validation is the reci
 ranking, or ConvRec's 1 + 100 sampled). Recipes alternate in rounds (``--rounds``; each round times
 ``--steps`` steps and one validation of every recipe, after a warm-up) and the best round is kept, so
 drift of the machine hits every recipe alike. Compare code versions by running the same command on each.
+``--precision fp32 bf16`` also times each recipe under bf16 autocast (``zoo train --precision bf16``), in
+the same rounds; those rows are named ``RECIPE@bf16``.
 
 Usage::
 
     .venv/bin/python benchmarks/train_step.py --recipes convrec sasrec
     .venv/bin/python benchmarks/train_step.py --recipes convrec --steps 16 --rounds 5 --out step.json
+    .venv/bin/python benchmarks/train_step.py --recipes convrec --precision fp32 bf16
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import zoo.train as trainer
 from zoo import distributed
 
 
-def trainer_run(recipe: str, split, folder: Path) -> trainer._Run:
-    """The trainer's state for ``recipe`` on ``split`` as ``zoo.train`` builds it (seed 0, CPU, fp32), nothing trained."""
+def trainer_run(recipe: str, split, folder: Path, precision: str = "fp32") -> trainer._Run:
+    """The trainer's state for ``recipe`` on ``split`` as ``zoo.train`` builds it (seed 0, CPU), nothing trained."""
     model, config = trainer.prepare_model(recipe, split, seed=0)
     context, device = distributed.setup("cpu")
     torch.manual_seed(0)
-    return trainer._Run(model, split, config, folder, 0, device, context, "fp32", False, None, (10,), ())
+    return trainer._Run(model, split, config, folder, 0, device, context, precision, False, None, (10,), ())
 
 
 def time_steps(run: trainer._Run, steps: int) -> float:
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per recipe and round (ConvRec's epoch is 8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="training autocast, each timed in the same rounds (default fp32)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args()
     if args.threads:
@@ -70,7 +75,9 @@ def main() -> None:
 
     split = load_dataset("ml-100k").split("loo")
     with tempfile.TemporaryDirectory() as scratch:
-        runs = {name: trainer_run(name, split, Path(scratch) / name) for name in args.recipes}
+        runs = {(name if precision == "fp32" else f"{name}@{precision}"):
+                trainer_run(name, split, Path(scratch) / f"{name}-{precision}", precision)
+                for name in args.recipes for precision in args.precision}
         for run in runs.values():  # warm-up: kernels built, allocator and caches settled
             time_steps(run, 2)
         best = {name: {"step_ms": math.inf, "validation_s": math.inf} for name in runs}
@@ -87,6 +94,7 @@ def main() -> None:
         print(f"| {name} | {row['step_ms']:.1f} | {row['steps_per_epoch']} | {row['validation_s']:.2f} | {row['epoch_s']:.2f} |")
     if args.out:
         report = {"recipes": best, "steps": args.steps, "rounds": args.rounds, "threads": torch.get_num_threads(),
+                  "precision": args.precision,
                   "command": measure.command_line(), "environment": measure.environment()}
         args.out.write_text(json.dumps(report, indent=1) + "\n")
 

@@ -5,12 +5,13 @@ Overfitting", §4): in training each element is zeroed with probability ``p`` an
 by ``1 / (1 - p)``; in evaluation it is the identity.
 
 torch's CPU dropout draws its mask element by element through its generator, which made dropout a
-tenth to a fifth of a training step of the zoo's models on the CPU. On the CPU (float32 / float64, the
-compiled kernels enabled, :mod:`zoo.blocks.compiled`) the mask here is ``hash(seed, index) >= p · 2^32``
-(``dropout_cpu.cpp``), with one seed drawn per call from torch's default generator, so
-``torch.manual_seed`` makes training reproducible and a resumed run continues the same stream. The
-backward pass regenerates the mask from the seed instead of keeping it. Elsewhere (CUDA, other dtypes,
-``SEQREC_ZOO_CPU_KERNEL=0``, a tracer) it is ``torch.nn.functional.dropout``.
+tenth to a fifth of a training step of the zoo's models on the CPU. On the CPU (float32, float64, and the
+bfloat16 / float16 of autocast, the compiled kernels enabled, :mod:`zoo.blocks.compiled`) the mask here is
+``hash(seed, index) >= p · 2^32`` (``dropout_cpu.cpp``; 16-bit values are scaled in float32), with one
+seed drawn per call from torch's default generator, so ``torch.manual_seed`` makes training reproducible
+and a resumed run continues the same stream. The backward pass regenerates the mask from the seed instead
+of keeping it. Elsewhere (CUDA, other dtypes, ``SEQREC_ZOO_CPU_KERNEL=0``, a tracer) it is
+``torch.nn.functional.dropout``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from zoo.blocks import compiled
 
-KERNEL_DTYPES = (torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # bfloat16 / float16: under autocast
 
 
 def check_probability(p: float) -> None:

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks import compiled
-from zoo.blocks.dropout import KERNEL_DTYPES
 
 NormKind = Literal["layernorm", "rmsnorm", "layernorm_c", "none"]
 # Each kind's eps when a caller gives none: torch's LayerNorm default, mamba-ssm's RMSNorm, ConvRec's code.
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "layernorm_c": 1e-6}
+KERNEL_DTYPES = (torch.float32, torch.float64)  # what layer_norm_c_cpu.cpp computes in
 
 
 class RMSNorm(nn.Module):

@@ -181,15 +181,17 @@ def test_layer_cost_tiny(tmp_path):
 
 
 def test_train_step_tiny(tmp_path):
-    """train_step.py, one step and one round of two recipes (ConvRec's sampled validation among them): every number
+    """train_step.py, one step and one round of two recipes in fp32 and bf16 (ConvRec's sampled validation among them): every number
     of its report, and the epoch as its steps plus its validation."""
     out = tmp_path / "step.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "train_step.py"), "--recipes", "gru4rec", "convrec", "--steps", "1",
-                           "--rounds", "1", "--threads", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--rounds", "1", "--threads", "1", "--precision", "fp32", "bf16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["steps"] == 1 and report["rounds"] == 1 and report["threads"] == 1
-    assert sorted(report["recipes"]) == ["convrec", "gru4rec"]
+    assert report["precision"] == ["fp32", "bf16"]
+    assert sorted(report["recipes"]) == ["convrec", "convrec@bf16", "gru4rec", "gru4rec@bf16"]
     assert report["recipes"]["convrec"]["steps_per_epoch"] == 8  # 943 users, one cut each, batches of 128
     for name, row in report["recipes"].items():
         assert row["step_ms"] > 0 and row["validation_s"] > 0, name

@@ -54,6 +54,17 @@ def test_train_writes_a_loadable_folder(trained, capsys):
         assert (trained / name).is_file(), name
 
 
+def test_train_takes_the_precision(log_csv, tmp_path, monkeypatch):
+    import zoo.train
+
+    asked = []
+    autocast = zoo.train._autocast
+    monkeypatch.setattr(zoo.train, "_autocast", lambda device, precision: asked.append(precision) or autocast(device, precision))
+    code = main(["train", "gru4rec", "--data", str(log_csv), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--set", "d_model=16", "--precision", "bf16", "--quiet"])
+    assert code == 0 and asked == ["bf16"]
+
+
 def test_eval_prints_metrics(trained, log_csv, capsys):
     assert main(["eval", str(trained), "--data", str(log_csv), "--k", "5", "10"]) == 0
     out = capsys.readouterr().out

@@ -104,10 +104,37 @@ def test_identity_outside_training_and_at_zero():
     assert torch.equal(hash_dropout(x, 1.0, training=True), torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("setting,dtype", [("0", torch.float32), ("1", torch.bfloat16)])
-def test_torch_dropout_where_the_kernel_does_not_apply(setting, dtype, monkeypatch):
-    """Kernels off, or a dtype the kernel does not take: torch's own dropout, draw for draw."""
-    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, setting)
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sixteen_bit_values_get_the_float32_mask_and_scale(dtype, kernel_on):
+    """Under autocast activations are 16-bit: the same mask as float32 for the same seed, and each kept value
+    scaled in float32 and rounded once (not by a factor itself rounded to 16 bits)."""
+    x = (torch.rand(300, 257) + 0.5).to(dtype)
+    x[0, :12] = torch.tensor([float("inf"), float("nan"), -float("inf")]).repeat(4).to(dtype)  # kept or dropped alike
+    torch.manual_seed(8)
+    got = hash_dropout(x, 0.35, True)
+    torch.manual_seed(8)
+    want = hash_dropout(x.float(), 0.35, True)
+    assert got.dtype == dtype
+    assert torch.equal(got == 0, want == 0)
+    torch.testing.assert_close(got, want.to(dtype), rtol=0, atol=0, equal_nan=True)
+    assert_rate(int((got[1:] == 0).sum()), x[1:].numel(), 0.35, "dropped")
+
+
+@needs_compiler
+def test_sixteen_bit_backward_uses_the_forward_mask(kernel_on):
+    torch.manual_seed(9)
+    x = torch.randn(64, 50, 32, dtype=torch.bfloat16, requires_grad=True)
+    y = hash_dropout(x, 0.25, True)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(y != 0, (grad.float() * (1 / 0.75)).to(torch.bfloat16), torch.zeros_like(grad)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_dropout_where_the_kernel_does_not_apply(dtype, monkeypatch):
+    """Kernels off: torch's own dropout, draw for draw."""
+    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, "0")
     x = torch.randn(20, 30).to(dtype)
     torch.manual_seed(4)
     got = hash_dropout(x, 0.3, True)

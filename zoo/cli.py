@@ -176,6 +176,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.recipe, args.data, args.out, epochs=args.epochs, seed=args.seed, overrides=parse_sets(args.set),
         resume=not args.restart, device=args.device, progress=not args.quiet,
         init_from=None if args.init_from is None else trained_name(args.init_from), loggers=args.log,
+        precision=args.precision,
     )
     from zoo.model_card import protocol_label
 
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, e.g. train.lr=3e-4")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast for training: auto is bf16 on CUDA and fp32 on the CPU; bf16 also runs on the CPU, "
+                   "where CPUs with AMX multiply matrices several times faster (docs/training.md)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming from the folder's checkpoint")
     p.add_argument("--init-from", metavar="MODEL", help="start from pretrained weights of the same recipe: a published "
                    "tag (sigma.ml-100k), a trained folder or hf-hub:org/name (fine-tuning; item tables start fresh on "
