@@ -32,20 +32,22 @@ namespace {
 
 constexpr int64_t kRowsPerBlock = 32;
 
+// Row sums accumulate in double: a float32 sum of a few hundred values far from zero (a mean of 100, say)
+// loses digits that the centred values then miss.
 template <typename T>
 inline T row_mean(const T* __restrict x, int64_t n) {
-  T sum = 0;
+  double sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += x[i];
-  return sum / T(n);
+  return static_cast<T>(sum / n);
 }
 
 template <typename T>
 inline T centred_norm(const T* __restrict x, T mean, int64_t n) {
-  T sum = 0;
+  double sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += (x[i] - mean) * (x[i] - mean);
-  return std::sqrt(sum);
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] - mean) * (x[i] - mean);
+  return static_cast<T>(std::sqrt(sum));
 }
 
 template <typename T>
@@ -83,11 +85,11 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* means, const T*
         T* __restrict out = dx + row * n;
         const T mean = means[row], norm = norms[row];
         const T inverse = T(1) / (norm / root + eps);
-        T dot = 0;
+        double dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < n; ++i) dot += grad[i] * w[i] * (in[i] - mean);
-        const T through_norm = norm > T(0) ? dot * inverse * inverse / (norm * root) : T(0);
-        T sum = 0;
+        for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(grad[i] * w[i]) * (in[i] - mean);
+        const T through_norm = norm > T(0) ? static_cast<T>(dot) * inverse * inverse / (norm * root) : T(0);
+        double sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) {
           const T centred = in[i] - mean;
@@ -97,7 +99,7 @@ void backward_rows(const T* dy, const T* x, const T* w, const T* means, const T*
           dw[i] += grad[i] * centred * inverse;
           db[i] += grad[i];
         }
-        const T shift = sum / T(n);
+        const T shift = static_cast<T>(sum / n);
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) out[i] -= shift;
       }

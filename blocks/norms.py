@@ -60,8 +60,10 @@ class _CompiledLayerNormC(torch.autograd.Function):
 class LayerNormC(nn.Module):
     """ConvRec's layer norm: ``α ⊙ (x − μ) / (σ_unbiased + eps) + β`` over the last axis (docs/models/convrec.md, "ConvRec's layer norm").
 
-    On the CPU in float32 / float64 with the compiled kernels enabled (:mod:`zoo.blocks.compiled`) forward and
-    backward run in ``layer_norm_c_cpu.cpp``; elsewhere (CUDA, other dtypes, a tracer) in PyTorch operators.
+    16-bit inputs (autocast's) are normalised in float32, as autocast runs torch's own layer norm, and the
+    output is float32. On the CPU in float32 / float64 with the compiled kernels enabled
+    (:mod:`zoo.blocks.compiled`) forward and backward run in ``layer_norm_c_cpu.cpp``; elsewhere (CUDA, other
+    dtypes, a tracer) in PyTorch operators.
     """
 
     def __init__(self, width: int, eps: float = 1e-6) -> None:
@@ -73,6 +75,7 @@ class LayerNormC(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         same_dtype = x.dtype == self.weight.dtype == self.bias.dtype
         if same_dtype and x.dtype in KERNEL_DTYPES and compiled.applies("layer_norm_c", x, self.weight, self.bias):
             return _CompiledLayerNormC.apply(x, self.weight, self.bias, self.eps)

@@ -111,6 +111,17 @@ def test_operator_path_matches_the_definition(monkeypatch):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_sixteen_bit_inputs_are_normalised_in_float32(setting, monkeypatch):
+    """Under autocast a linear layer hands the norm bf16: it normalises the float32 values of those, not in bf16."""
+    monkeypatch.setenv(compiled.KERNEL_ENV_VAR, setting)
+    norm = make_norm(259, torch.float32)
+    x = (100 + torch.randn(64, 259)).to(torch.bfloat16)  # a large mean: centring in bf16 would lose most digits
+    got = norm(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference(x.float(), norm.weight, norm.bias, norm.eps), rtol=1e-5, atol=1e-5)
+
+
 def test_width_one_is_refused():
     with pytest.raises(ValueError, match="width >= 2"):
         LayerNormC(1)
