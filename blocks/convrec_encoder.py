@@ -239,11 +239,15 @@ class AttributeContextEncoder(ItemEncoderBlock):
         """Eqs. 1-4: ``v = W_v [E[id] ; Dropout(a)]`` with ``a`` from :meth:`_side_map`.
 
         Without dropout (evaluation) ``W_v``'s side half composes with the side map as well. ``W_v``'s ID half
-        maps the embedding table once (at most ``num_items + 1`` rows) and each position reads its row: the
-        same products as mapping each position's embedding, fewer of them."""
+        maps whichever is fewer, the positions' embeddings or the embedding table (then each position reads its
+        row): the same products either way."""
         weight, bias = self._side_map()
         to_id, to_side = self.item_encoder.weight.split([self.id_embedding.embedding_dim, weight.shape[0]], 1)
-        id_part = F.embedding(self.id_rows[item_ids], F.linear(self.id_embedding.weight, to_id, self.item_encoder.bias))
+        rows = self.id_rows[item_ids]
+        if rows.numel() < self.id_embedding.num_embeddings:  # a streaming step, a short batch
+            id_part = F.linear(self.id_embedding(rows), to_id, self.item_encoder.bias)
+        else:
+            id_part = F.embedding(rows, F.linear(self.id_embedding.weight, to_id, self.item_encoder.bias))
         inputs = torch.cat([self.attributes[item_ids], context.to(self.attributes.dtype)], -1)
         if self.training and self.dropout.p > 0:
             return id_part + F.linear(self.dropout(F.linear(inputs, weight, bias)), to_side)
