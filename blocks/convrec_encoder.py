@@ -244,7 +244,7 @@ class AttributeContextEncoder(ItemEncoderBlock):
         weight, bias = self._side_map()
         to_id, to_side = self.item_encoder.weight.split([self.id_embedding.embedding_dim, weight.shape[0]], 1)
         rows = self.id_rows[item_ids]
-        if rows.numel() < self.id_embedding.num_embeddings:  # a streaming step, a short batch
+        if not tracing() and rows.numel() < self.id_embedding.num_embeddings:  # a streaming step, a short batch
             id_part = F.linear(self.id_embedding(rows), to_id, self.item_encoder.bias)
         else:
             id_part = F.embedding(rows, F.linear(self.id_embedding.weight, to_id, self.item_encoder.bias))
