@@ -8,7 +8,8 @@ ranking, or ConvRec's 1 + 100 sampled). Recipes alternate in rounds (``--rounds`
 ``--steps`` steps and one validation of every recipe, after a warm-up) and the best round is kept, so
 drift of the machine hits every recipe alike. Compare code versions by running the same command on each.
 ``--precision fp32 bf16`` also times each recipe under bf16 autocast (``zoo train --precision bf16``), in
-the same rounds; those rows are named ``RECIPE@bf16``.
+the same rounds; those rows are named ``RECIPE@bf16`` (``auto``: the recipe's own ``train.cpu_precision``, rows
+``RECIPE@auto``). An epoch is its steps plus its share of a validation (one every ``train.valid_every`` epochs).
 
 Usage::
 
@@ -65,8 +66,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per recipe and round (ConvRec's epoch is 8)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
-                        help="training autocast, each timed in the same rounds (default fp32)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "auto"], default=["fp32"],
+                        help="training autocast, each timed in the same rounds (default fp32; auto: the recipe's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args()
     if args.threads:
@@ -87,11 +88,15 @@ def main() -> None:
                 best[name]["validation_s"] = min(best[name]["validation_s"], time_validation(run))
     for name, run in runs.items():
         best[name]["steps_per_epoch"] = run.steps_in(0)
-        best[name]["epoch_s"] = best[name]["steps_per_epoch"] * best[name]["step_ms"] / 1000 + best[name]["validation_s"]
-    print("| recipe | ms per step | steps per epoch | validation s | epoch s (steps + validation) |")
-    print("|---|---:|---:|---:|---:|")
+        best[name]["valid_every"] = run.config.valid_every
+        best[name]["trained_in"] = run.precision
+        best[name]["epoch_s"] = (best[name]["steps_per_epoch"] * best[name]["step_ms"] / 1000
+                                 + best[name]["validation_s"] / run.config.valid_every)
+    print("| recipe | trained in | ms per step | steps per epoch | validation s | validated every | epoch s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for name, row in best.items():
-        print(f"| {name} | {row['step_ms']:.1f} | {row['steps_per_epoch']} | {row['validation_s']:.2f} | {row['epoch_s']:.2f} |")
+        print(f"| {name} | {row['trained_in']} | {row['step_ms']:.1f} | {row['steps_per_epoch']} | {row['validation_s']:.2f} | "
+              f"{row['valid_every']} | {row['epoch_s']:.2f} |")
     if args.out:
         report = {"recipes": best, "steps": args.steps, "rounds": args.rounds, "threads": torch.get_num_threads(),
                   "precision": args.precision,

@@ -153,6 +153,47 @@ def test_early_stopping_after_patience_epochs_without_gain(data, tmp_path):
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
 
 
+def test_validating_every_few_epochs_keeps_the_training_and_counts_patience_in_epochs(data, tmp_path):
+    """valid_every 3 over 7 epochs validates after epochs 3, 6 and 7 (the last), with the same weights as a run that
+    validates every epoch; a record's loss is the mean over the epochs since the previous validation."""
+    settings = dict(epochs=7, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    every = train("sasrec", data, tmp_path / "every", **settings)
+    sparse = train("sasrec", data, tmp_path / "sparse", config={"valid_every": 3}, **settings)
+    assert [r["epoch"] for r in sparse.history] == [3, 6, 7] and sparse.epochs_run == 7
+    by_epoch = {r["epoch"]: r for r in every.history}
+    assert [r["valid"] for r in sparse.history] == [by_epoch[e]["valid"] for e in (3, 6, 7)]
+    assert sparse.history[1]["loss"] == pytest.approx(np.mean([by_epoch[e]["loss"] for e in (4, 5, 6)]), rel=1e-9)
+    best = max((3, 6, 7), key=lambda e: by_epoch[e]["valid"]["ndcg@10"])  # the first of equals, as the trainer keeps
+    assert sparse.best_epoch == best  # and it kept that epoch's weights:
+    assert sparse.valid["ndcg@10"] == pytest.approx(by_epoch[best]["valid"]["ndcg@10"], abs=1e-12)
+    # Patience 4 epochs at a validation every 2: no gain after epoch 2, so epochs 4 and 6 count 2 + 2 and it stops at 6.
+    stalled = train("sasrec", data, tmp_path / "stalled", config={"lr": 1e-12, "patience": 4, "valid_every": 2},
+                    **{**settings, "epochs": 20})
+    assert stalled.stopped_early and stalled.epochs_run == 6 and stalled.best_epoch == 2
+    assert [r["epoch"] for r in stalled.history] == [2, 4, 6]
+
+
+def test_recipe_cpu_precision_trains_in_bf16_only_on_a_cpu_that_computes_it(data, tmp_path, monkeypatch):
+    import zoo.train as train_module
+
+    asked = []
+    autocast = train_module._autocast
+    monkeypatch.setattr(train_module, "_autocast", lambda device, precision: asked.append(precision) or autocast(device, precision))
+    settings = dict(epochs=1, seed=0, progress=False, plot=False, overrides={**TINY, "train.cpu_precision": "bf16"})
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train_module, "native_cpu_bf16", lambda native=native: native)
+        result = train("sasrec", data, tmp_path / expected, **settings)
+        assert asked[-1] == result.precision == expected
+        assert json.loads((tmp_path / expected / "result.json").read_text())["precision"] == expected
+        card = (tmp_path / expected / "README.md").read_text()
+        assert ("bf16 autocast on CPU" in card) == (expected == "bf16") and ("fp32 on CPU" in card) == (expected == "fp32")
+    monkeypatch.setattr(train_module, "native_cpu_bf16", lambda: True)
+    forced = train("sasrec", data, tmp_path / "forced", precision="fp32", **{**settings, "save_model": False})
+    assert asked[-1] == forced.precision == "fp32"  # an explicit precision wins over the recipe's
+    default = train("sasrec", data, tmp_path / "default", **{**settings, "overrides": TINY, "save_model": False})
+    assert default.precision == "fp32"  # recipes train in fp32 unless they say otherwise
+
+
 def test_no_weight_decay_on_ssm_parameters_norms_and_biases():
     model = zoo.create("mamba4rec", num_items=20, d_model=16)
     config = model.recipe.train.model_copy(update={"optimizer": "adamw", "weight_decay": 0.1})
@@ -304,7 +345,8 @@ def test_shifted_windows_train_every_target_once_in_epochs_of_varying_size(data,
     assert len(set(sizes.values())) > 1
 
 
-@pytest.mark.parametrize("overrides", [{"train.ema_decay": 0.8}, {"train.window_shift": True, "max_len": 4}])
+@pytest.mark.parametrize("overrides", [{"train.ema_decay": 0.8}, {"train.window_shift": True, "max_len": 4},
+                                       {"train.valid_every": 2}])
 def test_resumes_exactly_after_a_crash_with_a_moving_average_or_shifted_windows(data, tmp_path, monkeypatch,
                                                                                   deterministic, overrides):
     import zoo.train as train_module

@@ -185,7 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     rows = [[metric, f"{result.valid.get(metric, float('nan')):.4f}", f"{result.test[metric]:.4f}"]
             + ([f"{result.full_ranking['test'][metric]:.4f}"] if also_full else [])
             for metric in sorted(result.test, key=metric_order)]
-    print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.train_seconds:.0f} s training); trained folder: {result.out_dir}")
+    print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.train_seconds:.0f} s training, "
+          f"{result.precision}); trained folder: {result.out_dir}")
     print(table(rows, ["metric", f"valid ({label})", f"test ({label})"] + (["test (full ranking)"] if also_full else [])))
     return 0
 
@@ -329,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted recipe override, e.g. train.lr=3e-4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
-                   help="autocast for training: auto is bf16 on CUDA and fp32 on the CPU; bf16 also runs on the CPU, "
-                   "where CPUs with AMX multiply matrices several times faster (docs/training.md)")
+                   help="autocast for training: auto is bf16 on CUDA and, on the CPU, the recipe's train.cpu_precision "
+                   "(fp32 unless it says bf16, which applies only on CPUs with AMX or AVX512-BF16); bf16 also runs on "
+                   "any CPU, where CPUs with AMX multiply matrices several times faster (docs/training.md)")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming from the folder's checkpoint")
     p.add_argument("--init-from", metavar="MODEL", help="start from pretrained weights of the same recipe: a published "
                    "tag (sigma.ml-100k), a trained folder or hf-hub:org/name (fine-tuning; item tables start fresh on "

@@ -239,7 +239,18 @@ class TrainConfig(BaseModel):
     warmup_epochs: Int = Field(0, ge=0)
     batch_size: Int = Field(256, ge=1)
     epochs: Int = Field(200, ge=1)
-    patience: Int = Field(10, ge=1)
+    patience: Int = Field(10, ge=1, description="stop after this many epochs without a better validation metric")
+    valid_every: Int = Field(
+        1, ge=1,
+        description="validate (and checkpoint) after every valid_every-th epoch and after the last one; the best "
+        "weights are chosen among the validated epochs and patience still counts epochs",
+    )
+    cpu_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="training precision on a CPU when the trainer's precision is 'auto' (its default): 'bf16' trains "
+        "under bf16 autocast where the CPU computes bf16 natively (AMX or AVX512-BF16) and in fp32 on other CPUs; "
+        "validation and test follow eval_precision; an explicit precision (zoo train --precision) wins",
+    )
     grad_clip: Float | None = Field(None, gt=0.0)
     ema_decay: Float | None = Field(
         None, gt=0.0, lt=1.0,

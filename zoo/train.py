@@ -118,6 +118,7 @@ class TrainResult:
     paths: dict[str, Path] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=lambda: {"mode": "full"})
     full_ranking: dict[str, dict[str, float]] = field(default_factory=dict)
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (without the model and the per-epoch history)."""
@@ -125,6 +126,7 @@ class TrainResult:
             "out_dir": str(self.out_dir), "best_epoch": self.best_epoch, "protocol": self.protocol,
             "valid": self.valid, "test": self.test, "full_ranking": self.full_ranking,
             "epochs_run": self.epochs_run, "stopped_early": self.stopped_early, "train_seconds": self.train_seconds,
+            "precision": self.precision,
             "paths": {k: str(v) for k, v in self.paths.items()},
         }
 
@@ -281,12 +283,23 @@ def _check_eval_room(config: TrainConfig, num_items: int) -> None:
                          f"train.eval_negatives to at most {num_items - 1} or use train.eval_protocol: full")
 
 
-def _autocast(device: torch.device, precision: Precision) -> tuple[Any, bool]:
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AMX tiles or AVX512-BF16): where bf16 autocast pays."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(device: torch.device, precision: Precision, config: TrainConfig) -> Literal["fp32", "bf16", "fp16"]:
+    """The precision a run trains in: an explicit one as given; ``"auto"`` is bf16 on CUDA (fp16 where bf16 is
+    unsupported) and the recipe's ``cpu_precision`` on a CPU, bf16 only where the CPU computes it natively."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if config.cpu_precision == "bf16" and native_cpu_bf16() else "fp32"
+
+
+def _autocast(device: torch.device, precision: Literal["fp32", "bf16", "fp16"]) -> tuple[Any, bool]:
     """(an autocast context factory, whether fp16 gradient scaling is needed)."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return nullcontext, False
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp32":
         return nullcontext, False
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -530,7 +543,8 @@ class _Run:
         self.optimizer = build_optimizer(model, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_in(0))
         self.moving_average = build_moving_average(model, config.ema_decay)
-        self.autocast, fp16 = _autocast(device, precision)
+        self.precision = resolve_precision(device, precision, config)
+        self.autocast, fp16 = _autocast(device, self.precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.needs_negatives = config.loss in ("sampled_softmax", "bce")
         self.negatives_outside = (ItemSets.of_sequences(split.train, model.num_items)
@@ -715,6 +729,12 @@ class _Run:
         return _lower(result.metrics), result.seconds
 
     def end_epoch(self) -> None:
+        """Close an epoch; after every ``valid_every``-th and the last: validate, record, early-stop and checkpoint
+        (the record's loss and seconds cover the epochs since the previous validation)."""
+        self.epoch += 1
+        self.step = 0
+        if self.epoch % self.config.valid_every and self.epoch < self.config.epochs:
+            return
         loss_sum = dist_utils.all_reduce_sum(self.loss_sum, self.context, self.device)
         loss_count = dist_utils.all_reduce_sum(self.loss_count, self.context, self.device)
         record: dict[str, Any] | None = None
@@ -722,13 +742,13 @@ class _Run:
             valid, eval_seconds = self.evaluate(self.evaluated, "valid")
             value = valid[self.metric_key]
             if value > self.best_metric:
-                self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                self.best_metric, self.best_epoch, self.bad_epochs = value, self.epoch - 1, 0
                 self.best_state = {k: v.detach().clone().cpu() for k, v in self.evaluated.state_dict().items()}
                 self.best_changed = True
             else:
-                self.bad_epochs += 1
+                self.bad_epochs += self.epoch - (self.history[-1]["epoch"] if self.history else 0)
             record = {
-                "epoch": self.epoch + 1, "loss": loss_sum / max(loss_count, 1),
+                "epoch": self.epoch, "loss": loss_sum / max(loss_count, 1),
                 "lr": self.optimizer.param_groups[0]["lr"], "valid": valid,
                 "train_seconds": self.epoch_seconds, "eval_seconds": eval_seconds,
                 "targets_per_second": loss_count / self.epoch_seconds if self.epoch_seconds > 0 else None,
@@ -741,16 +761,14 @@ class _Run:
             if self.progress:
                 from tqdm.auto import tqdm
 
-                tqdm.write(f"epoch {self.epoch + 1}: loss {record['loss']:.4f}  valid {self.metric_key} {value:.4f}  "
+                tqdm.write(f"epoch {self.epoch}: loss {record['loss']:.4f}  valid {self.metric_key} {value:.4f}  "
                            f"(best {self.best_metric:.4f} @ {self.best_epoch + 1})  {self.epoch_seconds:.1f}s + "
                            f"{eval_seconds:.1f}s eval")
         self.stopped = bool(dist_utils.broadcast_object(self.stopped, self.context))
         if self.scheduler is not None and self.config.scheduler == "plateau":
             metric = dist_utils.broadcast_object(self.best_metric if record is None else record["valid"][self.metric_key],
                                                  self.context)
-            self.scheduler.step(self.epoch + 1, metric)
-        self.epoch += 1
-        self.step = 0
+            self.scheduler.step(self.epoch, metric)
         self.loss_sum, self.loss_count, self.epoch_seconds = 0.0, 0, 0.0
         self.save()
 
@@ -902,18 +920,24 @@ def _published_metrics(protocol: dict[str, Any], valid: dict[str, float], test: 
     return metrics, protocols
 
 
+def _precision_label(precision: str) -> str:
+    """``"fp32"`` -> ``"fp32"``, ``"bf16"`` -> ``"bf16 autocast"``: how the card and the log name a run's precision."""
+    return precision if precision == "fp32" else f"{precision} autocast"
+
+
 def _card_notes(run: _Run) -> str:
     """The model card's paragraph on how the folder's weights were trained and chosen, and how to redo it."""
     from zoo.model_card import protocol_label
 
     config = run.config
-    epochs = len(run.history)
+    epochs = run.epoch
     minutes = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history) / 60
     dataset = run.split.dataset.name
     return (f"Trained with `zoo.train` for {epochs} epoch{'s' if epochs != 1 else ''} in {minutes:.1f} minutes of "
             f"training and validation (best validation {run.metric_key} {run.best_metric:.4f}, "
             f"{protocol_label(run.protocol)}, at epoch {run.best_epoch + 1}; seed {run.seed}; "
-            f"objective {config.objective}, loss {config.loss}, {config.optimizer} lr {config.lr}, batch {config.batch_size}"
+            f"objective {config.objective}, loss {config.loss}, {config.optimizer} lr {config.lr}, batch {config.batch_size}, "
+            f"{_precision_label(run.precision)} on {run.device.type.upper()}"
             + ("" if config.ema_decay is None else f"; weights: moving average, decay {config.ema_decay}")
             + f"). To train it again: `zoo train {run.model.recipe.name} --data {dataset} --out DIR --seed {run.seed}` "
             "(the recipe as trained, overrides included, is the one in `config.json`).")
@@ -937,7 +961,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
                 {which: run.evaluate(model, which, full_ranking=True)[0] for which in ("valid", "test")})
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)
         summary = {"valid": valid, "test": test, "full_ranking": full, "train_seconds": train_seconds,
-                   "best_epoch": run.best_epoch + 1, "history": run.history}
+                   "best_epoch": run.best_epoch + 1, "epochs_run": run.epoch, "history": run.history}
         if save_model:
             metrics, protocols = _published_metrics(run.protocol, valid, test, full)
             model.save_pretrained(out, dataset_facts=run.split, metrics=metrics, protocols=protocols,
@@ -949,7 +973,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
     dist_utils.broadcast_parameters(model, run.context)
     result = TrainResult(
         out_dir=out, model=model, best_epoch=summary["best_epoch"], valid=summary["valid"], test=summary["test"],
-        epochs_run=len(summary["history"]), stopped_early=run.stopped, train_seconds=summary["train_seconds"],
+        epochs_run=summary["epochs_run"], precision=run.precision, stopped_early=run.stopped, train_seconds=summary["train_seconds"],
         history=list(summary["history"]), paths=paths, protocol=dict(run.protocol), full_ranking=summary["full_ranking"],
     )
     if run.context.is_main:
