@@ -79,7 +79,7 @@ def run_one(recipe: str, out: Path, seed: int) -> dict:
     seconds, sequences, targets = step_seconds(recipe, seed)
     result = train(recipe, "ml-100k", out / recipe, seed=seed, progress=False, plot=False)
     history = result.history
-    best = history[result.best_epoch - 1] if result.best_epoch >= 1 else history[-1]
+    best = next((h for h in history if h["epoch"] == result.best_epoch), history[-1])  # one record per validated epoch
     train_time = sum(h["train_seconds"] for h in history)
     trained = sum((h["targets_per_second"] or 0) * h["train_seconds"] for h in history)
     return {

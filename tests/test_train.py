@@ -112,6 +112,19 @@ def test_declaring_a_pretrained_tag_does_not_stop_a_run_from_resuming(data, tmp_
     assert again.history == first.history and again.test == first.test
 
 
+def test_editing_a_recipes_prose_does_not_stop_a_run_from_resuming(data, tmp_path):
+    """``paper``, ``description`` and ``deviations`` document a recipe; a run continues when they are reworded."""
+    settings = dict(epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
+    first = train("sasrec", data, tmp_path, **settings)
+    state_file = latest_checkpoint(tmp_path / "checkpoints") / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    recipe = state["fingerprint"]["recipe"]
+    recipe.update(paper="another title", description="reworded", deviations=["a new note"])
+    state_file.write_text(json.dumps(state))
+    again = train("sasrec", data, tmp_path, **settings)
+    assert again.history == first.history and again.test == first.test
+
+
 def test_raising_the_epochs_continues_a_finished_run_to_the_longer_runs_result(data, tmp_path):
     """4 epochs, then 6 on the same folder: the same as 6 at once (no learning-rate schedule spans the epochs)."""
     settings = dict(seed=0, overrides=TINY, progress=False, save_model=False, plot=False)

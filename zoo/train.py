@@ -377,14 +377,16 @@ def _with_current_defaults(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trained_part(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as a run fingerprint compares it. Left out: its ``pretrained:`` tags, which say where
-    trained weights are published and change nothing that is trained (declaring a tag for a run in
-    progress must not stop it from resuming), the early-stopping patience and the epoch budget, so that
+    """The recipe as a run fingerprint compares it. Left out: its prose (``paper``, ``description``,
+    ``deviations``) and its ``pretrained:`` tags, which say where trained weights are published; none of
+    them changes anything that is trained (editing them for a run in progress must not stop it from resuming),
+    the early-stopping patience and the epoch budget, so that
     a run continues when they are raised (``zoo train ... --epochs 30`` on a finished 20-epoch run) -
     unless a learning-rate schedule spans the epochs (every scheduler but ``plateau``): a new budget
     would change its past steps."""
     dumped = recipe.model_dump(mode="json")
-    dumped.pop("pretrained", None)
+    for prose in ("pretrained", "paper", "description", "deviations"):
+        dumped.pop(prose, None)
     dumped["train"].pop("patience", None)  # a stopped run continues when it is raised
     if not _schedule_spans_epochs(recipe.train.scheduler):
         dumped["train"].pop("epochs", None)
