@@ -17,10 +17,11 @@ import json
 from pathlib import Path
 
 
-def read_curve(folder: Path) -> list[tuple[float, float]]:
+def read_curve(folder: Path) -> list[tuple[float, float, int]]:
+    """(wall seconds, validation NDCG@10, epoch) of every validated epoch of a run folder."""
     lines = (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
-    return [(r["wall"], r["valid"]["ndcg@10"]) for r in records if "valid" in r]
+    return [(r["wall"], r["valid"]["ndcg@10"], r["epoch"]) for r in records if "valid" in r]
 
 
 def main() -> None:
@@ -39,9 +40,9 @@ def main() -> None:
     for spec in args.runs:
         label, _, folder = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
         curve = read_curve(Path(folder))
-        walls, values = zip(*curve)
+        walls, values, epochs = zip(*curve)
         best = max(range(len(values)), key=values.__getitem__)
-        print(f"{label:30} best {values[best]:.4f} at {walls[best] / 60:6.1f} min (epoch {best + 1} of {len(values)})")
+        print(f"{label:30} best {values[best]:.4f} at {walls[best] / 60:6.1f} min (epoch {epochs[best]} of {epochs[-1]})")
         ax.plot([w / 60 for w in walls], values, marker=".", label=label)
     if args.log_time:
         ax.set_xscale("log")

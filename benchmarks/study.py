@@ -167,7 +167,10 @@ def launch(recipe: str, seed: int, runs: Path, args: argparse.Namespace) -> tupl
                               env=env).returncode
     seconds = time.perf_counter() - begun
     machine = measure.environment(args.device)
-    trained_on = {"device": args.device, "hardware": machine.get("gpu", machine["cpu"]), "precision": args.precision,
+    result = folder / RESULT  # the precision the run trained in ("auto" resolves per recipe and machine)
+    precision = json.loads(result.read_text(encoding="utf-8")).get("precision", args.precision) if result.is_file() \
+        else args.precision
+    trained_on = {"device": args.device, "hardware": machine.get("gpu", machine["cpu"]), "precision": precision,
                   "threads": args.threads, "jobs": args.jobs, "seconds": round(seconds, 1), "exit_code": code}
     side_file(runs, recipe, seed, ".json").write_text(json.dumps(trained_on, indent=2) + "\n", encoding="utf-8")
     outcome = "done" if code == 0 else f"FAILED (exit {code}, see {side_file(runs, recipe, seed, '.log')})"
@@ -315,7 +318,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each its own process)")
     parser.add_argument("--threads", type=int, default=None, help="threads per run (default: cores / jobs)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", help="zoo.train's precision (fp32 everywhere by default)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="zoo.train's precision (fp32 everywhere by default; auto: each recipe's, e.g. ConvRec's "
+                        "bf16 on CPUs with AMX); each run records the one it trained in")
     parser.add_argument("--collect-only", action="store_true", help="write the tables from the finished runs")
     parser.add_argument("--keep", type=Path, default=None,
                         help="an earlier report (e.g. results/study.json) whose runs count for the (recipe, seed) pairs "

@@ -182,7 +182,7 @@ def test_layer_cost_tiny(tmp_path):
 
 def test_train_step_tiny(tmp_path):
     """train_step.py, one step and one round of two recipes in fp32 and bf16 (ConvRec's sampled validation among them): every number
-    of its report, and the epoch as its steps plus its validation."""
+    of its report, and the epoch as its steps plus its share of a validation (ConvRec validates every 10 epochs)."""
     out = tmp_path / "step.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "train_step.py"), "--recipes", "gru4rec", "convrec", "--steps", "1",
                            "--rounds", "1", "--threads", "1", "--precision", "fp32", "bf16", "--out", str(out)],
@@ -195,5 +195,8 @@ def test_train_step_tiny(tmp_path):
     assert report["recipes"]["convrec"]["steps_per_epoch"] == 8  # 943 users, one cut each, batches of 128
     for name, row in report["recipes"].items():
         assert row["step_ms"] > 0 and row["validation_s"] > 0, name
-        assert row["epoch_s"] == row["steps_per_epoch"] * row["step_ms"] / 1000 + row["validation_s"]
-    assert "| convrec |" in done.stdout
+        assert row["valid_every"] == (10 if name.startswith("convrec") else 1), name
+        assert row["trained_in"] == ("bf16" if name.endswith("@bf16") else "fp32"), name
+        assert row["epoch_s"] == pytest.approx(row["steps_per_epoch"] * row["step_ms"] / 1000
+                                               + row["validation_s"] / row["valid_every"], rel=1e-12)
+    assert "| convrec | fp32 |" in done.stdout

@@ -43,7 +43,9 @@ def test_convrec_recipes_train_and_evaluate_as_the_paper_says(name):
     config = recipe.train
     assert (config.objective, config.loss, config.num_negatives, config.negatives) == ("random_cut", "bce", 100, "unseen")
     assert (config.optimizer, config.lr, config.weight_decay, config.batch_size) == ("adamw", 1e-3, 0.1, 128)
-    assert (config.eval_protocol, config.eval_negatives, config.epochs, config.patience) == ("sampled", 100, 1000, 100)
+    assert (config.eval_protocol, config.eval_negatives, config.epochs) == ("sampled", 100, 1000)
+    assert (config.valid_every, config.patience) == (10, 800)  # the code: validate every 10, stop after 80 validations
+    assert config.cpu_precision == "bf16"
     assert recipe.item_encoder.args["num_known_items"] == 0.75
 
 
