@@ -923,7 +923,7 @@ def _published_metrics(protocol: dict[str, Any], valid: dict[str, float], test: 
 
 
 def _precision_label(precision: str) -> str:
-    """``"fp32"`` -> ``"fp32"``, ``"bf16"`` -> ``"bf16 autocast"``: how the card and the log name a run's precision."""
+    """``"fp32"`` -> ``"fp32"``, ``"bf16"`` -> ``"bf16 autocast"``: how the model card names a run's precision."""
     return precision if precision == "fp32" else f"{precision} autocast"
 
 
@@ -963,7 +963,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
                 {which: run.evaluate(model, which, full_ranking=True)[0] for which in ("valid", "test")})
         train_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in run.history)
         summary = {"valid": valid, "test": test, "full_ranking": full, "train_seconds": train_seconds,
-                   "best_epoch": run.best_epoch + 1, "epochs_run": run.epoch, "history": run.history}
+                   "best_epoch": run.best_epoch + 1, "history": run.history}
         if save_model:
             metrics, protocols = _published_metrics(run.protocol, valid, test, full)
             model.save_pretrained(out, dataset_facts=run.split, metrics=metrics, protocols=protocols,
@@ -975,7 +975,7 @@ def _finish(run: _Run, save_model: bool, plot: bool) -> TrainResult:
     dist_utils.broadcast_parameters(model, run.context)
     result = TrainResult(
         out_dir=out, model=model, best_epoch=summary["best_epoch"], valid=summary["valid"], test=summary["test"],
-        epochs_run=summary["epochs_run"], precision=run.precision, stopped_early=run.stopped, train_seconds=summary["train_seconds"],
+        epochs_run=run.epoch, precision=run.precision, stopped_early=run.stopped, train_seconds=summary["train_seconds"],
         history=list(summary["history"]), paths=paths, protocol=dict(run.protocol), full_ranking=summary["full_ranking"],
     )
     if run.context.is_main:
