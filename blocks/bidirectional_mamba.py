@@ -147,13 +147,7 @@ class BidirectionalMamba(SequenceBlock):
         return partial_flip_index(mask, 0 if self.flip == "full" else self.remain)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
-            raise ValueError(
-                f"bidirectional_mamba: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
-            )
-        if self.reads_pads and x.shape[1] != self.max_len:
-            raise ValueError(f"bidirectional_mamba: pad_slots='read' reads the padded slots of max_len={self.max_len} "
-                             f"slots, as the released code does, and needs inputs exactly that wide, got {x.shape[1]}")
+        self._check_input(x, mask)
         if not self.reads_pads:
             x = zero_pads(x, mask)
         if self.flip == "code":
@@ -162,14 +156,44 @@ class BidirectionalMamba(SequenceBlock):
             return y[:, -x.shape[1]:]
         return self._streams(x, mask)
 
-    def _streams(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``forward(x, mask)[:, -1:]``. With ``flip`` "none" or "partial" (``remain >= 1``) the newest item is
+        also the newest of the flipped stream, so both Mambas are read out there alone
+        (:meth:`~zoo.blocks.ssm.mamba.Mamba.forward_last`) and the gates taken there; other flips run ``forward``."""
+        if self.reads_pads or not (self.flip == "none" or (self.flip == "partial" and self.remain >= 1)):
+            return super().forward_last(x, mask)
+        self._check_input(x, mask)
+        x = zero_pads(x, mask)
+        _, x_f, mask_f = self._flipped(x, mask)
+        m = self.mamba.forward_last(x, mask)
+        m_f = self._flipped_mamba().forward_last(x_f, mask_f)
+        if self.gate_kind == "ds_gate":
+            g, g_f = self._gates(x, mask, x_f, mask_f)
+            m, m_f = self.gate.modulate(m, g[:, -1:]), self.gate.modulate(m_f, g_f[:, -1:])
+        return self._sum(m, m_f)
+
+    def _check_input(self, x: Tensor, mask: Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
+            raise ValueError(
+                f"bidirectional_mamba: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
+            )
+        if self.reads_pads and x.shape[1] != self.max_len:
+            raise ValueError(f"bidirectional_mamba: pad_slots='read' reads the padded slots of max_len={self.max_len} "
+                             f"slots, as the released code does, and needs inputs exactly that wide, got {x.shape[1]}")
+
+    def _flipped(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The flip's index, the flipped input ``H^f`` and its mask (every slot with ``pad_slots="read"``)."""
         index = self.flip_index(mask)
-        x_f = gather_time(x, index)
-        mask_f = torch.ones_like(mask) if self.reads_pads else mask.gather(1, index)  # "read": every slot is input
+        mask_f = torch.ones_like(mask) if self.reads_pads else mask.gather(1, index)
+        return index, gather_time(x, index), mask_f
+
+    def _streams(self, x: Tensor, mask: Tensor) -> Tensor:
+        index, x_f, mask_f = self._flipped(x, mask)
         m = self.mamba(x, mask)
         m_f = self._flipped_mamba()(x_f, mask_f)
         if self.gate_kind == "ds_gate":
-            m, m_f = self._gated(x, mask, m, x_f, mask_f, m_f)
+            g, g_f = self._gates(x, mask, x_f, mask_f)
+            m, m_f = self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
         return self._sum(m, gather_time(m_f, index) if self.map_back else m_f)
 
     def _flipped_mamba(self) -> Mamba:
@@ -257,9 +281,10 @@ class BidirectionalMamba(SequenceBlock):
         y = left_align(self._sum(m, m_f), slots_mask)
         return F.pad(y, (0, 0, x.shape[1] - self.max_len, 0)) if x.shape[1] > self.max_len else y[:, -x.shape[1]:]
 
-    def _gated(self, x: Tensor, mask: Tensor, m: Tensor, x_f: Tensor, mask_f: Tensor, m_f: Tensor) -> tuple[Tensor, Tensor]:
+    def _gates(self, x: Tensor, mask: Tensor, x_f: Tensor, mask_f: Tensor) -> tuple[Tensor, Tensor]:
+        """The DS gate's values for the forward and the flipped stream (Eq. 3; in the code form the flipped
+        stream's gate also reads the forward one's)."""
         if self.gate.form == "paper":
-            return self.gate.modulate(m, self.gate(x, mask)), self.gate.modulate(m_f, self.gate(x_f, mask_f))
+            return self.gate(x, mask), self.gate(x_f, mask_f)
         g = self.gate(x, mask)
-        g_f = self.gate.code_gate(x_f + self.flipped_dense(x_f), g)
-        return self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
+        return g, self.gate.code_gate(x_f + self.flipped_dense(x_f), g)

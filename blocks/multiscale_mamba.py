@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from zoo.blocks.base import SequenceBlock, State
 from zoo.blocks.fft_filter import TimeFilter
 from zoo.blocks.masking import zero_pads
+from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
+from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
@@ -114,6 +116,25 @@ class MultiScaleMamba(SequenceBlock):
         return self.out_proj(self.norm(y) * F.silu(z))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        u, z, delta, B, C = self._scan_inputs(x, mask)
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float())
+        return self._output(y.transpose(1, 2), z)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``forward(x, mask)[:, -1:]`` with the scan read out at the newest position alone
+        (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`) and the norm, gate and output projection
+        there only. Where that scan has no compiled kernel it is ``forward`` read at the newest position."""
+        if not cpu_kernel.applies("final_state_scan", x):
+            return super().forward_last(x, mask)
+        u, z, delta, B, C = self._scan_inputs(x, mask)
+        A = -torch.exp(self.A_log.float())
+        y = final_state_scan(u.transpose(1, 2), delta.transpose(1, 2), A, B, C[:, -1], self.D.float())
+        return self._output(y.unsqueeze(1), z[:, -1:])
+
+    def _scan_inputs(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``u`` after the convolutions, filter and SiLU, the gate ``z``, the step Δ (0 at pads), ``B`` and ``C``,
+        all ``(B, L, ·)``."""
         if x.dim() != 3 or mask.shape != x.shape[:2]:
             raise ValueError(f"multiscale_mamba: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
         u, z = self.in_proj(zero_pads(x, mask)).chunk(2, -1)
@@ -124,10 +145,7 @@ class MultiScaleMamba(SequenceBlock):
             u = zero_pads(self.filter(u), mask)
         u = F.silu(u)
         delta, B, C = self._ssm_inputs(u)
-        delta = zero_pads(delta, mask)
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float())
-        return self._output(y.transpose(1, 2), z)
+        return u, z, zero_pads(delta, mask), B, C
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.streaming:

@@ -73,9 +73,9 @@ def readout_loop(before, w, B, A, after, C):
 # name: (inputs, loop, PyTorch form, compiled, dispatching function, shapes)
 KERNELS = {
     "final_state_scan": (scan_inputs, scan_loop, final_state_scan_ref, "final_state_scan_compiled", final_state_scan,
-                         [(5, 3, 9, 4), (1, 1, 1, 2), (7, 6, 4, 32), (2, 4, 17, 3)]),
+                         [(5, 3, 9, 4), (1, 1, 1, 2), (7, 6, 4, 32), (2, 4, 17, 3), (3, 5, 6, 16)]),
     "decayed_prefix": (readout_inputs, readout_loop, decayed_prefix_readout_ref, "decayed_prefix_compiled",
-                       decayed_prefix_readout, [(3, 9, 5, 4), (1, 1, 3, 2), (2, 17, 8, 32), (1, 6, 1, 3)]),
+                       decayed_prefix_readout, [(3, 9, 5, 4), (1, 1, 3, 2), (2, 17, 8, 32), (1, 6, 1, 3), (2, 7, 3, 64)]),
 }
 CASES = [(kernel, shape) for kernel, spec in KERNELS.items() for shape in spec[5]]
 

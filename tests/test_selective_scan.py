@@ -13,16 +13,16 @@ from zoo.blocks.ssm.selective_scan import selective_scan, selective_scan_blocked
 BATCH, DIM, D_STATE = 2, 4, 3
 
 
-def projection_shape(layout: str, length: int) -> tuple[int, ...]:
+def projection_shape(layout: str, length: int, d_state: int = D_STATE) -> tuple[int, ...]:
     return {
-        "const": (DIM, D_STATE),
-        "batched": (BATCH, D_STATE, length),
-        "groups1": (BATCH, 1, D_STATE, length),
-        "groups2": (BATCH, 2, D_STATE, length),
+        "const": (DIM, d_state),
+        "batched": (BATCH, d_state, length),
+        "groups1": (BATCH, 1, d_state, length),
+        "groups2": (BATCH, 2, d_state, length),
     }[layout]
 
 
-def make_inputs(length: int, B_layout: str, C_layout: str, seed: int = 0, dtype=torch.float64):
+def make_inputs(length: int, B_layout: str, C_layout: str, seed: int = 0, dtype=torch.float64, d_state: int = D_STATE):
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -31,9 +31,9 @@ def make_inputs(length: int, B_layout: str, C_layout: str, seed: int = 0, dtype=
     return dict(
         u=rand(BATCH, DIM, length),
         delta=rand(BATCH, DIM, length),
-        A=-torch.rand(DIM, D_STATE, generator=g, dtype=dtype) * 2,
-        B=rand(*projection_shape(B_layout, length)),
-        C=rand(*projection_shape(C_layout, length)),
+        A=-torch.rand(DIM, d_state, generator=g, dtype=dtype) * 2,
+        B=rand(*projection_shape(B_layout, length, d_state)),
+        C=rand(*projection_shape(C_layout, length, d_state)),
         D=rand(DIM),
         z=rand(BATCH, DIM, length),
         delta_bias=rand(DIM),

@@ -47,6 +47,36 @@ def test_forward_and_gradients_match_loop(length, B_layout, C_layout):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("d_state", [16, 32, 64])
+@pytest.mark.parametrize("length", [7, 65])
+def test_state_counts_compiled_as_constants_match_loop(d_state, length):
+    """16, 32 and 64 states take the kernel's compile-time path (state_count.h: the channel's state, A, adjoint and
+    gradient of A held in a local copy across a chunk); every other count the run-time one (the tests above)."""
+    x = make_inputs(length, "groups2", "groups2", seed=d_state + length, d_state=d_state)
+    got = gradients(cpu_kernel.selective_scan_compiled, x, seed=2)
+    want = gradients(loop_reference, x, seed=2)
+    names = ["out", "last state", *(f"gradient of {k}" for k in x)]
+    for name, g, w in zip(names, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("d_state", [5, 32])
+def test_float32_decay_is_exp_within_its_stated_error(d_state):
+    """The kernels' own float32 exp (blocks/ssm/decay_exp.h: within 1.7e-7 relative, exactly 1 at 0), read off
+    the last state of two steps: u = (1, 0), delta = 1, B = 1 give h_0 = 1 and h_1 = exp(A) exactly as the
+    kernel forms it. A spans [-87, 0] (every decay a scan meets: delta >= 0, A < 0), plus 0 itself."""
+    channels = 64
+    A = torch.cat([torch.zeros(1), -torch.rand(channels * d_state - 1, generator=torch.Generator().manual_seed(5)) * 87])
+    A = A.reshape(channels, d_state)
+    u = torch.tensor([1.0, 0.0]).expand(1, channels, 2)
+    delta = torch.ones(1, channels, 2)
+    B, C = torch.ones(1, d_state, 2), torch.zeros(1, d_state, 2)
+    _, state = cpu_kernel.selective_scan_compiled(u, delta, A, B, C, return_last_state=True)
+    want = torch.exp(A.double())
+    assert state[0, 0, 0] == 1.0
+    assert ((state[0].double() - want).abs() / want).max() < 1.7e-7
+
+
 def test_strided_B_and_C_are_read_as_they_are():
     """B and C that are not contiguous (the Mamba layer's are slices of its x_proj output, stride 1 along n)."""
     x = make_inputs(70, "batched", "groups2", seed=9)
@@ -118,13 +148,14 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(fn, tuple(x[k].clone().requires_grad_() for k in names), eps=1e-6, atol=1e-6)
 
 
-def test_float32_against_float64_loop():
+@pytest.mark.parametrize("d_state", [8, 32])
+def test_float32_against_float64_loop(d_state):
     # Realistic Mamba sizes; float32 accumulates rounding over 300 steps, hence the looser tolerance.
     g = torch.Generator().manual_seed(4)
     u, z = torch.randn(2, 3, 16, 300, generator=g, dtype=torch.float64)
     delta = torch.randn(3, 16, 300, generator=g, dtype=torch.float64)
-    A = -torch.rand(16, 8, generator=g, dtype=torch.float64) * 4
-    B, C = torch.randn(2, 3, 2, 8, 300, generator=g, dtype=torch.float64)
+    A = -torch.rand(16, d_state, generator=g, dtype=torch.float64) * 4
+    B, C = torch.randn(2, 3, 2, d_state, 300, generator=g, dtype=torch.float64)
     expected, expected_state = loop_reference(u, delta, A, B, C, z=z, delta_softplus=True, return_last_state=True)
     out, state = cpu_kernel.selective_scan_compiled(u.float(), delta.float(), A.float(), B.float(), C.float(), z=z.float(),
                                                     delta_softplus=True, return_last_state=True)

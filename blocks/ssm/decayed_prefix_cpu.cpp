@@ -26,6 +26,7 @@
 
 #include "decay_exp.h"
 #include "flush_denormals.h"
+#include "fixed_size.h"
 
 #include <algorithm>
 #include <cmath>
@@ -39,8 +40,9 @@ struct Shape {
 
 Shape shape_of(const at::Tensor& w, const at::Tensor& A) { return {w.size(0), w.size(1), w.size(2), A.size(1)}; }
 
-template <typename T>
-void readout_forward(const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
+template <typename T, typename States>
+void readout_forward(States states,
+                     const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
                      const at::Tensor& after, const at::Tensor& C, at::Tensor& out) {
   const auto s = shape_of(w, A);
   const T *before_p = before.data_ptr<T>(), *w_p = w.data_ptr<T>(), *B_p = B.data_ptr<T>();
@@ -48,21 +50,24 @@ void readout_forward(const at::Tensor& before, const at::Tensor& w, const at::Te
   T* out_p = out.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
-    std::vector<T> Q(s.n);
+    const int64_t n = states.n;
+    std::vector<T> Q(n);
     for (int64_t pair = begin; pair < end; ++pair) {
       const int64_t b = pair / s.dim, e = pair % s.dim;
-      const T* A_e = A_p + e * s.n;
-      const T *B_b = B_p + b * s.length * s.n, *C_b = C_p + b * s.length * s.n;
+      const T *B_b = B_p + b * s.length * n, *C_b = C_p + b * s.length * n;
       const T *before_be = before_p + pair * s.length, *w_be = w_p + pair * s.length;
       const T* after_be = after_p + pair * s.length;
-      T* Qp = Q.data();
       std::fill(Q.begin(), Q.end(), T(0));
+      Held<const T, States> A_held(states, A_p + e * n);
+      Held<T, States> Q_held(states, Q.data());
+      const T* A_e = A_held.get();
+      T* Qp = Q_held.get();
       for (int64_t t = 0; t < s.length; ++t) {
         const T into = before_be[t], weight = w_be[t], out_of = after_be[t];
-        const T *Bt = B_b + t * s.n, *Ct = C_b + t * s.n;
+        const T *Bt = B_b + t * n, *Ct = C_b + t * n;
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < s.n; ++i) {
+        for (int64_t i = 0; i < n; ++i) {
           Qp[i] += decay_exp(A_e[i] * into) * weight * Bt[i];
           sum += Ct[i] * decay_exp(A_e[i] * out_of) * Qp[i];
         }
@@ -74,12 +79,13 @@ void readout_forward(const at::Tensor& before, const at::Tensor& w, const at::Te
 
 // Tasks are (split, b): split `split` of batch b's channels. A task owns dB[split, b] and dC[split, b],
 // so no two tasks write the same memory; the caller sums the splits (and dA over the batch).
-template <typename T>
-void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
+template <typename T, typename States>
+void readout_backward(States states,
+                      const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
                       const at::Tensor& after, const at::Tensor& C, const at::Tensor& grad_out, at::Tensor& dbefore,
                       at::Tensor& dw, at::Tensor& dB, at::Tensor& dA, at::Tensor& dafter, at::Tensor& dC) {
   const auto s = shape_of(w, A);
-  const int64_t splits = dB.size(0), n = s.n, L = s.length;
+  const int64_t splits = dB.size(0), n = states.n, L = s.length;
   const int64_t per_split = (s.dim + splits - 1) / splits;
   const T *before_p = before.data_ptr<T>(), *w_p = w.data_ptr<T>(), *B_p = B.data_ptr<T>();
   const T *A_p = A.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
@@ -98,13 +104,15 @@ void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::T
       T *dB_b = dB_p + task * L * n, *dC_b = dC_p + task * L * n;  // task = split * batch + b
       for (int64_t e = e0; e < e1; ++e) {
         const int64_t pair = b * s.dim + e;
-        const T* A_e = A_p + e * n;
-        T* dA_e = dA_p + pair * n;
         const T *before_be = before_p + pair * L, *w_be = w_p + pair * L, *after_be = after_p + pair * L;
         const T* go_be = go_p + pair * L;
-        T *Qp = Q.data(), *Gp = G.data(), *Pp = P.data();
         std::fill(Q.begin(), Q.end(), T(0));
-        std::fill(dA_e, dA_e + n, T(0));
+        std::fill(G.begin(), G.end(), T(0));
+        std::fill(dA_p + pair * n, dA_p + (pair + 1) * n, T(0));
+        Held<const T, States> A_held(states, A_p + e * n);
+        Held<T, States> Q_held(states, Q.data()), G_held(states, G.data()), dA_held(states, dA_p + pair * n);
+        const T* A_e = A_held.get();
+        T *Qp = Q_held.get(), *Gp = G_held.get(), *dA_e = dA_held.get(), *Pp = P.data();
         for (int64_t t = 0; t < L; ++t) {  // forward: Q_s, P_s, and the readout's gradients
           const T into = before_be[t], weight = w_be[t], out_of = after_be[t], go = go_be[t];
           const T *Bt = B_b + t * n, *Ct = C_b + t * n;
@@ -123,7 +131,6 @@ void readout_backward(const at::Tensor& before, const at::Tensor& w, const at::T
           }
           dafter_p[pair * L + t] = d_out_of;
         }
-        std::fill(G.begin(), G.end(), T(0));
         for (int64_t t = L - 1; t >= 0; --t) {  // reverse: G_j = sum_{s >= j} P_s, and the terms' gradients
           const T into = before_be[t], weight = w_be[t];
           const T *Bt = B_b + t * n, *Pt = Pp + t * n;
@@ -165,8 +172,11 @@ at::Tensor forward(const at::Tensor& before, const at::Tensor& w, const at::Tens
                    const at::Tensor& after, const at::Tensor& C) {
   check(before, w, B, A, after, C);
   auto out = at::empty_like(w);
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decayed_prefix_cpu_forward",
-                             [&] { readout_forward<scalar_t>(before, w, B, A, after, C, out); });
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decayed_prefix_cpu_forward", [&] {
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      readout_forward<scalar_t>(states, before, w, B, A, after, C, out);
+    });
+  });
   return out;
 }
 
@@ -183,7 +193,9 @@ std::vector<at::Tensor> backward(const at::Tensor& before, const at::Tensor& w, 
   auto dC = at::empty_like(dB);
   auto dA = at::empty({w.size(0), w.size(1), A.size(1)}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decayed_prefix_cpu_backward", [&] {
-    readout_backward<scalar_t>(before, w, B, A, after, C, grad_out, dbefore, dw, dB, dA, dafter, dC);
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      readout_backward<scalar_t>(states, before, w, B, A, after, C, grad_out, dbefore, dw, dB, dA, dafter, dC);
+    });
   });
   return {dbefore, dw, dB, dA, dafter, dC};
 }

@@ -25,6 +25,7 @@
 #include "flush_denormals.h"
 
 #include "scan_steps.h"
+#include "fixed_size.h"
 
 #include <algorithm>
 #include <cmath>
@@ -38,8 +39,9 @@ struct Shape {
 
 Shape shape_of(const at::Tensor& u, const at::Tensor& A) { return {u.size(0), u.size(1), u.size(2), A.size(1)}; }
 
-template <typename T>
-void final_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+template <typename T, typename States>
+void final_forward(States states,
+                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, at::Tensor& y) {
   const auto s = shape_of(u, A);
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
@@ -47,16 +49,19 @@ void final_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
-    std::vector<T> h(s.n);
+    const int64_t n = states.n;
+    std::vector<T> h_home(n);
     for (int64_t r = begin; r < end; ++r) {
-      const T *B_r = B_p + r * s.steps * s.n, *C_r = C_p + r * s.n;
+      const T *B_r = B_p + r * s.steps * n, *C_r = C_p + r * n;
       for (int64_t e = 0; e < s.dim; ++e) {
         const int64_t pair = r * s.dim + e;
         const T *u_re = u_p + pair * s.steps, *delta_re = delta_p + pair * s.steps;
-        std::fill(h.begin(), h.end(), T(0));
+        std::fill(h_home.begin(), h_home.end(), T(0));
+        Held<const T, States> A_e(states, A_p + e * n);
+        Held<T, States> h(states, h_home.data());
         for (int64_t k = 0; k < s.steps; ++k)
-          advance(h.data(), A_p + e * s.n, B_r + k * s.n, delta_re[k], delta_re[k] * u_re[k], s.n);
-        y_p[pair] = dot(h.data(), C_r, s.n) + D_p[e] * u_re[s.steps - 1];
+          advance(h.get(), A_e.get(), B_r + k * n, delta_re[k], delta_re[k] * u_re[k], n);
+        y_p[pair] = dot(h.get(), C_r, n) + D_p[e] * u_re[s.steps - 1];
       }
     }
   });
@@ -64,12 +69,13 @@ void final_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
 
 // A task is a run of rows; it owns their dB and dC rows. dA and dD are summed per thread into
 // (threads, dim, n) and (threads, dim) buffers, which the caller adds up.
-template <typename T>
-void final_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+template <typename T, typename States>
+void final_backward(States state_count,
+                    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& grad_y, at::Tensor& du,
                     at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A);
-  const int64_t n = s.n, S = s.steps;
+  const int64_t n = state_count.n, S = s.steps;
   const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
   const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
@@ -82,14 +88,18 @@ void final_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tens
     const FlushDenormals flush;
     const int64_t thread = at::get_thread_num();
     T *dA_t = dA_p + thread * s.dim * n, *dD_t = dD_p + thread * s.dim;
-    std::vector<T> states((S + 1) * n), decays(S * n), g(n);
+    std::vector<T> states((S + 1) * n), decays(S * n), g_home(n);
     for (int64_t r = begin; r < end; ++r) {
       const T *B_r = B_p + r * S * n, *C_r = C_p + r * n;
       T *dB_r = dB_p + r * S * n, *dC_r = dC_p + r * n;
       for (int64_t e = 0; e < s.dim; ++e) {
         const int64_t pair = r * s.dim + e;
-        const T *u_re = u_p + pair * S, *delta_re = delta_p + pair * S, *A_e = A_p + e * n;
-        T *du_re = du_p + pair * S, *ddelta_re = ddelta_p + pair * S, *dA_e = dA_t + e * n;
+        const T *u_re = u_p + pair * S, *delta_re = delta_p + pair * S;
+        T *du_re = du_p + pair * S, *ddelta_re = ddelta_p + pair * S;
+        Held<const T, States> A_held(state_count, A_p + e * n);
+        Held<T, States> dA_held(state_count, dA_t + e * n), g_held(state_count, g_home.data());
+        const T* A_e = A_held.get();
+        T *dA_e = dA_held.get(), *g = g_held.get();
         const T gy = gy_p[pair];
         std::fill(states.begin(), states.begin() + n, T(0));  // states[k + 1] = h_k
         for (int64_t k = 0; k < S; ++k) {
@@ -151,8 +161,11 @@ at::Tensor forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
                    const at::Tensor& C, const at::Tensor& D) {
   check(u, delta, A, B, C, D);
   auto y = at::empty({u.size(0), u.size(1)}, u.options());
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward",
-                             [&] { final_forward<scalar_t>(u, delta, A, B, C, D, y); });
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward", [&] {
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      final_forward<scalar_t>(states, u, delta, A, B, C, D, y);
+    });
+  });
   return y;
 }
 
@@ -169,7 +182,9 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dA = at::empty({threads, A.size(0), A.size(1)}, u.options());
   auto dD = at::empty({threads, D.size(0)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_backward", [&] {
-    final_backward<scalar_t>(u, delta, A, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      final_backward<scalar_t>(states, u, delta, A, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
+    });
   });
   return {du, ddelta, dA, dB, dC, dD};
 }

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
+from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
+from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.registry import register_block
 
@@ -100,6 +102,28 @@ class Mamba(SequenceBlock):
         self.dt_proj.bias._no_reinit = True
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        u, z, dt, B, C = self._scan_inputs(x, mask)
+        B, C = (t.transpose(1, 2).contiguous() for t in (B, C))  # (B, n, L)
+        y = selective_scan(u, dt.contiguous(), -torch.exp(self.A_log), B, C, self.D, z=z,
+                           delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return self.out_proj(y.transpose(1, 2))
+
+    def forward_last(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``forward(x, mask)[:, -1:]`` with the scan read out at the newest position alone (eq. 2b there
+        only, :func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`) and the gate and output projection
+        applied there only: what scoring needs. Where that scan has no compiled kernel (a tracer, CUDA,
+        ``SEQREC_ZOO_CPU_KERNEL=0``) it is ``forward`` read at the newest position."""
+        if not cpu_kernel.applies("final_state_scan", x):
+            return super().forward_last(x, mask)
+        u, z, dt, B, C = self._scan_inputs(x, mask)
+        delta = F.softplus(dt + self.dt_proj.bias.unsqueeze(-1))  # a padded step's lowest raw value gives exactly 0
+        y = final_state_scan(u, delta, -torch.exp(self.A_log), B, C[:, -1], self.D)
+        return self.out_proj(y * F.silu(z[..., -1])).unsqueeze(1)
+
+    def _scan_inputs(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The scan's inputs: ``u`` after the convolution and its SiLU and the gate ``z`` (B, E, L), the raw
+        step ``dt_proj(dt)`` without its bias (B, E, L), the dtype's lowest value at padded positions, and
+        ``B``, ``C`` (B, L, n) as ``x_proj`` gives them."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"mamba: expected x of shape (batch, length, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
@@ -113,13 +137,9 @@ class Mamba(SequenceBlock):
         u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added in the scan
-        B = B.transpose(1, 2).contiguous()
-        C = C.transpose(1, 2).contiguous()
-        A = -torch.exp(self.A_log)
         if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
             dt = dt.masked_fill(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)
-        y = selective_scan(u, dt.contiguous(), A, B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y.transpose(1, 2))
+        return u, z, dt, B, C
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:
         device = self.A_log.device if device is None else device

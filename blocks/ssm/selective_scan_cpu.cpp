@@ -39,6 +39,7 @@
 #include "group_runs.h"
 #include "scan_steps.h"
 #include "silu.h"
+#include "fixed_size.h"
 #include "step_size.h"
 
 #include <algorithm>
@@ -127,8 +128,24 @@ inline void ungate(const T* __restrict dout, const T* __restrict y, const T* __r
   }
 }
 
-template <typename T>
-void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+// One chunk [first, stop) of channel (b, d): its state h (n values at h_home, h_{first-1} in, h_{stop-1} out)
+// through the chunk's steps, and y_t = <C_t, h_t> + D u_t. B, C: the chunk's tiles of the channel's group
+// (position-major, see StateInput::gather); steps[t - first] = delta_t.
+template <typename T, typename States>
+void chunk_forward(States states, int64_t first, int64_t stop, const T* A_home, const T* B, const T* C,
+                   const T* steps, const T* u, T D, T* y, T* h_home) {
+  Held<const T, States> A(states, A_home);
+  Held<T, States> h(states, h_home);
+  const int64_t n = states.n;
+  for (int64_t t = first; t < stop; ++t) {
+    const T dt = steps[t - first];
+    advance(h.get(), A.get(), B + (t - first) * n, dt, dt * u[t], n);
+    y[t] = dot(h.get(), C + (t - first) * n, n) + D * u[t];
+  }
+}
+
+template <typename T, typename States>
+void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z, bool softplus,
                   at::Tensor& y, at::Tensor& gated, at::Tensor& last, at::Tensor& starts) {
   const auto s = shape_of(u, A, B);
@@ -161,11 +178,7 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
           T* h = last_p + pair * s.n;
           if (starts_p) std::copy(h, h + s.n, starts_p + (pair * chunks + first / kChunk) * s.n);
           discretize(delta_p + pair * s.length, bias_p[d], mamba_step<T>(softplus), first, stop, steps);
-          for (int64_t t = first; t < stop; ++t) {
-            const T dt = steps[t - first];
-            advance(h, A_d, B_tile.data() + (t - first) * s.n, dt, dt * u_bd[t], s.n);
-            y_bd[t] = dot(h, C_tile.data() + (t - first) * s.n, s.n) + D_p[d] * u_bd[t];
-          }
+          chunk_forward(states, first, stop, A_d, B_tile.data(), C_tile.data(), steps, u_bd, D_p[d], y_bd, h);
           if (z_p) gate(y_bd, z_p + pair * s.length, first, stop, gated_p + pair * s.length);
         }
       }
@@ -178,11 +191,16 @@ void scan_forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
 // walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and the raw delta's gradient
 // and adding to dA and dD. B, C are the chunk's tiles of the channel's group
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
-template <typename T>
-void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
-                    const StepSize<T>& step, const T* A, const T* B, const T* C, T D, const T* grad_out,
-                    const T* y, const T* z, T* dz, const T* start, T* du, T* ddelta, T* dA, T* dB, T* dC, T& dD,
-                    std::vector<T>& states, std::vector<T>& decays, T* g) {
+template <typename T, typename States>
+void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
+                    const StepSize<T>& step, const T* A_home, const T* B, const T* C, T D, const T* grad_out,
+                    const T* y, const T* z, T* dz, const T* start, T* du, T* ddelta, T* dA_home, T* dB, T* dC,
+                    T& dD, std::vector<T>& states, std::vector<T>& decays, T* g_home) {
+  const int64_t n = state_count.n;
+  Held<const T, States> A_held(state_count, A_home);
+  Held<T, States> dA_held(state_count, dA_home), g_held(state_count, g_home);
+  const T* A = A_held.get();
+  T *dA = dA_held.get(), *g = g_held.get();
   T steps[kChunk], grad_y[kChunk];  // grad_y[t - first]: dL/dy_t, before the gate
   discretize(raw_delta, bias, step, first, stop, steps);
   if (z) {
@@ -229,8 +247,9 @@ void chunk_backward(int64_t n, int64_t first, int64_t stop, const T* u, const T*
   chain_through_step(raw_delta, bias, step, first, stop, ddelta);
 }
 
-template <typename T>
-void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+template <typename T, typename States>
+void scan_backward(States state_count,
+                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z,
                    const at::Tensor& y, bool softplus, const at::Tensor& starts, const at::Tensor& grad_out,
                    const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA,
@@ -272,7 +291,7 @@ void scan_backward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
         std::fill(dC_tile.begin(), dC_tile.end(), T(0));
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
-          chunk_backward<T>(n, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
+          chunk_backward<T>(state_count, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
                             mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
                             gout_p + offset_l, gated ? y_p + offset_l : nullptr, gated ? z_p + offset_l : nullptr,
                             gated ? dz_p + offset_l : nullptr, starts_p + (pair * chunks + c) * n, du_p + offset_l,
@@ -323,7 +342,9 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   const int64_t chunks = keep_starts ? (u.size(2) + kChunk - 1) / kChunk : 0;
   auto starts = at::empty({u.size(0), u.size(1), chunks, A.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
-    scan_forward<scalar_t>(u, delta, A, B, C, D, bias, z, softplus, y, gated, last, starts);
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      scan_forward<scalar_t>(states, u, delta, A, B, C, D, bias, z, softplus, y, gated, last, starts);
+    });
   });
   if (!z.numel()) return {y, last, starts, at::empty({0}, u.options())};
   return {gated, last, starts, keep_starts ? y : at::empty({0}, u.options())};
@@ -354,8 +375,10 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dC = at::empty_like(dB);
   auto dD = at::empty({u.size(0), u.size(1)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
-    scan_backward<scalar_t>(u, delta, A, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du, ddelta, dz,
-                            dA, dB, dC, dD);
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      scan_backward<scalar_t>(states, u, delta, A, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du,
+                              ddelta, dz, dA, dB, dC, dD);
+    });
   });
   return {du, ddelta, dz, dA, dB, dC, dD};
 }

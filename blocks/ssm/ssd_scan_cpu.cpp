@@ -31,6 +31,7 @@
 
 #include "flush_denormals.h"
 
+#include "fixed_size.h"
 #include "group_runs.h"
 #include "step_size.h"
 
@@ -171,12 +172,9 @@ template <typename T>
 void scan_forward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
                       const at::Tensor& C, const at::Tensor& D, const HeadSteps<T>& rules, const at::Tensor& initial,
                       at::Tensor& y, at::Tensor& final_state) {
-  switch (x.size(3)) {
-    case 16: return scan_forward<T, 16>(x, dt, A, B, C, D, rules, initial, y, final_state);
-    case 32: return scan_forward<T, 32>(x, dt, A, B, C, D, rules, initial, y, final_state);
-    case 64: return scan_forward<T, 64>(x, dt, A, B, C, D, rules, initial, y, final_state);
-    default: return scan_forward<T, 0>(x, dt, A, B, C, D, rules, initial, y, final_state);
-  }
+  with_size<16, 32, 64>(x.size(3), [&](auto p) {
+    scan_forward<T, decltype(p)::held>(x, dt, A, B, C, D, rules, initial, y, final_state);
+  });
 }
 
 // Output pointers of the backward pass.
@@ -338,13 +336,10 @@ void scan_backward_any(const at::Tensor& x, const at::Tensor& dt, const at::Tens
                        const at::Tensor& grad_y,
                        const at::Tensor& grad_final, at::Tensor& dx, at::Tensor& ddt, at::Tensor& dA, at::Tensor& dB,
                        at::Tensor& dC, at::Tensor& dD, at::Tensor& dinitial) {
-  switch (B.size(3)) {
-    case 16: return scan_backward<T, 16>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
-    case 32: return scan_backward<T, 32>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
-    case 64: return scan_backward<T, 64>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
-    case 128: return scan_backward<T, 128>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
-    default: return scan_backward<T, 0>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD, dinitial);
-  }
+  with_size<16, 32, 64, 128>(B.size(3), [&](auto n) {
+    scan_backward<T, decltype(n)::held>(x, dt, A, B, C, D, rules, initial, grad_y, grad_final, dx, ddt, dA, dB, dC, dD,
+                                        dinitial);
+  });
 }
 
 void check(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
