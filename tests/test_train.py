@@ -100,26 +100,19 @@ def test_a_checkpoint_written_before_new_recipe_fields_still_resumes(data, tmp_p
         train("sasrec", data, tmp_path, **settings)
 
 
-def test_declaring_a_pretrained_tag_does_not_stop_a_run_from_resuming(data, tmp_path):
-    """A recipe's ``pretrained:`` tags say where weights are published; a run of it resumes when they change."""
+@pytest.mark.parametrize("edit", [
+    # a recipe's ``pretrained:`` tags say where weights are published
+    {"pretrained": {"ml-100k": {"dataset": "ml-100k", "default": True}}},
+    # ``paper``, ``description`` and ``deviations`` document a recipe
+    {"paper": "another title", "description": "reworded", "deviations": ["a new note"]},
+], ids=["pretrained tags", "prose"])
+def test_editing_what_does_not_change_the_run_does_not_stop_it_from_resuming(data, tmp_path, edit):
+    """A run continues when its recipe's publishing tags or prose change."""
     settings = dict(epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
     first = train("sasrec", data, tmp_path, **settings)
     state_file = latest_checkpoint(tmp_path / "checkpoints") / "trainer_state.json"
     state = json.loads(state_file.read_text())
-    state["fingerprint"]["recipe"]["pretrained"] = {"ml-100k": {"dataset": "ml-100k", "default": True}}
-    state_file.write_text(json.dumps(state))
-    again = train("sasrec", data, tmp_path, **settings)
-    assert again.history == first.history and again.test == first.test
-
-
-def test_editing_a_recipes_prose_does_not_stop_a_run_from_resuming(data, tmp_path):
-    """``paper``, ``description`` and ``deviations`` document a recipe; a run continues when they are reworded."""
-    settings = dict(epochs=1, seed=0, overrides=TINY, progress=False, save_model=False, plot=False)
-    first = train("sasrec", data, tmp_path, **settings)
-    state_file = latest_checkpoint(tmp_path / "checkpoints") / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    recipe = state["fingerprint"]["recipe"]
-    recipe.update(paper="another title", description="reworded", deviations=["a new note"])
+    state["fingerprint"]["recipe"].update(edit)
     state_file.write_text(json.dumps(state))
     again = train("sasrec", data, tmp_path, **settings)
     assert again.history == first.history and again.test == first.test

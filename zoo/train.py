@@ -385,8 +385,8 @@ def _trained_part(recipe: Recipe) -> dict[str, Any]:
     unless a learning-rate schedule spans the epochs (every scheduler but ``plateau``): a new budget
     would change its past steps."""
     dumped = recipe.model_dump(mode="json")
-    for prose in ("pretrained", "paper", "description", "deviations"):
-        dumped.pop(prose, None)
+    for untrained in ("pretrained", "paper", "description", "deviations"):
+        dumped.pop(untrained, None)
     dumped["train"].pop("patience", None)  # a stopped run continues when it is raised
     if not _schedule_spans_epochs(recipe.train.scheduler):
         dumped["train"].pop("epochs", None)
