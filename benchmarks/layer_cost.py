@@ -1,7 +1,8 @@
 """Per-sequence cost side by side: a Mamba layer against SASRec's Transformer layer, whole models against
 ``sasrec``, in training (forward + backward) and in full-ranking evaluation.
 
-All in one process, in alternating rounds (``--rounds``, each case once per round, best time kept), so
+All in one process, with glibc's malloc keeping freed memory as ``zoo train`` and ``zoo.evaluate`` run
+(:func:`zoo.memory.keep_freed_memory`), in alternating rounds (``--rounds``, each case once per round, best time kept), so
 that the machine's drift hits every case alike; the verdicts are ratios to the Transformer layer /
 ``sasrec`` of the same run.
 
@@ -30,6 +31,7 @@ from measure import build_model, training_batch
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.blocks.transformer_layer import TransformerLayer
+from zoo.memory import keep_freed_memory
 
 MODELS = ["sasrec", "mamba4rec", "sigma", "sigma-code", "cnn-mamba", "m2rec", "conv-pf-mamba", "mamba-gru"]
 GOALS = {"mamba layer": 1.5, "sigma": 3.0}
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    keep_freed_memory()
     from zoo.data import load_dataset
 
     split = load_dataset("ml-100k").split("loo")

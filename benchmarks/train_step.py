@@ -33,6 +33,7 @@ import torch
 import measure
 import zoo.train as trainer
 from zoo import distributed
+from zoo.memory import keep_freed_memory
 
 
 def trainer_run(recipe: str, split, folder: Path, precision: str = "fp32") -> trainer._Run:
@@ -70,6 +71,7 @@ def main() -> None:
                         help="training autocast, each timed in the same rounds (default fp32; auto: the recipe's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args()
+    keep_freed_memory()  # as zoo.train runs
     if args.threads:
         torch.set_num_threads(args.threads)
     from zoo.data import load_dataset

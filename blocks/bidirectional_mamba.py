@@ -168,8 +168,8 @@ class BidirectionalMamba(SequenceBlock):
         m = self.mamba.forward_last(x, mask)
         m_f = self._flipped_mamba().forward_last(x_f, mask_f)
         if self.gate_kind == "ds_gate":
-            g, g_f = self._gates(x, mask, x_f, mask_f)
-            m, m_f = self.gate.modulate(m, g[:, -1:]), self.gate.modulate(m_f, g_f[:, -1:])
+            g, g_f = self._gates(x, mask, x_f, mask_f, newest_only=True)
+            m, m_f = self.gate.modulate(m, g), self.gate.modulate(m_f, g_f)
         return self._sum(m, m_f)
 
     def _check_input(self, x: Tensor, mask: Tensor) -> None:
@@ -281,10 +281,14 @@ class BidirectionalMamba(SequenceBlock):
         y = left_align(self._sum(m, m_f), slots_mask)
         return F.pad(y, (0, 0, x.shape[1] - self.max_len, 0)) if x.shape[1] > self.max_len else y[:, -x.shape[1]:]
 
-    def _gates(self, x: Tensor, mask: Tensor, x_f: Tensor, mask_f: Tensor) -> tuple[Tensor, Tensor]:
+    def _gates(self, x: Tensor, mask: Tensor, x_f: Tensor, mask_f: Tensor,
+               newest_only: bool = False) -> tuple[Tensor, Tensor]:
         """The DS gate's values for the forward and the flipped stream (Eq. 3; in the code form the flipped
-        stream's gate also reads the forward one's)."""
+        stream's gate also reads the forward one's), at every position or (``newest_only``) at the newest."""
+        gate = self.gate.forward_last if newest_only else self.gate
         if self.gate.form == "paper":
-            return self.gate(x, mask), self.gate(x_f, mask_f)
-        g = self.gate(x, mask)
+            return gate(x, mask), gate(x_f, mask_f)
+        g = gate(x, mask)
+        if newest_only:
+            x_f = x_f[:, -1:]
         return g, self.gate.code_gate(x_f + self.flipped_dense(x_f), g)

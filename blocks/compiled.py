@@ -5,7 +5,8 @@ intermediates to memory. The kernels fuse a block's inner loop into one pass on 
 threads: the selective scan (``ssm/selective_scan_cpu.cpp``, Mamba eq. 2a-2b), the SSD scan
 (``ssm/ssd_scan_cpu.cpp``, Mamba2), for SIGMA's every-prefix pass short scans read at their last step
 (``ssm/final_state_scan_cpu.cpp``) and the decayed prefix readout (``ssm/decayed_prefix_cpu.cpp``), the
-short causal convolution in front of every Mamba scan (``ssm/causal_conv_cpu.cpp``),
+short causal convolution in front of every Mamba scan (``ssm/causal_conv_cpu.cpp``) and the step size's
+softplus (``ssm/softplus_cpu.cpp``),
 and for inference masked attention (``attention_cpu.cpp``), a whole post-norm Transformer layer
 (``transformer_layer_cpu.cpp``) and the item_id encoder (``item_embedding_cpu.cpp``), and in training
 dropout's mask (``dropout_cpu.cpp``, :mod:`zoo.blocks.dropout`); in both, ConvRec's layer norm
@@ -47,6 +48,7 @@ SOURCES = {
     "decayed_prefix": _HERE / "ssm" / "decayed_prefix_cpu.cpp",
     "final_state_scan": _HERE / "ssm" / "final_state_scan_cpu.cpp",
     "causal_conv": _HERE / "ssm" / "causal_conv_cpu.cpp",
+    "softplus": _HERE / "ssm" / "softplus_cpu.cpp",
     "attention": _HERE / "attention_cpu.cpp",
     "transformer_layer": _HERE / "transformer_layer_cpu.cpp",
     "item_embedding": _HERE / "item_embedding_cpu.cpp",

@@ -74,6 +74,15 @@ class DenseSelectiveGate(SequenceBlock):
             return self.code_gate(h, h)
         return self._paper_gate(self.conv(self.dense(x), mask))
 
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The gate at the newest position only: the code form there alone (position-wise), the paper form's
+        convolution over the few newest positions its window reaches (what lies after the newest is padding
+        either way)."""
+        if self.form == "code":
+            return self.forward(x[:, -1:], mask[:, -1:])
+        window = self.conv.pads[0] + 1
+        return self.forward(x[:, -window:], mask[:, -window:])[:, -1:]
+
     def offers_prefixes(self) -> bool:
         return True
 

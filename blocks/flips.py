@@ -26,6 +26,7 @@ from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
 from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.softplus import softplus
 
 
 def partial_flip_index(mask: Tensor, remain: int) -> Tensor:
@@ -136,7 +137,7 @@ def scan_inputs(mamba: Mamba, conv: Tensor, valid: Tensor | float) -> tuple[Tens
     bias = mamba.conv1d.bias
     u = F.silu(conv if bias is None else conv + bias)
     dt, B, C = mamba.x_proj(u).split([mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
-    return u, F.softplus(mamba.dt_proj(dt)) * valid, B, C
+    return u, softplus(mamba.dt_proj(dt)) * valid, B, C
 
 
 def short_conv(mamba: Mamba, inputs: Tensor) -> Tensor:

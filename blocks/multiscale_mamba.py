@@ -15,7 +15,9 @@ from zoo.blocks.masking import zero_pads
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.final_state_scan import final_state_scan
+from zoo.blocks.ssm.mamba import split_projection
 from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.softplus import softplus
 from zoo.registry import register_block
 
 
@@ -110,7 +112,7 @@ class MultiScaleMamba(SequenceBlock):
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Δ (softplus applied), B, C from ``u (..., d_inner)``."""
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
-        return F.softplus(self.dt_proj(dt)), B, C
+        return softplus(self.dt_proj(dt)), B, C
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
         return self.out_proj(self.norm(y) * F.silu(z))
@@ -127,17 +129,19 @@ class MultiScaleMamba(SequenceBlock):
         there only. Where that scan has no compiled kernel it is ``forward`` read at the newest position."""
         if not cpu_kernel.applies("final_state_scan", x):
             return super().forward_last(x, mask)
-        u, z, delta, B, C = self._scan_inputs(x, mask)
+        u, z, delta, B, C = self._scan_inputs(x, mask, gate_everywhere=False)
         A = -torch.exp(self.A_log.float())
         y = final_state_scan(u.transpose(1, 2), delta.transpose(1, 2), A, B, C[:, -1], self.D.float())
-        return self._output(y.unsqueeze(1), z[:, -1:])
+        return self._output(y.unsqueeze(1), z.unsqueeze(1))
 
-    def _scan_inputs(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``u`` after the convolutions, filter and SiLU, the gate ``z``, the step Δ (0 at pads), ``B`` and ``C``,
-        all ``(B, L, ·)``."""
+    def _scan_inputs(self, x: Tensor, mask: Tensor,
+                     gate_everywhere: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``u`` after the convolutions, filter and SiLU, the gate ``z`` (at the newest position alone, ``(B, E)``,
+        without ``gate_everywhere``), the step Δ (0 at pads), ``B`` and ``C``, all ``(B, L, ·)``."""
         if x.dim() != 3 or mask.shape != x.shape[:2]:
             raise ValueError(f"multiscale_mamba: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
-        u, z = self.in_proj(zero_pads(x, mask)).chunk(2, -1)
+        x = zero_pads(x, mask)
+        u, z = self.in_proj(x).chunk(2, -1) if gate_everywhere else split_projection(self.in_proj, x)
         u = u.transpose(1, 2)
         u = sum(causal_depthwise_conv1d(u, conv.weight, conv.bias) for conv in self.convs) / len(self.convs)
         u = zero_pads(u.transpose(1, 2), mask)

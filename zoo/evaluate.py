@@ -35,6 +35,7 @@ from torch import Tensor
 
 from zoo.data.batching import NextItemSamples, flat_ranges, trim_padding
 from zoo.data.split import DataSplit
+from zoo.memory import keep_freed_memory
 
 METRICS = ("hr", "ndcg", "mrr", "recall")
 METRIC_LABELS = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall"}
@@ -288,6 +289,8 @@ def evaluate(
     ``precision="bf16"`` runs ``model.score`` under bf16 autocast (one context for all batches, so
     each weight is cast once); the zoo's models still compute the final item scores in fp32, so
     ranks differ from fp32 evaluation only by the encoder's rounding.
+
+    Sets glibc's malloc to keep freed memory for the next batch (:func:`zoo.memory.keep_freed_memory`).
     """
     if mode not in ("full", "sampled"):
         raise ValueError(f"mode must be 'full' or 'sampled', got {mode!r}")
@@ -297,6 +300,7 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    keep_freed_memory()
     ks = sorted({int(k) for k in ks})
     if isinstance(samples, DataSplit):
         samples = samples.eval_samples(which, model.max_len)

@@ -73,6 +73,7 @@ from zoo.data.batching import trim_padding
 from zoo.data.dataset import InteractionDataset
 from zoo.data.split import DataSplit
 from zoo.evaluate import METRICS, evaluate
+from zoo.memory import keep_freed_memory
 from zoo.model import SeqRecModel
 from zoo.objectives import ItemSets, TrainingSamples, add_negatives, count_targets, loss_terms, training_samples
 from zoo.recipe import Recipe, TrainConfig
@@ -847,8 +848,10 @@ def train(
     ``loggers``: extra logs beside ``metrics.jsonl``; ``("tensorboard",)`` writes TensorBoard scalars to
     ``out_dir/tensorboard/`` (:mod:`zoo.tensorboard_log`, needs ``pip install 'seqrec-zoo[log]'``). An
     unknown name or a missing package fails here, before anything is read or trained.
+    Sets glibc's malloc to keep freed memory for the next step (:func:`zoo.memory.keep_freed_memory`).
     """
     loggers = check_loggers(loggers)
+    keep_freed_memory()
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 steps, got {checkpoint_every}")
     if precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -1,5 +1,6 @@
 """Fused CPU kernels for the selective scan, the SSD scan, short scans read at their last step, the
-decayed prefix readout and the causal depthwise convolution (see :mod:`zoo.blocks.compiled`).
+decayed prefix readout, the causal depthwise convolution and the step size's softplus (see
+:mod:`zoo.blocks.compiled`).
 
 The kernels in ``selective_scan_cpu.cpp`` (Mamba eq. 2a-2b), ``ssd_scan_cpu.cpp`` (Mamba2's SSD
 recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan`) and
@@ -7,7 +8,8 @@ recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan
 head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
 intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files).
 ``causal_conv_cpu.cpp`` is the short convolution (and SiLU) in front of every Mamba and Mamba2 scan,
-used by :func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d`.
+used by :func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d`; ``softplus_cpu.cpp`` the step size
+``softplus`` of :mod:`zoo.blocks.ssm.softplus`.
 When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
 input-dependent (``(b, n, l)`` or ``(b, g, n, l)``, as in every Mamba layer) and
@@ -25,7 +27,8 @@ from torch import Tensor
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
-           "final_state_scan_compiled", "kernel_dtype", "load", "selective_scan_compiled", "ssd_scan_compiled"]
+           "final_state_scan_compiled", "kernel_dtype", "load", "selective_scan_compiled", "softplus_compiled",
+           "ssd_scan_compiled"]
 
 
 def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
@@ -231,6 +234,26 @@ class _CompiledFinalStateScan(torch.autograd.Function):
         u, delta, A, B, C, D = ctx.saved_tensors
         du, ddelta, dA, dB, dC, dD = load("final_state_scan").backward(u, delta, A, B, C, D, grad_y.contiguous())
         return du, ddelta, dA.sum(0), dB, dC, dD.sum(0)
+
+
+def softplus_compiled(x: Tensor) -> Tensor:
+    """:func:`zoo.blocks.ssm.softplus.softplus` in the compiled kernel: computed in float64 for float64 input,
+    else float32, returned in ``x``'s dtype."""
+    return _CompiledSoftplus.apply(x.to(kernel_dtype(x)).contiguous()).to(x.dtype)
+
+
+class _CompiledSoftplus(torch.autograd.Function):
+    """``softplus(x)`` (threshold 20) and its gradient ``dy * sigmoid(x)`` (1 above the threshold) from the kernel."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor):
+        ctx.save_for_backward(x)
+        return load("softplus").forward(x)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        (x,) = ctx.saved_tensors
+        return load("softplus").backward(x, grad_y.contiguous())
 
 
 def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:

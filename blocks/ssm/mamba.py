@@ -19,7 +19,15 @@ from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.softplus import softplus
 from zoo.registry import register_block
+
+
+def split_projection(in_proj: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``in_proj(x).chunk(2, -1)`` with the second half (the gate) taken at the newest position only:
+    ``(B, L, E)`` and ``(B, E)``. Scoring reads the gate nowhere else, and it is half the projection's work."""
+    weight, bias = in_proj.weight.chunk(2), (None, None) if in_proj.bias is None else in_proj.bias.chunk(2)
+    return F.linear(x, weight[0], bias[0]), F.linear(x[:, -1], weight[1], bias[1])
 
 
 class MambaState(NamedTuple):
@@ -115,21 +123,26 @@ class Mamba(SequenceBlock):
         ``SEQREC_ZOO_CPU_KERNEL=0``) it is ``forward`` read at the newest position."""
         if not cpu_kernel.applies("final_state_scan", x):
             return super().forward_last(x, mask)
-        u, z, dt, B, C = self._scan_inputs(x, mask)
-        delta = F.softplus(dt + self.dt_proj.bias.unsqueeze(-1))  # a padded step's lowest raw value gives exactly 0
+        u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False)
+        delta = softplus(dt + self.dt_proj.bias.unsqueeze(-1))  # a padded step's lowest raw value gives exactly 0
         y = final_state_scan(u, delta, -torch.exp(self.A_log), B, C[:, -1], self.D)
-        return self.out_proj(y * F.silu(z[..., -1])).unsqueeze(1)
+        return self.out_proj(y * F.silu(z)).unsqueeze(1)
 
-    def _scan_inputs(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The scan's inputs: ``u`` after the convolution and its SiLU and the gate ``z`` (B, E, L), the raw
-        step ``dt_proj(dt)`` without its bias (B, E, L), the dtype's lowest value at padded positions, and
-        ``B``, ``C`` (B, L, n) as ``x_proj`` gives them."""
+    def _scan_inputs(self, x: Tensor, mask: Tensor | None,
+                     gate_everywhere: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The scan's inputs: ``u`` after the convolution and its SiLU (B, E, L), the gate ``z`` (B, E, L), or
+        (B, E) at the newest position alone without ``gate_everywhere``, the raw step ``dt_proj(dt)`` without
+        its bias (B, E, L), the dtype's lowest value at padded positions, and ``B``, ``C`` (B, L, n) as
+        ``x_proj`` gives them."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"mamba: expected x of shape (batch, length, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mamba: mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
-        u, z = xz.chunk(2, dim=1)
+        if gate_everywhere:
+            u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
+        else:
+            u, z = split_projection(self.in_proj, x)
+            u = u.transpose(1, 2)
         if mask is not None:
             u = u * mask.unsqueeze(1).to(u.dtype)
         if u.is_cuda:  # causal-conv1d's CUDA kernel gets time-major rows (its channels-last path wants aligned strides)
@@ -161,7 +174,7 @@ class Mamba(SequenceBlock):
             u = u + self.conv1d.bias
         u = F.silu(u)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))  # (B, E)
+        delta = softplus(self.dt_proj(dt))  # (B, E)
         A = -torch.exp(self.A_log)
         ssm_state = torch.exp(delta.unsqueeze(-1) * A) * ssm_state + (delta * u).unsqueeze(-1) * B.unsqueeze(1)
         y = (ssm_state @ C.unsqueeze(-1)).squeeze(-1) + self.D * u

@@ -1,0 +1,94 @@
+"""The step size's softplus (zoo.blocks.ssm.softplus) in its compiled CPU kernel against the formula
+``log(1 + exp(x))`` (``x`` above 20) written with Python's ``math`` in double precision, values and gradients.
+
+Tolerances: float64 within 1e-15 relative (the vectorised exp and log1p are within a few units in the last
+place, not correctly rounded); float32 within 4e-7 relative of the double result (about 3 units in the last
+place; torch's own softplus is within 1), or 1e-44 absolute where the value is a float32 denormal; gradients likewise against ``exp(x) / (1 + exp(x))`` (exactly 1 above 20).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zoo.blocks.ssm import cpu_kernel
+from zoo.blocks.ssm.softplus import softplus
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
+                                    reason="no C++ compiler to build the CPU kernel with")
+
+EDGES = [-3.4e38, -1e4, -104.0, -100.0, -90.0, -88.0, -87.0, -20.0, -1e-3, 0.0, 1e-3, 19.99, 20.0, 20.01, 88.0, 1e4]
+
+
+def points(dtype: torch.dtype) -> torch.Tensor:
+    """Values from far below to far above the threshold, the edges included, in an odd count (no whole vector)."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.cat([torch.randn(3001, generator=g) * 8, torch.rand(1001, generator=g) * 240 - 120])
+    return torch.cat([spread, torch.tensor(EDGES)]).to(dtype)
+
+
+def formula(x: float) -> float:
+    return x if x > 20 else math.log1p(math.exp(x))
+
+
+def formula_slope(x: float) -> float:
+    return 1.0 if x > 20 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def close_to(got: torch.Tensor, want: list[float], rel: float, denormal: float = 0.0) -> None:
+    want_ = torch.tensor(want, dtype=torch.float64)
+    err = (got.double() - want_).abs()
+    ok = (err <= rel * want_.abs()) | (err <= denormal)
+    assert ok.all(), f"worst at x-index {int((err / want_.abs().clamp_min(1e-300)).argmax())}: {err.max().item():.3e}"
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype,rel,denormal", [(torch.float64, 1e-15, 0.0), (torch.float32, 4e-7, 1e-44)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_values_and_gradient_follow_the_formula(dtype, rel, denormal, threads):
+    x = points(dtype).requires_grad_()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = cpu_kernel.softplus_compiled(x)
+        y.backward(torch.ones_like(y))
+    finally:
+        torch.set_num_threads(before)
+    assert y.dtype == dtype and x.grad.dtype == dtype
+    close_to(y.detach(), [formula(v) for v in x.tolist()], rel, denormal)
+    close_to(x.grad, [formula_slope(v) for v in x.tolist()], rel, denormal)
+    above = x.detach() > 20
+    assert torch.equal(y.detach()[above], x.detach()[above]) and (x.grad[above] == 1).all()
+
+
+@needs_compiler
+def test_kernel_keeps_the_dtype_and_shape_of_its_input():
+    x = torch.randn(3, 5, 7, dtype=torch.float64).transpose(1, 2)  # not contiguous
+    assert cpu_kernel.softplus_compiled(x).shape == (3, 7, 5)
+    torch.testing.assert_close(cpu_kernel.softplus_compiled(x), F.softplus(x), rtol=1e-15, atol=0)
+    half = torch.randn(64, dtype=torch.bfloat16)
+    got = cpu_kernel.softplus_compiled(half)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, F.softplus(half.float()).bfloat16(), rtol=0, atol=0)
+
+
+@needs_compiler
+def test_gradcheck_in_double():
+    x = (torch.rand(41, dtype=torch.float64) * 50 - 25).requires_grad_()
+    assert torch.autograd.gradcheck(cpu_kernel.softplus_compiled, (x,))
+
+
+def test_dispatch_follows_the_kernel_switch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_kernel, "softplus_compiled", lambda x: calls.append(1) or F.softplus(x))
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "0")
+    softplus(torch.randn(4))
+    assert calls == []
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
+    softplus(torch.randn(4))
+    assert calls == [1]
