@@ -108,11 +108,20 @@ class FusionBlock(Block):
     kind = "fusion"
     causal = True
     positionwise: ClassVar[bool] = False  # combines the streams position by position (nothing over time)
+    streams_positionwise: ClassVar[bool] = False  # its output at a position reads the streams at that position only
     min_inputs: ClassVar[int] = 2
     max_inputs: ClassVar[int | None] = None
 
     def forward(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def forward_last(self, newest: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        """``forward(streams, mask, x)[:, -1:]`` from each stream's newest position alone (``newest``, ``(B, 1, D)``
+        each, what a branch's ``forward_last`` gives) and the whole input ``x`` with its mask: for fusions whose
+        ``streams_positionwise`` holds, so that scoring runs every branch at the newest position only."""
+        if not self.streams_positionwise:
+            raise NotImplementedError(f"{type(self).__name__} reads the streams at other positions than the newest")
+        return self.forward(newest, mask[:, -1:], x[:, -1:])
 
     def offers_prefixes(self) -> bool:
         """Whether :meth:`forward_prefixes` is exact: causal and position-wise fusions, and those that implement it."""

@@ -157,14 +157,31 @@ class BidirectionalMamba(SequenceBlock):
         return self._streams(x, mask)
 
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``forward(x, mask)[:, -1:]``. With ``flip`` "none" or "partial" (``remain >= 1``) the newest item is
-        also the newest of the flipped stream, so both Mambas are read out there alone
-        (:meth:`~zoo.blocks.ssm.mamba.Mamba.forward_last`) and the gates taken there; other flips run ``forward``."""
-        if self.reads_pads or not (self.flip == "none" or (self.flip == "partial" and self.remain >= 1)):
+        """``forward(x, mask)[:, -1:]`` with both Mambas read out at one position alone
+        (:meth:`~zoo.blocks.ssm.mamba.Mamba.forward_last`) and the gates taken there, where the flip allows:
+
+        * ``flip`` "none" or "partial" (``remain >= 1``): the newest item is also the newest of the flipped stream;
+        * ``"code"`` added slot by slot (no ``map_back``) with the code's gate or none: the newest item's slot
+          ``n - 1`` adds the flipped stream's output at that slot, which reads the flipped slots ``0 .. n - 1``
+          only (Mamba is causal): those slots, moved to the end of the row, are a sequence whose newest output
+          it is.
+
+        Other flips run ``forward``."""
+        code_shortcut = self.flip == "code" and not self.map_back and not (
+            self.gate_kind == "ds_gate" and self.gate.form == "paper")
+        paper_shortcut = not self.reads_pads and (self.flip == "none" or (self.flip == "partial" and self.remain >= 1))
+        if not (code_shortcut or paper_shortcut):
             return super().forward_last(x, mask)
         self._check_input(x, mask)
-        x = zero_pads(x, mask)
-        _, x_f, mask_f = self._flipped(x, mask)
+        if not self.reads_pads:
+            x = zero_pads(x, mask)
+        if self.flip == "code":
+            x, mask = fit_to_length(x, mask, self.max_len, "bidirectional_mamba")
+            items_mask = right_align(mask, mask)
+            _, x_f, mask_f = self._flipped(right_align(x, mask), items_mask)
+            x_f, mask_f = left_align(x_f, items_mask), left_align(mask_f, items_mask) & mask
+        else:
+            _, x_f, mask_f = self._flipped(x, mask)
         m = self.mamba.forward_last(x, mask)
         m_f = self._flipped_mamba().forward_last(x_f, mask_f)
         if self.gate_kind == "ds_gate":

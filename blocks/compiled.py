@@ -8,7 +8,8 @@ threads: the selective scan (``ssm/selective_scan_cpu.cpp``, Mamba eq. 2a-2b), t
 short causal convolution in front of every Mamba scan (``ssm/causal_conv_cpu.cpp``) and the step size's
 softplus (``ssm/softplus_cpu.cpp``),
 and for inference masked attention (``attention_cpu.cpp``), a whole post-norm Transformer layer
-(``transformer_layer_cpu.cpp``) and the item_id encoder (``item_embedding_cpu.cpp``), and in training
+(``transformer_layer_cpu.cpp``), the item_id encoder (``item_embedding_cpu.cpp``) and a GRU layer over padded
+rows (``gru_cpu.cpp``, :func:`zoo.blocks.gru.masked_gru`), and in training
 dropout's mask (``dropout_cpu.cpp``, :mod:`zoo.blocks.dropout`); in both, ConvRec's layer norm
 (``layer_norm_c_cpu.cpp``, :mod:`zoo.blocks.norms`). Each block that uses one owns the call; this
 module only decides, builds and loads. Every kernel gives the pure path's result (tests check both
@@ -54,6 +55,7 @@ SOURCES = {
     "item_embedding": _HERE / "item_embedding_cpu.cpp",
     "dropout": _HERE / "dropout_cpu.cpp",
     "layer_norm_c": _HERE / "layer_norm_c_cpu.cpp",
+    "gru": _HERE / "gru_cpu.cpp",
 }
 # -ffast-math lets gcc vectorise exp (glibc's libmvec); it is passed to the compiler only, never the
 # linker, so the process's floating-point mode (denormals) is left alone. gcc's tuning for Intel's AVX-512

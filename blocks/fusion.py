@@ -29,6 +29,7 @@ class PositionwiseFusion(FusionBlock):
 
     causal = True
     positionwise = True
+    streams_positionwise = True
     streaming = True
     num_inputs: int
 
@@ -154,6 +155,7 @@ class AdaptiveFusion(FusionBlock):
     """
 
     causal = False
+    streams_positionwise = True  # only the weight ``a`` pools, over the input x
     min_inputs = max_inputs = 2
     contract_variants = ({"causal": True, "weight": "scalar", "pool_proj": "linear"},)
 
@@ -190,11 +192,21 @@ class AdaptiveFusion(FusionBlock):
         """The prefix ending at ``t`` pools its own items, ``mean_{s <= t}``: the running mean, exactly."""
         return self._fuse(streams, mask, x, running=True)
 
-    def _fuse(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor, running: bool) -> Tensor:
+    def forward_last(self, newest: Sequence[Tensor], mask: Tensor, x: Tensor) -> Tensor:
+        """The weight from the mean over every real item of ``x`` (the running mean at the newest position is that
+        mean too), mixing the streams' newest outputs."""
+        self._check_input(mask, x)
+        check_streams("adaptive", newest, 2, x[:, -1:])
+        return self._mix(newest, masked_mean(self.pool_proj(x), mask).unsqueeze(1))
+
+    def _check_input(self, mask: Tensor, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.d_model or mask.shape != x.shape[:2]:
             raise ValueError(
                 f"adaptive: expected x (B, L, {self.d_model}) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}"
             )
+
+    def _fuse(self, streams: Sequence[Tensor], mask: Tensor, x: Tensor, running: bool) -> Tensor:
+        self._check_input(mask, x)
         check_streams("adaptive", streams, 2, x)
         h = self.pool_proj(x)
         pooled = causal_prefix_mean(h, mask) if running else masked_mean(h, mask).unsqueeze(1)

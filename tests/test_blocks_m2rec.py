@@ -214,6 +214,26 @@ def test_projector_equals_adapter_of_frozen_table_with_zero_rows():
         torch.testing.assert_close(table[[2, 5]], got[0, [2, 4]])
 
 
+def test_projector_with_more_positions_than_items_adapts_the_table_once():
+    """Values and gradients at a batch with more positions than items (the table is adapted once and gathered)
+    equal the adapter applied at each position."""
+    torch.manual_seed(8)
+    block = LLMProjector(d_model=4, num_items=5, text_dim=6, hidden_dim=3, id_embedding="add").train()
+    block.set_item_features(text=torch.randn(6, 6))
+    ids = torch.randint(0, 6, (3, 4))
+    mask = ids > 0
+    assert ids.numel() > block.num_items + 1
+    got = block(ids, mask)
+    first, second = block.adapter[0], block.adapter[2]
+    adapted = F.gelu(block.text[ids] @ first.weight.T + first.bias) @ second.weight.T + second.bias
+    want = (adapted + block.id_embedding(ids)) * mask.unsqueeze(-1)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn(got.shape)
+    parameters = list(block.parameters())
+    torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), parameters),
+                               torch.autograd.grad((want * weights).sum(), parameters))
+
+
 def test_projector_with_id_embedding_and_unknown_items_sharing_a_vector():
     torch.manual_seed(7)
     block = LLMProjector(d_model=4, num_items=4, text_dim=5, id_embedding="add").eval()

@@ -154,6 +154,25 @@ def test_forward_last_is_the_newest_position_of_forward(name, kwargs):
         torch.testing.assert_close(block(x[:, -1:], mask[:, -1:]), full[:, -1:], atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("name,kwargs", [c for c in CASES if get_block(c.values[0]).kind == "fusion"])
+def test_fusion_forward_last_reads_the_newest_streams(name, kwargs):
+    """A fusion that declares ``streams_positionwise`` gives ``forward[:, -1:]`` from the streams' newest position
+    alone; one that does not refuses."""
+    block = build(name, kwargs)
+    x, mask, ids, ts = left_padded(LENGTHS, L)
+    streams = [torch.tanh(x * (1 + i) + 0.1 * i) for i in range(n_streams(block))]
+    if not block.streams_positionwise:
+        with pytest.raises(NotImplementedError):
+            block.forward_last([s[:, -1:] for s in streams], mask, x)
+        return
+    with torch.no_grad():
+        full = block(streams, mask, x)
+        garbled = [torch.cat([torch.randn_like(s[:, :-1]), s[:, -1:]], 1) for s in streams]  # other positions unread
+        newest = block.forward_last([s[:, -1:] for s in garbled], mask, x)
+        torch.testing.assert_close(block(garbled, mask, x)[:, -1:], full[:, -1:], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(newest, full[:, -1:], atol=ATOL, rtol=RTOL)
+
+
 def declared_cases(flag: str) -> list:
     """Per-position cases whose instance declares ``flag`` (``causal`` / ``streaming``) true."""
     return [c for c in per_position_cases() if getattr(build(*c.values), flag)]

@@ -129,6 +129,21 @@ def test_compiled_kernel_float32_and_strided_inputs(kernel):
 
 
 @needs_compiler
+@pytest.mark.parametrize("layouts", [("time-major", "time-major"), ("time-major", "contiguous"), ("contiguous", "time-major")])
+def test_final_state_scan_reads_u_and_delta_through_their_strides(layouts):
+    """u and delta stored (rows, S, dim), as the projections give them when scoring, read without a copy, each in
+    its own layout; their gradients too."""
+    x = scan_inputs(6, 5, 7, 32, seed=11)
+    laid = dict(x)
+    for name, layout in zip(("u", "delta"), layouts):
+        if layout == "time-major":
+            laid[name] = x[name].transpose(1, 2).contiguous().transpose(1, 2)
+            assert not laid[name].is_contiguous()
+    got = with_gradients(cpu_kernel.final_state_scan_compiled, laid, 4)
+    assert_all_close(got, with_gradients(scan_loop, x, 4), list(x), 1e-10)
+
+
+@needs_compiler
 def test_final_state_scan_without_D():
     x = scan_inputs(6, 5, 9, 8, seed=4)
     x.pop("D")

@@ -91,10 +91,11 @@ class Parallel(nn.Module):
         return self.fuse([branch(x, mask) for branch in self.branches], mask, x)
 
     def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
-        """``forward(x, mask)[:, -1:]``: a position-wise fusion needs each branch at the newest position only."""
-        if not self.fuse.positionwise:
+        """``forward(x, mask)[:, -1:]``: a fusion that reads the streams position by position needs each branch at
+        the newest position only."""
+        if not self.fuse.streams_positionwise:
             return self.forward(x, mask)[:, -1:]
-        return self.fuse([branch.forward_last(x, mask) for branch in self.branches], mask[:, -1:], x[:, -1:])
+        return self.fuse.forward_last([branch.forward_last(x, mask) for branch in self.branches], mask, x)
 
     def offers_prefixes(self) -> bool:
         """Every branch and the fusion offer it."""

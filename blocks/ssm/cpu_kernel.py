@@ -31,6 +31,17 @@ __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "deca
            "ssd_scan_compiled"]
 
 
+def dense(t: Tensor) -> Tensor:
+    """``t`` itself when its elements fill its memory without gaps or overlap in some order of its dimensions (a
+    transposed view among them), else a contiguous copy: what the kernels that follow a tensor's strides accept."""
+    expected = 1
+    for stride, size in sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size != 1):
+        if stride != expected:
+            return t.contiguous()
+        expected *= size
+    return t
+
+
 def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
     """The dtype a kernel computes in: float64 when any given tensor is float64, else float32."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -217,8 +228,8 @@ def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     result, computed in float64 for float64 inputs, else float32."""
     dtype = kernel_dtype(u, delta, A, B, C, D)
     D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
-    tensors = (u, delta, A, B, C, D_)
-    return _CompiledFinalStateScan.apply(*(t.to(dtype).contiguous() for t in tensors)).to(u.dtype)
+    steps = (dense(t.to(dtype)) for t in (u, delta))  # read through their strides
+    return _CompiledFinalStateScan.apply(*steps, *(t.to(dtype).contiguous() for t in (A, B, C, D_))).to(u.dtype)
 
 
 class _CompiledFinalStateScan(torch.autograd.Function):
@@ -239,7 +250,7 @@ class _CompiledFinalStateScan(torch.autograd.Function):
 def softplus_compiled(x: Tensor) -> Tensor:
     """:func:`zoo.blocks.ssm.softplus.softplus` in the compiled kernel: computed in float64 for float64 input,
     else float32, returned in ``x``'s dtype."""
-    return _CompiledSoftplus.apply(x.to(kernel_dtype(x)).contiguous()).to(x.dtype)
+    return _CompiledSoftplus.apply(dense(x.to(kernel_dtype(x)))).to(x.dtype)
 
 
 class _CompiledSoftplus(torch.autograd.Function):
@@ -253,7 +264,9 @@ class _CompiledSoftplus(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         (x,) = ctx.saved_tensors
-        return load("softplus").backward(x, grad_y.contiguous())
+        if grad_y.stride() != x.stride():
+            grad_y = torch.empty_like(x).copy_(grad_y)
+        return load("softplus").backward(x, grad_y)
 
 
 def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:

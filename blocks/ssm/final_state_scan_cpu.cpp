@@ -15,8 +15,9 @@
 //
 //     g_{S-1} = dy * C,   g_{k-1} = exp(delta_k A) * g_k.
 //
-// Layouts, all contiguous: u, delta: (rows, dim, S); B: (rows, S, n); C: (rows, n); A: (dim, n);
-// D: (dim,); y: (rows, dim).
+// Layouts: u, delta (rows, dim, S) with any strides (scoring passes them time-major, (rows, S, dim) in memory, as the
+// projections give them, which saves two transposing copies); their gradients take their strides. Contiguous:
+// B (rows, S, n); C (rows, n); A (dim, n); D (dim,); y (rows, dim).
 
 #include <torch/extension.h>
 
@@ -39,13 +40,23 @@ struct Shape {
 
 Shape shape_of(const at::Tensor& u, const at::Tensor& A) { return {u.size(0), u.size(1), u.size(2), A.size(1)}; }
 
+// A (rows, dim, S) tensor read or written through its strides: the steps of row r, channel e.
+template <typename T>
+struct Steps {
+  T* data;
+  int64_t row, dim, step;
+
+  Steps(const at::Tensor& t) : data(t.data_ptr<std::remove_const_t<T>>()), row(t.stride(0)), dim(t.stride(1)), step(t.stride(2)) {}
+  T* at(int64_t r, int64_t e) const { return data + r * row + e * dim; }
+};
+
 template <typename T, typename States>
 void final_forward(States states,
                    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, at::Tensor& y) {
   const auto s = shape_of(u, A);
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
-  const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
+  const Steps<const T> u_s(u), delta_s(delta);
+  const T *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
@@ -54,14 +65,16 @@ void final_forward(States states,
     for (int64_t r = begin; r < end; ++r) {
       const T *B_r = B_p + r * s.steps * n, *C_r = C_p + r * n;
       for (int64_t e = 0; e < s.dim; ++e) {
-        const int64_t pair = r * s.dim + e;
-        const T *u_re = u_p + pair * s.steps, *delta_re = delta_p + pair * s.steps;
+        const T *u_re = u_s.at(r, e), *delta_re = delta_s.at(r, e);
+        const int64_t u_step = u_s.step, delta_step = delta_s.step;
         std::fill(h_home.begin(), h_home.end(), T(0));
         Held<const T, States> A_e(states, A_p + e * n);
         Held<T, States> h(states, h_home.data());
-        for (int64_t k = 0; k < s.steps; ++k)
-          advance(h.get(), A_e.get(), B_r + k * n, delta_re[k], delta_re[k] * u_re[k], n);
-        y_p[pair] = dot(h.get(), C_r, n) + D_p[e] * u_re[s.steps - 1];
+        for (int64_t k = 0; k < s.steps; ++k) {
+          const T dt = delta_re[k * delta_step];
+          advance(h.get(), A_e.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);
+        }
+        y_p[r * s.dim + e] = dot(h.get(), C_r, n) + D_p[e] * u_re[(s.steps - 1) * u_step];
       }
     }
   });
@@ -76,9 +89,11 @@ void final_backward(States state_count,
                     at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
   const auto s = shape_of(u, A);
   const int64_t n = state_count.n, S = s.steps;
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
+  const Steps<const T> u_s(u), delta_s(delta);
+  const Steps<T> du_s(du), ddelta_s(ddelta);
+  const T *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
   const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
-  T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
+  T *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
   T *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
   std::fill(dA_p, dA_p + dA.numel(), T(0));
   std::fill(dD_p, dD_p + dD.numel(), T(0));
@@ -94,8 +109,9 @@ void final_backward(States state_count,
       T *dB_r = dB_p + r * S * n, *dC_r = dC_p + r * n;
       for (int64_t e = 0; e < s.dim; ++e) {
         const int64_t pair = r * s.dim + e;
-        const T *u_re = u_p + pair * S, *delta_re = delta_p + pair * S;
-        T *du_re = du_p + pair * S, *ddelta_re = ddelta_p + pair * S;
+        const T *u_re = u_s.at(r, e), *delta_re = delta_s.at(r, e);
+        T *du_re = du_s.at(r, e), *ddelta_re = ddelta_s.at(r, e);
+        const int64_t us = u_s.step, ds = delta_s.step, dus = du_s.step, dds = ddelta_s.step;
         Held<const T, States> A_held(state_count, A_p + e * n);
         Held<T, States> dA_held(state_count, dA_t + e * n), g_held(state_count, g_home.data());
         const T* A_e = A_held.get();
@@ -103,7 +119,7 @@ void final_backward(States state_count,
         const T gy = gy_p[pair];
         std::fill(states.begin(), states.begin() + n, T(0));  // states[k + 1] = h_k
         for (int64_t k = 0; k < S; ++k) {
-          const T dt = delta_re[k], dtu = dt * u_re[k];
+          const T dt = delta_re[k * ds], dtu = dt * u_re[k * us];
           const T *previous = states.data() + k * n, *Bk = B_r + k * n;
           T *current = states.data() + (k + 1) * n, *decay = decays.data() + k * n;
 #pragma omp simd
@@ -119,7 +135,7 @@ void final_backward(States state_count,
           g[i] = gy * C_r[i];
         }
         for (int64_t k = S - 1; k >= 0; --k) {
-          const T dt = delta_re[k], uk = u_re[k];
+          const T dt = delta_re[k * ds], uk = u_re[k * us];
           const T *previous = states.data() + k * n, *decay = decays.data() + k * n, *Bk = B_r + k * n;
           T* dBk = dB_r + k * n;
           T through_B = 0, through_decay = 0;
@@ -132,11 +148,11 @@ void final_backward(States state_count,
             dBk[i] += g[i] * dt * uk;
             g[i] *= decay[i];
           }
-          du_re[k] = dt * through_B;
-          ddelta_re[k] = uk * through_B + through_decay;
+          du_re[k * dus] = dt * through_B;
+          ddelta_re[k * dds] = uk * through_B + through_decay;
         }
-        du_re[S - 1] += D_p[e] * gy;
-        dD_t[e] += gy * u_re[S - 1];
+        du_re[(S - 1) * dus] += D_p[e] * gy;
+        dD_t[e] += gy * u_re[(S - 1) * us];
       }
     }
   });
@@ -145,8 +161,10 @@ void final_backward(States state_count,
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
            const at::Tensor& C, const at::Tensor& D) {
   for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &D}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type() && t->is_contiguous(),
-                "final_state_scan_cpu: inputs must be contiguous CPU tensors of one dtype");
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type(), "final_state_scan_cpu: inputs must be CPU "
+                "tensors of one dtype");
+    TORCH_CHECK(t->is_contiguous() || ((t == &u || t == &delta) && t->is_non_overlapping_and_dense()),
+                "final_state_scan_cpu: A, B, C, D must be contiguous, u and delta dense");
   }
   TORCH_CHECK(u.dim() == 3 && delta.sizes() == u.sizes() && u.size(2) >= 1,
               "final_state_scan_cpu: u, delta (rows, d, steps >= 1) expected");
@@ -178,7 +196,7 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
                   grad_y.size(0) == u.size(0) && grad_y.size(1) == u.size(1),
               "final_state_scan_cpu: the gradient of y (rows, d) expected");
   const int64_t threads = at::get_num_threads();
-  auto du = at::empty_like(u), ddelta = at::empty_like(u), dB = at::empty_like(B), dC = at::empty_like(C);
+  auto du = at::empty_like(u), ddelta = at::empty_like(delta), dB = at::empty_like(B), dC = at::empty_like(C);
   auto dA = at::empty({threads, A.size(0), A.size(1)}, u.options());
   auto dD = at::empty({threads, D.size(0)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_backward", [&] {

@@ -44,7 +44,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 namespace {
@@ -102,12 +101,6 @@ inline void chain_through_step(const T* __restrict raw, T bias, const StepSize<T
                                T* __restrict grad) {
 #pragma omp simd
   for (int64_t t = first; t < stop; ++t) grad[t] *= step.slope(raw[t] + bias);
-}
-
-// Mamba's step: softplus(raw + bias) or raw + bias, never clamped.
-template <typename T>
-StepSize<T> mamba_step(bool softplus) {
-  return {softplus, -std::numeric_limits<T>::max(), std::numeric_limits<T>::max()};
 }
 
 // out[t] = y[t] * silu(z[t]) over [first, stop).
@@ -177,7 +170,7 @@ void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, c
           T* y_bd = y_p + pair * s.length;
           T* h = last_p + pair * s.n;
           if (starts_p) std::copy(h, h + s.n, starts_p + (pair * chunks + first / kChunk) * s.n);
-          discretize(delta_p + pair * s.length, bias_p[d], mamba_step<T>(softplus), first, stop, steps);
+          discretize(delta_p + pair * s.length, bias_p[d], StepSize<T>::unclamped_rule(softplus), first, stop, steps);
           chunk_forward(states, first, stop, A_d, B_tile.data(), C_tile.data(), steps, u_bd, D_p[d], y_bd, h);
           if (z_p) gate(y_bd, z_p + pair * s.length, first, stop, gated_p + pair * s.length);
         }
@@ -292,7 +285,7 @@ void scan_backward(States state_count,
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(state_count, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
-                            mamba_step<T>(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
+                            StepSize<T>::unclamped_rule(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
                             gout_p + offset_l, gated ? y_p + offset_l : nullptr, gated ? z_p + offset_l : nullptr,
                             gated ? dz_p + offset_l : nullptr, starts_p + (pair * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,

@@ -16,33 +16,29 @@
 
 #include "step_size.h"
 
-#include <limits>
-
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;
 
 template <typename T>
-StepSize<T> softplus_step() {
-  return {true, -std::numeric_limits<T>::max(), std::numeric_limits<T>::max()};
-}
-
-template <typename T>
 void forward_range(const T* __restrict x, T* __restrict y, int64_t begin, int64_t end) {
-  const StepSize<T> step = softplus_step<T>();
+  const StepSize<T> step = StepSize<T>::unclamped_rule(true);
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) y[i] = step(x[i]);
 }
 
 template <typename T>
 void backward_range(const T* __restrict x, const T* __restrict grad, T* __restrict dx, int64_t begin, int64_t end) {
-  const StepSize<T> step = softplus_step<T>();
+  const StepSize<T> step = StepSize<T>::unclamped_rule(true);
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) dx[i] = grad[i] * step.slope(x[i]);
 }
 
+// Elementwise over memory: any dense layout (a transposed view included) is walked as it lies, and the result
+// takes the input's strides.
 void check(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "softplus: ", name, " must be a contiguous CPU tensor");
+  TORCH_CHECK(t.device().is_cpu() && t.is_non_overlapping_and_dense(), "softplus: ", name,
+              " must be a dense CPU tensor");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "softplus: ", name,
               " must be float32 or float64, got ", t.scalar_type());
 }
@@ -63,8 +59,8 @@ at::Tensor forward(const at::Tensor& x) {
 at::Tensor backward(const at::Tensor& x, const at::Tensor& grad) {
   check(x, "x");
   check(grad, "grad");
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
-              "softplus: the gradient must have x's shape and dtype");
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.strides() == x.strides() && grad.scalar_type() == x.scalar_type(),
+              "softplus: the gradient must have x's shape, strides and dtype");
   at::Tensor dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "softplus_backward", [&] {
     const scalar_t *x_p = x.data_ptr<scalar_t>(), *g_p = grad.data_ptr<scalar_t>();

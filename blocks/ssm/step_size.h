@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 template <typename T>
 struct StepSize {
@@ -19,11 +20,25 @@ struct StepSize {
 
   static constexpr T kThreshold = T(20);
 
+  // softplus(raw + bias) (or raw + bias without softplus), never clamped: Mamba's step.
+  static StepSize unclamped_rule(bool softplus) {
+    return {softplus, -std::numeric_limits<T>::max(), std::numeric_limits<T>::max()};
+  }
+
   inline bool smooth(T x) const { return softplus && x <= kThreshold; }
 
-  // exp(x) capped at the threshold: exp never sees more, so no infinity arises in either branch of a
-  // vectorised select.
-  static inline T capped_exp(T x) { return std::exp(std::min(x, kThreshold)); }
+  // Below kFastest the vectorised exp (glibc's libmvec) leaves its fast path for a scalar fallback, which made a
+  // tensor half of padding (whose raw steps hold the dtype's lowest value) 4x slower. exp(x) is taken as 0 there:
+  // the step softplus(x) = log(1 + e^x) is then exactly 0 where it is below e^kFastest (about 1.6e-38 in float32,
+  // 3.3e-308 in float64), the denormal range the scans flush to zero anyway (flush_denormals.h).
+  static constexpr T kFastest = sizeof(T) == 4 ? T(-87) : T(-708);
+
+  // exp(x) capped at the threshold (so no infinity arises in either branch of a vectorised select) and 0 below
+  // kFastest.
+  static inline T capped_exp(T x) {
+    const T e = std::exp(std::max(std::min(x, kThreshold), kFastest));
+    return x < kFastest ? T(0) : e;
+  }
 
   // x = raw + bias; e = capped_exp(x).
   inline T unclamped(T x, T e) const { return smooth(x) ? std::log1p(e) : x; }
