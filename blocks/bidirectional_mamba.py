@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ds_gate import DenseSelectiveGate
-from zoo.blocks.flips import (code_flip_contents, code_flip_index, code_flip_prefix_outputs, gather_time,
-                              partial_flip_index, partial_flip_prefix_outputs)
+from zoo.blocks.flips import (code_flip_contents, code_flip_index, code_flip_newest_index, code_flip_prefix_outputs,
+                              gather_time, partial_flip_index, partial_flip_prefix_outputs)
 from zoo.blocks.masking import fit_to_length, left_align, right_align, zero_pads
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
@@ -164,7 +164,8 @@ class BidirectionalMamba(SequenceBlock):
         * ``"code"`` added slot by slot (no ``map_back``) with the code's gate or none: the newest item's slot
           ``n - 1`` adds the flipped stream's output at that slot, which reads the flipped slots ``0 .. n - 1``
           only (Mamba is causal): those slots, moved to the end of the row, are a sequence whose newest output
-          it is.
+          it is. Both streams then skip the columns before the batch's longest row (the block works in
+          ``max_len`` slots, so a batch of short rows has many).
 
         Other flips run ``forward``."""
         code_shortcut = self.flip == "code" and not self.map_back and not (
@@ -177,9 +178,11 @@ class BidirectionalMamba(SequenceBlock):
             x = zero_pads(x, mask)
         if self.flip == "code":
             x, mask = fit_to_length(x, mask, self.max_len, "bidirectional_mamba")
-            items_mask = right_align(mask, mask)
-            _, x_f, mask_f = self._flipped(right_align(x, mask), items_mask)
-            x_f, mask_f = left_align(x_f, items_mask), left_align(mask_f, items_mask) & mask
+            index = code_flip_newest_index(mask, self.remain)
+            x_f = gather_time(x, index)
+            mask_f = mask if self.reads_pads else mask.gather(1, index) & mask
+            unused = min(int((~mask).all(0).long().cumprod(0).sum()), mask.shape[1] - 1)  # columns before any item
+            x, mask, x_f, mask_f = (t[:, unused:] for t in (x, mask, x_f, mask_f))
         else:
             _, x_f, mask_f = self._flipped(x, mask)
         m = self.mamba.forward_last(x, mask)

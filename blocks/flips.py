@@ -159,6 +159,18 @@ def code_flip_index(length: int, remain: int, device: torch.device | None = None
     return torch.where(slot < flipped, flipped - 1 - slot, slot)
 
 
+def code_flip_newest_index(mask: Tensor, remain: int) -> Tensor:
+    """For left-padded rows of ``n`` items in ``L = mask.shape[1]`` slots: the source slot ``(B, L)`` of what the
+    released code's flipped stream holds in its slots ``0 .. n - 1`` (the row right-aligned, then flipped by
+    :func:`code_flip_index`), moved to the row's last ``n`` slots, where the row's items are; the first ``L - n``
+    slots take the flipped stream's other slots. The flipped stream's output at the newest item's slot ``n - 1``
+    reads those ``n`` slots alone, so this is the whole of what scoring needs, gathered once."""
+    length = mask.shape[1]
+    pads = (length - mask.long().sum(1)).unsqueeze(1)
+    slot = torch.arange(length, device=mask.device)
+    return (code_flip_index(length, remain, mask.device)[(slot - pads) % length] + pads) % length
+
+
 def code_flip_contents(x: Tensor, pads: Tensor, remain: int) -> Tensor:
     """What flipped slot ``q`` holds in the prefix of items ``0 .. q``, for every ``q``: ``x (B, L, ...)`` in
     right-aligned slots (the items first, as the code pads), ``pads (B, max(L - remain, 0), ...)`` what padded

@@ -43,7 +43,7 @@ def compiled_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
             b_ih, b_hh = (getattr(gru, f"{kind}_l{layer}").to(dtype) for kind in ("bias_ih", "bias_hh"))
         else:
             b_ih, b_hh = None, x.new_empty(0, dtype=dtype)
-        gates = F.linear(y.to(dtype), w_ih, b_ih)
+        gates = F.linear(y.to(dtype), w_ih, b_ih).to(dtype)  # bf16 under autocast: the recurrence runs in dtype
         y = kernel.forward(gates.contiguous(), w_hh.t().contiguous(), b_hh.contiguous(), start)
     return y.to(x.dtype)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from zoo.blocks.bidirectional_mamba import partial_flip_index
+from zoo.blocks.flips import code_flip_newest_index, gather_time
 from padding import left_mask, left_padded
 from zoo.registry import create_block
 
@@ -130,7 +131,7 @@ def test_no_flip_with_shared_weights_is_twice_the_forward_stream():
 
 def code_reference(block, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     """The released code's GMambaBlock steps (docs/models/sigma.md, "Released code") on a right-padded, zero-padded copy."""
-    width, d = x.shape[1], x.shape[2]
+    width = x.shape[1]
     lengths = mask.sum(1).tolist()
     xr = torch.zeros_like(x)
     mr = torch.zeros_like(mask)
@@ -317,3 +318,31 @@ def test_fe_gru_step_equals_forward():
         for t in range(7):
             y_t, state = block.step(x[:, t], state)
             torch.testing.assert_close(y_t, full[:, t], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("remain", [0, 1, 5, 12])
+def test_code_flip_newest_index_gathers_the_flipped_slots_up_to_the_newest(remain):
+    """Slots ``0 .. n - 1`` of the code's flipped stream (the right-aligned row reversed in its first ``L - remain``
+    slots, whatever they hold), moved to the row's last ``n`` slots, in one gather of the left-padded row."""
+    length, lengths = 12, [12, 0, 1, 5, 7, 11]
+    mask = torch.arange(length).expand(len(lengths), length) >= length - torch.tensor(lengths)[:, None]
+    x = torch.randn(len(lengths), length, 3)
+    got = gather_time(x, code_flip_newest_index(mask, remain))
+    for b, n in enumerate(lengths):
+        right = torch.cat([x[b, length - n:], x[b, :length - n]])  # the items first, then what the pads hold
+        flipped = torch.cat([right[:max(length - remain, 0)].flip(0), right[max(length - remain, 0):]])
+        torch.testing.assert_close(got[b, length - n:], flipped[:n], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pad_slots", ["masked", "read"])
+def test_code_flip_forward_last_on_a_batch_of_short_rows(pad_slots):
+    """Scoring a batch whose rows are all shorter than max_len (the columns before the longest row are skipped)
+    gives the full forward's newest position; the padded slots hold one padding vector, as in a model."""
+    torch.manual_seed(3)
+    block = create_block("bidirectional_mamba", d_model=8, flip="code", remain=2, gate="ds_gate", gate_form="code",
+                         stream_weights=(0.8, 0.1), pad_slots=pad_slots, max_len=12).eval()
+    lengths = [5, 2, 7]
+    mask = torch.arange(12).expand(3, 12) >= 12 - torch.tensor(lengths)[:, None]
+    x = torch.where(mask.unsqueeze(-1), torch.randn(3, 12, 8), torch.randn(8))
+    with torch.no_grad():
+        torch.testing.assert_close(block.forward_last(x, mask), block(x, mask)[:, -1:], atol=2e-5, rtol=1e-4)

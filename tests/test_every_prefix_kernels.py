@@ -144,6 +144,18 @@ def test_final_state_scan_reads_u_and_delta_through_their_strides(layouts):
 
 
 @needs_compiler
+def test_final_state_scan_with_steps_of_zero_delta():
+    """Steps whose delta is exactly 0 (a scoring batch's padded positions, leading or not) leave the state as it is:
+    the forward skips them; values and every gradient as the loop's."""
+    x = scan_inputs(5, 6, 12, 32, seed=12)
+    zero = torch.rand(5, 1, 12, generator=torch.Generator().manual_seed(3)) < 0.4
+    zero[:2, :, :7] = True  # two rows start with seven padded steps
+    x["delta"] = x["delta"].masked_fill(zero, 0.0)
+    assert_all_close(with_gradients(cpu_kernel.final_state_scan_compiled, x, 6), with_gradients(scan_loop, x, 6),
+                     list(x), 1e-10)
+
+
+@needs_compiler
 def test_final_state_scan_without_D():
     x = scan_inputs(6, 5, 9, 8, seed=4)
     x.pop("D")

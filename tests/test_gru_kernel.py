@@ -92,3 +92,15 @@ def test_masked_gru_runs_the_kernel_only_where_nothing_is_differentiated(monkeyp
     assert calls == [1]
     pure, _ = gru(right_align(x, mask))
     torch.testing.assert_close(y, zero_pads(left_align(pure, mask), mask))
+
+
+@needs_compiler
+def test_kernel_under_bf16_autocast_keeps_the_recurrence_in_float32():
+    """Autocast runs the input product in bf16; the recurrence still runs in float32 and returns the input's dtype."""
+    gru, x, mask = case(torch.float32, 16, 16, 1, True)
+    with torch.no_grad():
+        want = torch_reference(gru, x, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = compiled_gru(gru, x, mask)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=3e-2, rtol=0)

@@ -10,8 +10,9 @@
 //
 // The general scan kernel (selective_scan_cpu.cpp) reads out every step and keeps chunk-start states
 // for its backward; with a handful of steps per row, that readout and bookkeeping cost as much as the
-// recurrence. Here the forward keeps nothing, and the backward recomputes a row's few states into a
-// buffer of S * n values per channel before the reverse-time adjoint sweep
+// recurrence. Here the forward keeps nothing (and skips the steps whose delta is 0, which leave the state as it
+// is: a scoring batch's padded positions), and the backward recomputes a row's few states into a buffer of
+// S * n values per channel before the reverse-time adjoint sweep
 //
 //     g_{S-1} = dy * C,   g_{k-1} = exp(delta_k A) * g_k.
 //
@@ -72,7 +73,7 @@ void final_forward(States states,
         Held<T, States> h(states, h_home.data());
         for (int64_t k = 0; k < s.steps; ++k) {
           const T dt = delta_re[k * delta_step];
-          advance(h.get(), A_e.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);
+          if (dt != T(0)) advance(h.get(), A_e.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);  // else h stays
         }
         y_p[r * s.dim + e] = dot(h.get(), C_r, n) + D_p[e] * u_re[(s.steps - 1) * u_step];
       }
