@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.blocks.base import SequenceBlock
+from zoo.blocks.compiled import tracing
 from zoo.blocks.ds_gate import DenseSelectiveGate
 from zoo.blocks.flips import (code_flip_contents, code_flip_index, code_flip_newest_index, code_flip_prefix_outputs,
                               gather_time, partial_flip_index, partial_flip_prefix_outputs)
@@ -181,8 +182,9 @@ class BidirectionalMamba(SequenceBlock):
             index = code_flip_newest_index(mask, self.remain)
             x_f = gather_time(x, index)
             mask_f = mask if self.reads_pads else mask.gather(1, index) & mask
-            unused = min(int((~mask).all(0).long().cumprod(0).sum()), mask.shape[1] - 1)  # columns before any item
-            x, mask, x_f, mask_f = (t[:, unused:] for t in (x, mask, x_f, mask_f))
+            if not tracing():  # the columns before any item (a tracer keeps them: the count depends on the data)
+                unused = min(int((~mask).all(0).long().cumprod(0).sum()), mask.shape[1] - 1)
+                x, mask, x_f, mask_f = (t[:, unused:] for t in (x, mask, x_f, mask_f))
         else:
             _, x_f, mask_f = self._flipped(x, mask)
         m = self.mamba.forward_last(x, mask)
