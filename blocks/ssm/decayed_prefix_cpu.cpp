@@ -42,11 +42,11 @@ Shape shape_of(const at::Tensor& w, const at::Tensor& A) { return {w.size(0), w.
 
 template <typename T, typename States>
 void readout_forward(States states,
-                     const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
+                     const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& rates,
                      const at::Tensor& after, const at::Tensor& C, at::Tensor& out) {
-  const auto s = shape_of(w, A);
+  const auto s = shape_of(w, rates);
   const T *before_p = before.data_ptr<T>(), *w_p = w.data_ptr<T>(), *B_p = B.data_ptr<T>();
-  const T *A_p = A.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  const T *rate_p = rates.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
   T* out_p = out.data_ptr<T>();
   at::parallel_for(0, s.batch * s.dim, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
@@ -58,9 +58,9 @@ void readout_forward(States states,
       const T *before_be = before_p + pair * s.length, *w_be = w_p + pair * s.length;
       const T* after_be = after_p + pair * s.length;
       std::fill(Q.begin(), Q.end(), T(0));
-      Held<const T, States> A_held(states, A_p + e * n);
+      Held<const T, States> rate_held(states, rate_p + e * n);
       Held<T, States> Q_held(states, Q.data());
-      const T* A_e = A_held.get();
+      const T* rate = rate_held.get();
       T* Qp = Q_held.get();
       for (int64_t t = 0; t < s.length; ++t) {
         const T into = before_be[t], weight = w_be[t], out_of = after_be[t];
@@ -68,8 +68,8 @@ void readout_forward(States states,
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < n; ++i) {
-          Qp[i] += decay_exp(A_e[i] * into) * weight * Bt[i];
-          sum += Ct[i] * decay_exp(A_e[i] * out_of) * Qp[i];
+          Qp[i] += decay_exp2(rate[i] * into) * weight * Bt[i];
+          sum += Ct[i] * decay_exp2(rate[i] * out_of) * Qp[i];
         }
         out_p[pair * s.length + t] = sum;
       }
@@ -81,14 +81,14 @@ void readout_forward(States states,
 // so no two tasks write the same memory; the caller sums the splits (and dA over the batch).
 template <typename T, typename States>
 void readout_backward(States states,
-                      const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& A,
+                      const at::Tensor& before, const at::Tensor& w, const at::Tensor& B, const at::Tensor& rates,
                       const at::Tensor& after, const at::Tensor& C, const at::Tensor& grad_out, at::Tensor& dbefore,
                       at::Tensor& dw, at::Tensor& dB, at::Tensor& dA, at::Tensor& dafter, at::Tensor& dC) {
-  const auto s = shape_of(w, A);
+  const auto s = shape_of(w, rates);
   const int64_t splits = dB.size(0), n = states.n, L = s.length;
   const int64_t per_split = (s.dim + splits - 1) / splits;
   const T *before_p = before.data_ptr<T>(), *w_p = w.data_ptr<T>(), *B_p = B.data_ptr<T>();
-  const T *A_p = A.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
+  const T *rate_p = rates.data_ptr<T>(), *after_p = after.data_ptr<T>(), *C_p = C.data_ptr<T>();
   const T* go_p = grad_out.data_ptr<T>();
   T *dbefore_p = dbefore.data_ptr<T>(), *dw_p = dw.data_ptr<T>(), *dB_p = dB.data_ptr<T>(), *dA_p = dA.data_ptr<T>();
   T *dafter_p = dafter.data_ptr<T>(), *dC_p = dC.data_ptr<T>();
@@ -109,9 +109,9 @@ void readout_backward(States states,
         std::fill(Q.begin(), Q.end(), T(0));
         std::fill(G.begin(), G.end(), T(0));
         std::fill(dA_p + pair * n, dA_p + (pair + 1) * n, T(0));
-        Held<const T, States> A_held(states, A_p + e * n);
+        Held<const T, States> rate_held(states, rate_p + e * n);
         Held<T, States> Q_held(states, Q.data()), G_held(states, G.data()), dA_held(states, dA_p + pair * n);
-        const T* A_e = A_held.get();
+        const T* rate = rate_held.get();
         T *Qp = Q_held.get(), *Gp = G_held.get(), *dA_e = dA_held.get(), *Pp = P.data();
         for (int64_t t = 0; t < L; ++t) {  // forward: Q_s, P_s, and the readout's gradients
           const T into = before_be[t], weight = w_be[t], out_of = after_be[t], go = go_be[t];
@@ -121,15 +121,15 @@ void readout_backward(States states,
           T d_out_of = 0;
 #pragma omp simd reduction(+ : d_out_of)
           for (int64_t i = 0; i < n; ++i) {
-            Qp[i] += decay_exp(A_e[i] * into) * weight * Bt[i];
-            const T decay = decay_exp(A_e[i] * out_of);
+            Qp[i] += decay_exp2(rate[i] * into) * weight * Bt[i];
+            const T decay = decay_exp2(rate[i] * out_of);
             Pt[i] = go * Ct[i] * decay;
             dCt[i] += go * decay * Qp[i];
             const T through = Pt[i] * Qp[i];  // dL / d(A[i] * after_s)
-            d_out_of += through * A_e[i];
+            d_out_of += through * rate[i];  // ln 2 * sum_i through A[i] after the loop
             dA_e[i] += through * out_of;
           }
-          dafter_p[pair * L + t] = d_out_of;
+          dafter_p[pair * L + t] = T(kLn2) * d_out_of;
         }
         for (int64_t t = L - 1; t >= 0; --t) {  // reverse: G_j = sum_{s >= j} P_s, and the terms' gradients
           const T into = before_be[t], weight = w_be[t];
@@ -139,15 +139,15 @@ void readout_backward(States states,
 #pragma omp simd reduction(+ : d_weight, d_into)
           for (int64_t i = 0; i < n; ++i) {
             Gp[i] += Pt[i];
-            const T reach = Gp[i] * decay_exp(A_e[i] * into);  // dL / d(w_j B_j[i])
+            const T reach = Gp[i] * decay_exp2(rate[i] * into);  // dL / d(w_j B_j[i])
             d_weight += reach * Bt[i];
             dBt[i] += reach * weight;
             const T through = reach * weight * Bt[i];  // dL / d(A[i] * before_j)
-            d_into += through * A_e[i];
+            d_into += through * rate[i];
             dA_e[i] += through * into;
           }
           dw_p[pair * L + t] = d_weight;
-          dbefore_p[pair * L + t] = d_into;
+          dbefore_p[pair * L + t] = T(kLn2) * d_into;
         }
       }
     }
@@ -172,9 +172,10 @@ at::Tensor forward(const at::Tensor& before, const at::Tensor& w, const at::Tens
                    const at::Tensor& after, const at::Tensor& C) {
   check(before, w, B, A, after, C);
   auto out = at::empty_like(w);
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decayed_prefix_cpu_forward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      readout_forward<scalar_t>(states, before, w, B, A, after, C, out);
+      readout_forward<scalar_t>(states, before, w, B, rates, after, C, out);
     });
   });
   return out;
@@ -192,9 +193,10 @@ std::vector<at::Tensor> backward(const at::Tensor& before, const at::Tensor& w, 
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2)}, w.options());
   auto dC = at::empty_like(dB);
   auto dA = at::empty({w.size(0), w.size(1), A.size(1)}, w.options());
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "decayed_prefix_cpu_backward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      readout_backward<scalar_t>(states, before, w, B, A, after, C, grad_out, dbefore, dw, dB, dA, dafter, dC);
+      readout_backward<scalar_t>(states, before, w, B, rates, after, C, grad_out, dbefore, dw, dB, dA, dafter, dC);
     });
   });
   return {dbefore, dw, dB, dA, dafter, dC};

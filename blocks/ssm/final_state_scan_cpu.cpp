@@ -53,11 +53,11 @@ struct Steps {
 
 template <typename T, typename States>
 void final_forward(States states,
-                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, at::Tensor& y) {
-  const auto s = shape_of(u, A);
+  const auto s = shape_of(u, rates);
   const Steps<const T> u_s(u), delta_s(delta);
-  const T *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
+  const T *rate_p = rates.data_ptr<T>(), *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
@@ -69,11 +69,11 @@ void final_forward(States states,
         const T *u_re = u_s.at(r, e), *delta_re = delta_s.at(r, e);
         const int64_t u_step = u_s.step, delta_step = delta_s.step;
         std::fill(h_home.begin(), h_home.end(), T(0));
-        Held<const T, States> A_e(states, A_p + e * n);
+        Held<const T, States> rate(states, rate_p + e * n);
         Held<T, States> h(states, h_home.data());
         for (int64_t k = 0; k < s.steps; ++k) {
           const T dt = delta_re[k * delta_step];
-          if (dt != T(0)) advance(h.get(), A_e.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);  // else h stays
+          if (dt != T(0)) advance(h.get(), rate.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);  // else h stays
         }
         y_p[r * s.dim + e] = dot(h.get(), C_r, n) + D_p[e] * u_re[(s.steps - 1) * u_step];
       }
@@ -85,14 +85,14 @@ void final_forward(States states,
 // (threads, dim, n) and (threads, dim) buffers, which the caller adds up.
 template <typename T, typename States>
 void final_backward(States state_count,
-                    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
                     const at::Tensor& C, const at::Tensor& D, const at::Tensor& grad_y, at::Tensor& du,
                     at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
-  const auto s = shape_of(u, A);
+  const auto s = shape_of(u, rates);
   const int64_t n = state_count.n, S = s.steps;
   const Steps<const T> u_s(u), delta_s(delta);
   const Steps<T> du_s(du), ddelta_s(ddelta);
-  const T *A_p = A.data_ptr<T>(), *B_p = B.data_ptr<T>();
+  const T *rate_p = rates.data_ptr<T>(), *B_p = B.data_ptr<T>();
   const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
   T *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
   T *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
@@ -113,9 +113,9 @@ void final_backward(States state_count,
         const T *u_re = u_s.at(r, e), *delta_re = delta_s.at(r, e);
         T *du_re = du_s.at(r, e), *ddelta_re = ddelta_s.at(r, e);
         const int64_t us = u_s.step, ds = delta_s.step, dus = du_s.step, dds = ddelta_s.step;
-        Held<const T, States> A_held(state_count, A_p + e * n);
+        Held<const T, States> rate_held(state_count, rate_p + e * n);
         Held<T, States> dA_held(state_count, dA_t + e * n), g_held(state_count, g_home.data());
-        const T* A_e = A_held.get();
+        const T* rate = rate_held.get();
         T *dA_e = dA_held.get(), *g = g_held.get();
         const T gy = gy_p[pair];
         std::fill(states.begin(), states.begin() + n, T(0));  // states[k + 1] = h_k
@@ -125,7 +125,7 @@ void final_backward(States state_count,
           T *current = states.data() + (k + 1) * n, *decay = decays.data() + k * n;
 #pragma omp simd
           for (int64_t i = 0; i < n; ++i) {
-            decay[i] = decay_exp(dt * A_e[i]);
+            decay[i] = decay_exp2(dt * rate[i]);
             current[i] = decay[i] * previous[i] + dtu * Bk[i];
           }
         }
@@ -144,13 +144,13 @@ void final_backward(States state_count,
           for (int64_t i = 0; i < n; ++i) {
             const T w = g[i] * decay[i] * previous[i];  // dL/d(dt * A[i])
             dA_e[i] += w * dt;
-            through_decay += w * A_e[i];
+            through_decay += w * rate[i];  // ln 2 * sum_i w A[i] after the loop
             through_B += g[i] * Bk[i];
             dBk[i] += g[i] * dt * uk;
             g[i] *= decay[i];
           }
           du_re[k * dus] = dt * through_B;
-          ddelta_re[k * dds] = uk * through_B + through_decay;
+          ddelta_re[k * dds] = uk * through_B + T(kLn2) * through_decay;
         }
         du_re[(S - 1) * dus] += D_p[e] * gy;
         dD_t[e] += gy * u_re[(S - 1) * us];
@@ -180,9 +180,10 @@ at::Tensor forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
                    const at::Tensor& C, const at::Tensor& D) {
   check(u, delta, A, B, C, D);
   auto y = at::empty({u.size(0), u.size(1)}, u.options());
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      final_forward<scalar_t>(states, u, delta, A, B, C, D, y);
+      final_forward<scalar_t>(states, u, delta, rates, B, C, D, y);
     });
   });
   return y;
@@ -200,9 +201,10 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto du = at::empty_like(u), ddelta = at::empty_like(delta), dB = at::empty_like(B), dC = at::empty_like(C);
   auto dA = at::empty({threads, A.size(0), A.size(1)}, u.options());
   auto dD = at::empty({threads, D.size(0)}, u.options());
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_backward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      final_backward<scalar_t>(states, u, delta, A, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
+      final_backward<scalar_t>(states, u, delta, rates, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
     });
   });
   return {du, ddelta, dA, dB, dC, dD};

@@ -7,11 +7,11 @@
 
 #include "decay_exp.h"
 
-// h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states.
+// h <- exp(dt * A) * h + dtu * Bt, elementwise over the n states, from A's base-2 rates (decay_rates).
 template <typename T>
-inline void advance(T* __restrict h, const T* __restrict A, const T* __restrict Bt, T dt, T dtu, int64_t n) {
+inline void advance(T* __restrict h, const T* __restrict rate, const T* __restrict Bt, T dt, T dtu, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) h[i] = decay_exp(dt * A[i]) * h[i] + dtu * Bt[i];
+  for (int64_t i = 0; i < n; ++i) h[i] = decay_exp2(dt * rate[i]) * h[i] + dtu * Bt[i];
 }
 
 template <typename T>

@@ -125,26 +125,26 @@ inline void ungate(const T* __restrict dout, const T* __restrict y, const T* __r
 // through the chunk's steps, and y_t = <C_t, h_t> + D u_t. B, C: the chunk's tiles of the channel's group
 // (position-major, see StateInput::gather); steps[t - first] = delta_t.
 template <typename T, typename States>
-void chunk_forward(States states, int64_t first, int64_t stop, const T* A_home, const T* B, const T* C,
+void chunk_forward(States states, int64_t first, int64_t stop, const T* rate_home, const T* B, const T* C,
                    const T* steps, const T* u, T D, T* y, T* h_home) {
-  Held<const T, States> A(states, A_home);
+  Held<const T, States> rate(states, rate_home);
   Held<T, States> h(states, h_home);
   const int64_t n = states.n;
   for (int64_t t = first; t < stop; ++t) {
     const T dt = steps[t - first];
-    advance(h.get(), A.get(), B + (t - first) * n, dt, dt * u[t], n);
+    advance(h.get(), rate.get(), B + (t - first) * n, dt, dt * u[t], n);
     y[t] = dot(h.get(), C + (t - first) * n, n) + D * u[t];
   }
 }
 
 template <typename T, typename States>
-void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z, bool softplus,
                   at::Tensor& y, at::Tensor& gated, at::Tensor& last, at::Tensor& starts) {
-  const auto s = shape_of(u, A, B);
+  const auto s = shape_of(u, rates, B);
   const int64_t chunks = (s.length + kChunk - 1) / kChunk;
   T* starts_p = starts.numel() ? starts.data_ptr<T>() : nullptr;
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *rate_p = rates.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T* D_p = D.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
   T *y_p = y.data_ptr<T>(), *last_p = last.data_ptr<T>();
@@ -166,12 +166,12 @@ void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, c
         for (int64_t pair = first_pair; pair < stop_pair; ++pair) {
           const T* u_bd = u_p + pair * s.length;
           const int64_t d = pair % s.dim;
-          const T* A_d = A_p + d * s.n;
+          const T* rate_d = rate_p + d * s.n;
           T* y_bd = y_p + pair * s.length;
           T* h = last_p + pair * s.n;
           if (starts_p) std::copy(h, h + s.n, starts_p + (pair * chunks + first / kChunk) * s.n);
           discretize(delta_p + pair * s.length, bias_p[d], StepSize<T>::unclamped_rule(softplus), first, stop, steps);
-          chunk_forward(states, first, stop, A_d, B_tile.data(), C_tile.data(), steps, u_bd, D_p[d], y_bd, h);
+          chunk_forward(states, first, stop, rate_d, B_tile.data(), C_tile.data(), steps, u_bd, D_p[d], y_bd, h);
           if (z_p) gate(y_bd, z_p + pair * s.length, first, stop, gated_p + pair * s.length);
         }
       }
@@ -186,13 +186,13 @@ void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, c
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T, typename States>
 void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
-                    const StepSize<T>& step, const T* A_home, const T* B, const T* C, T D, const T* grad_out,
+                    const StepSize<T>& step, const T* rate_home, const T* B, const T* C, T D, const T* grad_out,
                     const T* y, const T* z, T* dz, const T* start, T* du, T* ddelta, T* dA_home, T* dB, T* dC,
                     T& dD, std::vector<T>& states, std::vector<T>& decays, T* g_home) {
   const int64_t n = state_count.n;
-  Held<const T, States> A_held(state_count, A_home);
+  Held<const T, States> rate_held(state_count, rate_home);
   Held<T, States> dA_held(state_count, dA_home), g_held(state_count, g_home);
-  const T* A = A_held.get();
+  const T* rate = rate_held.get();
   T *dA = dA_held.get(), *g = g_held.get();
   T steps[kChunk], grad_y[kChunk];  // grad_y[t - first]: dL/dy_t, before the gate
   discretize(raw_delta, bias, step, first, stop, steps);
@@ -210,7 +210,7 @@ void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u,
     const T dt = steps[t - first], dtu = dt * u[t];
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
-      decay[i] = decay_exp(dt * A[i]);
+      decay[i] = decay_exp2(dt * rate[i]);
       next[i] = decay[i] * previous[i] + dtu * Bt[i];
     }
   }
@@ -229,28 +229,28 @@ void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u,
       dCt[i] += gy * current[i];
       dBt[i] += gi * dt * ut;
       dA[i] += w * dt;
-      through_decay += w * A[i];
+      through_decay += w * rate[i];  // ln 2 * sum_i w A[i] after the loop
       through_B += gi * Bt[i];
       g[i] = decay * gi;
     }
     du[t] = dt * through_B + D * gy;
     dD += gy * ut;
-    ddelta[t] = ut * through_B + through_decay;
+    ddelta[t] = ut * through_B + T(kLn2) * through_decay;
   }
   chain_through_step(raw_delta, bias, step, first, stop, ddelta);
 }
 
 template <typename T, typename States>
 void scan_backward(States state_count,
-                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z,
                    const at::Tensor& y, bool softplus, const at::Tensor& starts, const at::Tensor& grad_out,
                    const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA,
                    at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
-  const auto s = shape_of(u, A, B);
+  const auto s = shape_of(u, rates, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
-  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *A_p = A.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
+  const T *u_p = u.data_ptr<T>(), *delta_p = delta.data_ptr<T>(), *rate_p = rates.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
   const T* D_p = D.data_ptr<T>();
   const T *gout_p = grad_out.data_ptr<T>(), *gl_p = grad_last.data_ptr<T>(), *starts_p = starts.data_ptr<T>();
   const bool gated = z.numel() > 0;
@@ -285,7 +285,7 @@ void scan_backward(States state_count,
         for (int64_t k = 0; k < count; ++k) {
           const int64_t pair = pair0 + k, offset_l = pair * s.length;
           chunk_backward<T>(state_count, first, stop, u_p + offset_l, delta_p + offset_l, bias_p[d0 + k],
-                            StepSize<T>::unclamped_rule(softplus), A_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
+                            StepSize<T>::unclamped_rule(softplus), rate_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
                             gout_p + offset_l, gated ? y_p + offset_l : nullptr, gated ? z_p + offset_l : nullptr,
                             gated ? dz_p + offset_l : nullptr, starts_p + (pair * chunks + c) * n, du_p + offset_l,
                             ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
@@ -334,9 +334,10 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
   auto last = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   const int64_t chunks = keep_starts ? (u.size(2) + kChunk - 1) / kChunk : 0;
   auto starts = at::empty({u.size(0), u.size(1), chunks, A.size(1)}, u.options());
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      scan_forward<scalar_t>(states, u, delta, A, B, C, D, bias, z, softplus, y, gated, last, starts);
+      scan_forward<scalar_t>(states, u, delta, rates, B, C, D, bias, z, softplus, y, gated, last, starts);
     });
   });
   if (!z.numel()) return {y, last, starts, at::empty({0}, u.options())};
@@ -367,9 +368,10 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
   auto dC = at::empty_like(dB);
   auto dD = at::empty({u.size(0), u.size(1)}, u.options());
+  const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      scan_backward<scalar_t>(states, u, delta, A, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du,
+      scan_backward<scalar_t>(states, u, delta, rates, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du,
                               ddelta, dz, dA, dB, dC, dD);
     });
   });
