@@ -58,6 +58,13 @@ class TimeFilter(nn.Module):
         spectrum = torch.fft.rfft(x, n=n_fft, dim=1) * torch.fft.rfft(kernel, dim=0)
         return torch.fft.irfft(spectrum, n=n_fft, dim=1)[:, :length]
 
+    def newest(self, x: Tensor) -> Tensor:
+        """``forward(x)[:, -1]`` (``(B, C)``) as one dot product per channel: the newest position reads only
+        non-negative lags, ``y = Σ_{k < min(L, max_len)} h[k] x_{L-1-k}``, for a causal and a global filter alike."""
+        lags = min(x.shape[1], self.max_len)
+        taps = self.taps()[:lags].to(x.dtype)  # lags 0 .. lags-1
+        return (x[:, -lags:] * taps.flip(0)).sum(1)
+
     def init_state(self, batch_size: int, device: torch.device | None, dtype: torch.dtype | None) -> Tensor:
         """The last ``max_len`` inputs, oldest first (zeros before the sequence starts)."""
         return torch.zeros(batch_size, self.max_len, self.weight.shape[1], device=device, dtype=dtype)
@@ -114,15 +121,25 @@ class FFTFilter(SequenceBlock):
         self.causal = causal
         self.streaming = causal
 
+    @staticmethod
+    def _checked_input(x: Tensor, mask: Tensor) -> Tensor:
+        """``x`` with its pads zeroed, after checking the shapes."""
+        if x.dim() != 3 or mask.shape != x.shape[:2]:
+            raise ValueError(f"fft_filter: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
+        return zero_pads(x, mask)
+
     def _finish(self, y: Tensor, x: Tensor) -> Tensor:
         y = self.dropout(y)
         return self.norm(y + x if self.residual else y)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if x.dim() != 3 or mask.shape != x.shape[:2]:
-            raise ValueError(f"fft_filter: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
-        x = zero_pads(x, mask)
+        x = self._checked_input(x, mask)
         return self._finish(self.filter(x), x)
+
+    def forward_last(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The newest position only (what scoring reads): the filter's dot product there, no FFT."""
+        x = self._checked_input(x, mask)
+        return self._finish(self.filter.newest(x).unsqueeze(1), x[:, -1:])
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.causal:

@@ -86,6 +86,8 @@ def test_filter_equals_lag_loop_and_ignores_padding(causal, n):
         for width in (n + 1, n + 7, 2 * n + 20):
             padded, mask = left_pad(x, width)
             torch.testing.assert_close(block(padded, mask)[0, -n:], want, atol=ATOL, rtol=RTOL)
+            # scoring's newest position alone, without the FFT (a dot product over the lags it reads)
+            torch.testing.assert_close(block.forward_last(padded, mask)[0, 0], want[-1], atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(alone, want, atol=ATOL, rtol=RTOL)
 
 
@@ -97,6 +99,7 @@ def test_filter_residual_and_norm_follow_fmlp():
     x, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)
     want = F.layer_norm(x + bare(x, mask), (4,), block.norm.weight, block.norm.bias, eps=1e-12)
     torch.testing.assert_close(block(x, mask), want, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(block.forward_last(x, mask), want[:, -1:], atol=ATOL, rtol=RTOL)
     assert block.causal is False and block.streaming is False
     assert FFTFilter(d_model=4, causal=True).streaming is True
 
