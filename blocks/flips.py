@@ -92,15 +92,24 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
         """A view of the sequence padded by ``F.pad(., (0, 0, lag, width))``, moved ``steps`` slots later."""
         return padded[:, lag - steps: lag - steps + length]
 
+    moved: dict[int, Tensor] = {}
+
+    def earlier_u(steps: int) -> Tensor:
+        """``earlier(padded_u, steps)``, one view per distance: autograd then sums its uses' gradients before
+        padding them back once, instead of one full-size scatter per use (a fifth of the pass's backward)."""
+        if steps not in moved:
+            moved[steps] = earlier(padded_u, steps)
+        return moved[steps]
+
     # The shared part: items whose window is whole, summed in item order, read at slot t - remain - K + 1.
-    full_window = sum(weight[:, width - 1 - j] * earlier(padded_u, -j) for j in range(width))
+    full_window = sum(weight[:, width - 1 - j] * earlier_u(-j) for j in range(width))
     v, delta, B, _ = scan_inputs(mamba, full_window, real)
     reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
 
     # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
     for reach in range(width - 1):  # slot e - reach, e = t - remain: its window cut at slot e
-        conv = sum(weight[:, width - 1 - j] * earlier(padded_u, remain + reach - j) for j in range(reach + 1))
+        conv = sum(weight[:, width - 1 - j] * earlier_u(remain + reach - j) for j in range(reach + 1))
         steps.append(scan_inputs(mamba, conv, earlier(padded_real, remain + reach)))
     zero_e, zero_n = torch.zeros_like(u), torch.zeros_like(B)
     steps.append((zero_e, shift_time(reversed_delta, lag), zero_n, zero_n))
@@ -111,11 +120,11 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
         item = u.gather(1, (first + j).clamp_max(length - 1).unsqueeze(-1).expand(batch, 1, u.shape[-1]))
         tail.append(item * ((first + j <= slots - remain) & (first + j < length)).unsqueeze(-1).to(u.dtype))
     for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back is kept slot s - k or item k - i + 1
-        conv = sum(weight[:, width - 1 - k] * (earlier(padded_u, remain - i + k) if k < i else tail[k - i])
+        conv = sum(weight[:, width - 1 - k] * (earlier_u(remain - i + k) if k < i else tail[k - i])
                    for k in range(width))
         steps.append(scan_inputs(mamba, conv, earlier(padded_real, remain - i)))
-    v_s = torch.stack([v_k for v_k, _, _, _ in steps], -1).flatten(0, 1)  # (rows, E, steps), a row per prefix
-    delta_s = torch.stack([delta_k for _, delta_k, _, _ in steps], -1).flatten(0, 1)
+    # (rows, E, steps), a row per prefix: stacked step-major (whole copies) and read through the strides
+    v_s, delta_s = (torch.stack(parts, 0).permute(1, 2, 3, 0).flatten(0, 1) for parts in zip(*(s[:2] for s in steps)))
     B_s = torch.stack([B_k for _, _, B_k, _ in steps], -2).flatten(0, 1)  # (rows, steps, N)
     C_t = steps[-1][3]  # the newest item's C: the only readout
     y = final_state_scan(v_s, delta_s, A, B_s, C_t.flatten(0, 1), D=mamba.D).reshape(batch, length, -1)
