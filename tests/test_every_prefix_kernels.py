@@ -116,11 +116,13 @@ def test_compiled_kernel_matches_loop(kernel, shape, threads):
 
 
 @needs_compiler
+@pytest.mark.parametrize("states", [32, 20])
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_compiled_kernel_float32_and_strided_inputs(kernel):
-    """float32 (the training dtype) against the float64 loop; inputs that are slices, not contiguous."""
+def test_compiled_kernel_float32_and_strided_inputs(kernel, states):
+    """float32 (the training dtype) against the float64 loop; inputs that are slices, not contiguous. 32 states
+    take the compile-time size (on AVX-512, 16-state blocks of intrinsics), 20 a block and a remainder."""
     make, loop, _, compiled, _, shapes = KERNELS[kernel]
-    x = make(*shapes[2], seed=7)
+    x = make(*shapes[2][:-1], states, seed=7)
     wide = {k: torch.cat([v, v], -1)[..., : v.shape[-1]] for k, v in x.items()}
     assert not wide["B"].is_contiguous() and not wide["C"].is_contiguous()
     got = with_gradients(getattr(cpu_kernel, compiled), {k: v.float() for k, v in wide.items()}, 3)

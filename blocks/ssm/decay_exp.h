@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 constexpr double kLog2e = 1.4426950408889634;  // log2(e): exp(x) = 2^(x log2 e)
 constexpr double kLn2 = 0.6931471805599453;    // d 2^y / dy = ln 2 * 2^y, so dL/dx = ln 2 * dL/dy for y = x log2 e
 
@@ -20,6 +24,10 @@ template <typename T>
 inline T decay_exp2(T y) {
   return std::exp2(y);
 }
+
+// The polynomial for 2^r on [-1/2, 1/2] shared by both float32 forms below, highest degree first.
+constexpr float kExp2Poly[6] = {0.0013264727313071489f, 0.0096715129911899567f, 0.055507335811853409f,
+                                0.24022242426872253f, 0.69314700365066528f, 1.0f};
 
 // float32: 2^y = 2^k 2^r with k = rint(y) and r = y - k in [-1/2, 1/2] (exact), 2^r by a degree-5 polynomial with
 // constant term 1 (the minimax fit of e^s on [-ln2/2, ln2/2], fitted by Lawson's reweighted least squares, with its
@@ -35,12 +43,8 @@ inline float decay_exp2<float>(float y) {
   y = y < -126.0f ? -126.0f : y;
   const float k = __builtin_rintf(y);
   const float r = y - k;
-  float p = 0.0013264727313071489f;
-  p = __builtin_fmaf(p, r, 0.0096715129911899567f);
-  p = __builtin_fmaf(p, r, 0.055507335811853409f);
-  p = __builtin_fmaf(p, r, 0.24022242426872253f);
-  p = __builtin_fmaf(p, r, 0.69314700365066528f);
-  p = __builtin_fmaf(p, r, 1.0f);
+  float p = kExp2Poly[0];
+  for (int i = 1; i < 6; ++i) p = __builtin_fmaf(p, r, kExp2Poly[i]);
   int32_t bits;
   std::memcpy(&bits, &p, sizeof bits);
   bits += static_cast<int32_t>(k) << 23;
@@ -48,3 +52,18 @@ inline float decay_exp2<float>(float y) {
   std::memcpy(&out, &bits, sizeof out);
   return out;
 }
+
+#if defined(__AVX512F__)
+// decay_exp2<float> on 16 lanes, with the scaling by 2^k done by one vscalefps instead of a clamp and three
+// integer operations (9 vector operations against 12: the final-state scan's forward ran 1.18x faster with it, the
+// Mamba scan's 1.05-1.1x). The same
+// polynomial gives the same values wherever 2^y is a normal float (y >= -126); below, scalef's result is a
+// denormal that the scans flush to zero (flush_denormals.h) where the portable form returns 2^-126.
+inline __m512 decay_exp2_x16(__m512 y) {
+  const __m512 k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(y, k);
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExp2Poly[i]));
+  return _mm512_scalef_ps(p, k);
+}
+#endif

@@ -120,14 +120,9 @@ void final_backward(States state_count,
         const T gy = gy_p[pair];
         std::fill(states.begin(), states.begin() + n, T(0));  // states[k + 1] = h_k
         for (int64_t k = 0; k < S; ++k) {
-          const T dt = delta_re[k * ds], dtu = dt * u_re[k * us];
-          const T *previous = states.data() + k * n, *Bk = B_r + k * n;
-          T *current = states.data() + (k + 1) * n, *decay = decays.data() + k * n;
-#pragma omp simd
-          for (int64_t i = 0; i < n; ++i) {
-            decay[i] = decay_exp2(dt * rate[i]);
-            current[i] = decay[i] * previous[i] + dtu * Bk[i];
-          }
+          const T dt = delta_re[k * ds];
+          advance_from<true>(states.data() + (k + 1) * n, states.data() + k * n, decays.data() + k * n, rate,
+                             B_r + k * n, dt, dt * u_re[k * us], n);
         }
         const T* last = states.data() + S * n;
 #pragma omp simd

@@ -203,16 +203,10 @@ void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u,
   }
   std::copy(start, start + n, states.data());
   for (int64_t t = first; t < stop; ++t) {  // the states and each step's decay exp(delta_t A), kept for the sweep
-    const T* __restrict previous = states.data() + (t - first) * n;
-    T* __restrict next = states.data() + (t - first + 1) * n;
-    T* __restrict decay = decays.data() + (t - first) * n;
-    const T* __restrict Bt = B + (t - first) * n;
-    const T dt = steps[t - first], dtu = dt * u[t];
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      decay[i] = decay_exp2(dt * rate[i]);
-      next[i] = decay[i] * previous[i] + dtu * Bt[i];
-    }
+    const T* previous = states.data() + (t - first) * n;
+    const T dt = steps[t - first];
+    advance_from<true>(states.data() + (t - first + 1) * n, previous, decays.data() + (t - first) * n, rate,
+                       B + (t - first) * n, dt, dt * u[t], n);
   }
   for (int64_t t = stop - 1; t >= first; --t) {
     const T dt = steps[t - first], ut = u[t], gy = grad_y[t - first];
