@@ -96,7 +96,7 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
 
     def earlier_u(steps: int) -> Tensor:
         """``earlier(padded_u, steps)``, one view per distance: autograd then sums its uses' gradients before
-        padding them back once, instead of one full-size scatter per use (a fifth of the pass's backward)."""
+        padding them back once, instead of one full-size scatter per use."""
         if steps not in moved:
             moved[steps] = earlier(padded_u, steps)
         return moved[steps]

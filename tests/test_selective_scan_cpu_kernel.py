@@ -82,6 +82,21 @@ def test_float32_decay_is_exp_within_its_stated_error(d_state):
     assert (((state[0].double() - want).abs() / want) <= 1.7e-7 + A.double().abs() * 2.0**-23).all()
 
 
+def test_float32_decay_paths_agree_bit_for_bit():
+    """On an AVX-512 CPU a channel's states go through the step 16 at a time with intrinsics and the remainder
+    through the portable loop (scan_steps.h); both forms of the decay give the same states bit for bit
+    (decay_exp.h), clamp included. States 16..19 of a 20-state scan (the portable loop) against the same states
+    as 12..15 of a 16-state scan (all intrinsics); elsewhere both are the portable loop."""
+    g = torch.Generator().manual_seed(11)
+    u = torch.randn(2, 3, 40, generator=g)
+    delta = torch.rand(2, 3, 40, generator=g) * 3
+    A = -torch.rand(3, 20, generator=g) * 60  # decays down to 2^-259: the clamp at 2^-126 is reached
+    B, C = torch.randn(2, 20, 40, generator=g), torch.randn(2, 20, 40, generator=g)
+    _, all_states = cpu_kernel.selective_scan_compiled(u, delta, A, B, C, return_last_state=True)
+    _, last_sixteen = cpu_kernel.selective_scan_compiled(u, delta, A[:, 4:], B[:, 4:], C[:, 4:], return_last_state=True)
+    assert torch.equal(all_states[..., 16:], last_sixteen[..., 12:])
+
+
 def test_strided_B_and_C_are_read_as_they_are():
     """B and C that are not contiguous (the Mamba layer's are slices of its x_proj output, stride 1 along n)."""
     x = make_inputs(70, "batched", "groups2", seed=9)

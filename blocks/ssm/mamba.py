@@ -123,17 +123,17 @@ class Mamba(SequenceBlock):
         ``SEQREC_ZOO_CPU_KERNEL=0``) it is ``forward`` read at the newest position."""
         if not cpu_kernel.applies("final_state_scan", x):
             return super().forward_last(x, mask)
-        u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False)
-        delta = softplus(dt + self.dt_proj.bias.unsqueeze(-1))  # a padded step's lowest raw value gives exactly 0
+        u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False, step_bias=True)
+        delta = softplus(dt)  # a padded step's lowest raw value gives exactly 0
         y = final_state_scan(u, delta, -torch.exp(self.A_log), B, C[:, -1], self.D)
         return self.out_proj(y * F.silu(z)).unsqueeze(1)
 
-    def _scan_inputs(self, x: Tensor, mask: Tensor | None,
-                     gate_everywhere: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _scan_inputs(self, x: Tensor, mask: Tensor | None, gate_everywhere: bool = True,
+                     step_bias: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The scan's inputs: ``u`` after the convolution and its SiLU (B, E, L), the gate ``z`` (B, E, L), or
-        (B, E) at the newest position alone without ``gate_everywhere``, the raw step ``dt_proj(dt)`` without
-        its bias (B, E, L), the dtype's lowest value at padded positions, and ``B``, ``C`` (B, L, n) as
-        ``x_proj`` gives them."""
+        (B, E) at the newest position alone without ``gate_everywhere``, the raw step ``dt_proj(dt)`` (B, E, L),
+        its bias included by the projection with ``step_bias`` (else the scan adds it), the dtype's lowest value
+        at padded positions, and ``B``, ``C`` (B, L, n) as ``x_proj`` gives them."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"mamba: expected x of shape (batch, length, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
@@ -149,7 +149,7 @@ class Mamba(SequenceBlock):
             u = u.contiguous()
         u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, E, L), bias added in the scan
+        dt = F.linear(dt, self.dt_proj.weight, self.dt_proj.bias if step_bias else None).transpose(1, 2)  # (B, E, L)
         if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
             dt = dt.masked_fill(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)
         return u, z, dt, B, C
