@@ -19,8 +19,9 @@ against plain loops).
 
 * unset (or ``auto``): the kernels are used wherever they apply when a C++ compiler is present. Each
   is built on its first use (about a minute, once per machine: ``torch.utils.cpp_extension`` caches
-  the build), announced by one line on stderr. Without a compiler, or when a build fails, one
-  warning says so and the pure path runs;
+  the build), announced by one line on stderr; :func:`build_all` builds every one up front, side by side
+  (the test suite does so at its start). Without a compiler, or when a build fails, one warning says so
+  and the pure path runs;
 * ``1``: always the kernels; a failed build is an error that says how to fall back;
 * ``0``: never; the pure-PyTorch path everywhere.
 """
@@ -28,10 +29,12 @@ against plain loops).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -124,15 +127,50 @@ def serves_inference(kernel: str, x: Tensor, *modules: nn.Module, dropout_active
     return applies(kernel, x)
 
 
+def _module_name(kernel: str) -> str:
+    return f"seqrec_zoo_{kernel}_cpu"
+
+
+def built(kernel: str) -> bool:
+    """Whether this machine's ``torch.utils.cpp_extension`` cache holds a build of ``kernel``."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = _module_name(kernel)
+    return any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so"))
+
+
+def _build_in_worker(kernel: str) -> str | None:
+    """Build ``kernel`` (a worker of :func:`build_all`): None, or what went wrong."""
+    try:
+        load(kernel)
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+def build_all(workers: int | None = None) -> dict[str, str]:
+    """Build every kernel this machine has not built yet, ``workers`` processes side by side (default: one per CPU),
+    instead of one at a time at first use; every later :func:`load` then finds its build cached. Returns the
+    message of each build that failed, by kernel (their first use reports them as usual)."""
+    missing = [kernel for kernel in SOURCES if not built(kernel)]
+    if not missing:
+        return {}
+    workers = min(len(missing), workers or os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")  # a forked child would inherit torch's OpenMP state
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        outcomes = dict(zip(missing, pool.map(_build_in_worker, missing)))
+    return {kernel: message for kernel, message in outcomes.items() if message is not None}
+
+
 @lru_cache(maxsize=None)
 def load(kernel: str) -> ModuleType:
     """Build (or reuse the cached build of) the C++ kernel ``kernel`` (a key of ``SOURCES``) and import it."""
     source = SOURCES[kernel]
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" is irrelevant here
-    from torch.utils.cpp_extension import _get_build_directory, load as build
+    from torch.utils.cpp_extension import load as build
 
-    name = f"seqrec_zoo_{kernel}_cpu"
-    if not any(Path(_get_build_directory(name, verbose=False)).glob(f"{name}*.so")):  # nothing built yet
+    name = _module_name(kernel)
+    if not built(kernel):
         print(f"seqrec-zoo: compiling the CPU {kernel} kernel (first use on this machine, about a minute; "
               f"{KERNEL_ENV_VAR}=0 skips it)", file=sys.stderr, flush=True)
     try:

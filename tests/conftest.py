@@ -6,6 +6,15 @@ import pytest
 import torch
 
 
+def pytest_sessionstart(session):
+    """On a machine that has not built the compiled kernels yet, build them side by side before the tests (each
+    takes most of a minute, which the tests would otherwise wait for one at a time at first use)."""
+    from zoo.blocks import compiled
+
+    if compiled.mode() != "off" and compiled.compiler() is not None:
+        compiled.build_all()
+
+
 @pytest.fixture
 def deterministic():
     """One intra-op thread and deterministic algorithms: reruns on CPU are bit-identical."""
