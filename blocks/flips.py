@@ -24,9 +24,10 @@ from zoo.blocks.masking import lengths_from_mask, shift_time
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout
 from zoo.blocks.ssm.final_state_scan import final_state_scan
+from zoo.blocks.ssm.gathered_conv import gathered_depthwise_conv
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.blocks.ssm.selective_scan import selective_scan
-from zoo.blocks.ssm.softplus import softplus
+from zoo.blocks.ssm.softplus import projected_softplus
 
 
 def partial_flip_index(mask: Tensor, remain: int) -> Tensor:
@@ -51,6 +52,47 @@ def gather_time(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+def partial_flip_windows(mask: Tensor, remain: int, width: int) -> tuple[Tensor, Tensor]:
+    """The short convolution windows :func:`partial_flip_prefix_outputs` needs at every ``t``, as a table of source
+    positions for :func:`~zoo.blocks.ssm.gathered_conv.gathered_depthwise_conv`: ``source (S, B, L, K)`` (tap ``k``
+    of window ``s``; -1 reads zero) and ``valid (S, B, L)``, whether the window's step is a real item (0: the step
+    neither decays nor adds). ``S = K + remain`` windows, in this order:
+
+    * 0: item ``t``'s whole window in the reversed run, which reads the ``K - 1`` later items;
+    * ``1 .. K - 1``: the reversed run's first items in the prefix ending at ``t`` (``h_p``, ``h_{p-1}``, ...,
+      ``p = t - remain``), windows cut at item ``p``;
+    * ``K .. K + remain - 1``: the kept items ``t - remain + 1 .. t`` in order, their first windows reaching back
+      into the reversed run's last items, the sequence's oldest (``h_1, h_2, ...``) while those are in it.
+    """
+    batch, length = mask.shape
+    slot = torch.arange(length, device=mask.device).expand(batch, length)
+    first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
+    nothing = torch.full_like(slot, -1)
+
+    def at(position: Tensor) -> Tensor:
+        return torch.where((position >= 0) & (position < length), position, nothing)
+
+    def real_at(position: Tensor) -> Tensor:
+        return mask.gather(1, position.clamp(0, length - 1)) & (position >= 0)
+
+    windows, valid = [], []
+
+    def window(reads: dict[int, Tensor], step_at: Tensor) -> None:
+        """``reads[j]``: what the tap ``j`` items back in the flipped order reads (tap ``K - 1 - j``)."""
+        windows.append(torch.stack([reads.get(width - 1 - k, nothing) for k in range(width)], -1))
+        valid.append(real_at(step_at))
+
+    window({j: at(slot + j) for j in range(width)}, slot)
+    for reach in range(width - 1):  # item p - reach: its window reads items p - reach .. p only
+        window({j: at(slot - remain - reach + j) for j in range(reach + 1)}, slot - remain - reach)
+    for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back: kept slot, or the run's item k - i + 1
+        oldest = [first + k - i for k in range(width)]
+        window({k: at(slot - remain + i - k) if k < i else
+                torch.where((oldest[k] <= slot - remain) & (oldest[k] < length), oldest[k], nothing)
+                for k in range(width)}, slot - remain + i)
+    return torch.stack(windows), torch.stack(valid)
+
+
 def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -> Tensor:
     """For every position ``t`` at once: ``mamba``'s output at the newest slot of the prefix ending at
     ``t`` after its partial flip (:func:`partial_flip_index` with ``remain >= 1``). ``x (B, L, D)``
@@ -71,88 +113,67 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
     * the ``remain`` kept items are ordinary steps whose first windows reach back into the reversed
       run's last items (``h_1, h_2, ...``).
 
-    Per prefix that is one scan of ``K - 1 + 1 + remain`` steps from zero read at its last step
-    (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus ``C_t · (Λ_t ⊙ Q)`` for the shared
+    Every window is one row of :func:`partial_flip_windows`, all convolved in one pass
+    (:func:`~zoo.blocks.ssm.gathered_conv.gathered_depthwise_conv`) and projected to their steps together.
+    Per prefix that is one scan of ``K - 1 + remain`` steps from zero read at its last step, the reversed run's
+    decay folded into the first kept step's (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus ``C_t · (Λ_t ⊙ Q)`` for the shared
     part, ``Λ_t`` the decay of the kept steps
     (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`); both are one compiled pass on the
     CPU, and nothing per prefix grows with its length.
     """
     batch, length, _ = x.shape
     width = mamba.d_conv
-    weight = mamba.conv1d.weight.squeeze(1)  # (E, K); tap K-1 multiplies the current input
     A = -torch.exp(mamba.A_log)  # (E, N)
-    real = mask.unsqueeze(-1).to(x.dtype)
     u, z = mamba.in_proj(x).chunk(2, dim=-1)
-    u = u * real  # (B, L, E), zero at pads
+    u = u * mask.unsqueeze(-1).to(x.dtype)  # (B, L, E), zero at pads
+    source, valid = partial_flip_windows(mask, remain, width)
+    v = gathered_depthwise_conv(u, mamba.conv1d.weight.squeeze(1), mamba.conv1d.bias, source)  # (S, B, L, E)
+    # dt and B at every window; C only at the newest item's, the one readout (Mamba Algorithm 2's projections).
+    dt, B = F.linear(v, mamba.x_proj.weight[:mamba.dt_rank + mamba.d_state]).split([mamba.dt_rank, mamba.d_state], -1)
+    C_t = F.linear(v[-1], mamba.x_proj.weight[mamba.dt_rank + mamba.d_state:])  # (B, L, N)
+    delta = projected_softplus(dt, mamba.dt_proj.weight, mamba.dt_proj.bias, valid)  # 0 at a window that is no item
+    # Split once: each piece's gradient then lands in one full-size buffer, not one per slice.
+    (v_0, v_s), (delta_0, delta_s), (B_0, B_s) = (t.split([1, width - 1 + remain]) for t in (v, delta, B))
+    v_0, delta_0, B_0 = v_0[0], delta_0[0], B_0[0]  # the shared part's (B, L, .)
+    reversed_delta = delta_0.cumsum(1)  # sum of Δ over slots <= s
 
+    # Per prefix (a row each): K - 1 boundary steps, then the `remain` kept steps, the first of which also decays the
+    # state through the reversed run (its Δ summed). Read step-major through the strides: (rows, E, steps).
     lag = remain + width - 1
-    padded_u, padded_real = (F.pad(s, (0, 0, lag, width)) for s in (u, real))
-
-    def earlier(padded: Tensor, steps: int) -> Tensor:
-        """A view of the sequence padded by ``F.pad(., (0, 0, lag, width))``, moved ``steps`` slots later."""
-        return padded[:, lag - steps: lag - steps + length]
-
-    moved: dict[int, Tensor] = {}
-
-    def earlier_u(steps: int) -> Tensor:
-        """``earlier(padded_u, steps)``, one view per distance: autograd then sums its uses' gradients before
-        padding them back once, instead of one full-size scatter per use."""
-        if steps not in moved:
-            moved[steps] = earlier(padded_u, steps)
-        return moved[steps]
-
-    # The shared part: items whose window is whole, summed in item order, read at slot t - remain - K + 1.
-    full_window = sum(weight[:, width - 1 - j] * earlier_u(-j) for j in range(width))
-    v, delta, B, _ = scan_inputs(mamba, full_window, real)
-    reversed_delta = delta.cumsum(1)  # sum of Δ over slots <= s
-
-    # Per prefix: K - 1 boundary steps, the reversed run's decay as one step, `remain` kept steps.
-    steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-    for reach in range(width - 1):  # slot e - reach, e = t - remain: its window cut at slot e
-        conv = sum(weight[:, width - 1 - j] * earlier_u(remain + reach - j) for j in range(reach + 1))
-        steps.append(scan_inputs(mamba, conv, earlier(padded_real, remain + reach)))
-    zero_e, zero_n = torch.zeros_like(u), torch.zeros_like(B)
-    steps.append((zero_e, shift_time(reversed_delta, lag), zero_n, zero_n))
-    first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
-    slots = torch.arange(length, device=x.device)
-    tail = []  # u of item j+1 (the reversed run ends with items ..., 2, 1) while it is in the reversed run
-    for j in range(width - 1):
-        item = u.gather(1, (first + j).clamp_max(length - 1).unsqueeze(-1).expand(batch, 1, u.shape[-1]))
-        tail.append(item * ((first + j <= slots - remain) & (first + j < length)).unsqueeze(-1).to(u.dtype))
-    for i in range(1, remain + 1):  # kept slot t - remain + i; k steps back is kept slot s - k or item k - i + 1
-        conv = sum(weight[:, width - 1 - k] * (earlier_u(remain - i + k) if k < i else tail[k - i])
-                   for k in range(width))
-        steps.append(scan_inputs(mamba, conv, earlier(padded_real, remain - i)))
-    # (rows, E, steps), a row per prefix: stacked step-major (whole copies) and read through the strides
-    v_s, delta_s = (torch.stack(parts, 0).permute(1, 2, 3, 0).flatten(0, 1) for parts in zip(*(s[:2] for s in steps)))
-    B_s = torch.stack([B_k for _, _, B_k, _ in steps], -2).flatten(0, 1)  # (rows, steps, N)
-    C_t = steps[-1][3]  # the newest item's C: the only readout
-    y = final_state_scan(v_s, delta_s, A, B_s, C_t.flatten(0, 1), D=mamba.D).reshape(batch, length, -1)
+    step_major = (t.permute(1, 2, 3, 0).flatten(0, 1) for t in (v_s, delta_s))
+    y = final_state_scan(*step_major, A, B_s.permute(1, 2, 0, 3).flatten(0, 1), C_t.flatten(0, 1), D=mamba.D,
+                         extra=shift_time(reversed_delta, lag).flatten(0, 1), extra_at=width - 1)
+    y = y.reshape(batch, length, -1)
 
     # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ), Q_s = sum_{j <= s} (prod_{i < j} a_i) b_j.
     if lag < length:
-        kept_delta = delta_s[..., -remain:].sum(-1).reshape(batch, length, -1)
-        cut = length - lag
-        shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta[:, :cut], delta[:, :cut] * v[:, :cut], B[:, :cut],
-                                        A, kept_delta[:, lag:], C_t[:, lag:])
+        cut, kept_delta = length - lag, delta_s[width - 1:].sum(0)
+        shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta_0[:, :cut], delta_0[:, :cut] * v_0[:, :cut],
+                                        B_0[:, :cut], A, kept_delta[:, lag:], C_t[:, lag:])
         y = y + F.pad(shared, (0, 0, lag, 0))
     return mamba.out_proj(y * F.silu(z))
 
 
-def scan_inputs(mamba: Mamba, conv: Tensor, valid: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The scan's inputs at steps whose short convolution (before its bias) is ``conv (..., E)``: ``u = silu(conv +
-    bias)`` and, from ``x_proj(u)``, the step ``Δ = softplus(dt_proj(dt))`` (times ``valid``: 0 makes a step that
-    neither decays nor adds), ``B`` and ``C`` (Mamba Algorithm 2)."""
-    bias = mamba.conv1d.bias
-    u = F.silu(conv if bias is None else conv + bias)
+def scan_inputs(mamba: Mamba, u: Tensor, valid: Tensor | float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The scan's inputs at steps whose short convolution, bias and SiLU included, is ``u (..., E)``: ``u`` and, from
+    ``x_proj(u)``, the step ``Δ = softplus(dt_proj(dt))`` (times ``valid``, broadcast over ``u``'s leading dimensions:
+    0 makes a step that neither decays nor adds), ``B`` and ``C`` (Mamba Algorithm 2)."""
     dt, B, C = mamba.x_proj(u).split([mamba.dt_rank, mamba.d_state, mamba.d_state], dim=-1)
-    return u, softplus(mamba.dt_proj(dt)) * valid, B, C
+    valid = valid if isinstance(valid, Tensor) else dt.new_full((), valid)
+    return u, projected_softplus(dt, mamba.dt_proj.weight, mamba.dt_proj.bias, valid), B, C
 
 
 def short_conv(mamba: Mamba, inputs: Tensor) -> Tensor:
-    """``mamba``'s short causal convolution over ``inputs (B, S, E)``, zero before slot 0, without its bias (which
-    :func:`scan_inputs` adds): the compiled kernel where it applies."""
-    return causal_depthwise_conv1d(inputs.transpose(1, 2), mamba.conv1d.weight, None).transpose(1, 2)
+    """``mamba``'s short causal convolution over ``inputs (B, S, E)``, zero before slot 0, through its bias and SiLU:
+    the compiled kernel where it applies."""
+    return causal_depthwise_conv1d(inputs.transpose(1, 2), mamba.conv1d.weight, mamba.conv1d.bias,
+                                   activation="silu").transpose(1, 2)
+
+
+def activate(mamba: Mamba, conv: Tensor) -> Tensor:
+    """``silu(conv + bias)``: a short convolution window summed by hand, through ``mamba``'s bias and SiLU."""
+    bias = mamba.conv1d.bias
+    return F.silu(conv if bias is None else conv + bias)
 
 
 def scan_outputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
@@ -282,7 +303,7 @@ def _straddling_prefixes(mamba: Mamba, A: Tensor, items: Tensor, pads_scan: tupl
         boundary.append(conv)
     inside = (pads.view(-1, 1) + torch.arange(width - 1, device=device) <= q.view(-1, 1))  # (prefixes, K - 1)
     conv = torch.stack(boundary, 2) if boundary else items.new_zeros(items.shape[0], len(q), 0, items.shape[2])
-    u_b, delta_b, B_b, C_b = scan_inputs(mamba, conv, inside.unsqueeze(-1).to(u_pad.dtype))
+    u_b, delta_b, B_b, C_b = scan_inputs(mamba, activate(mamba, conv), inside)
 
     # Slots b + K - 1 .. q share the whole window's inputs: their summed step decays the state left by the
     # padded and boundary slots (zero when the range is empty).

@@ -17,7 +17,7 @@ from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.mamba import split_projection
 from zoo.blocks.ssm.selective_scan import selective_scan
-from zoo.blocks.ssm.softplus import softplus
+from zoo.blocks.ssm.softplus import projected_softplus
 from zoo.registry import register_block
 
 
@@ -109,10 +109,10 @@ class MultiScaleMamba(SequenceBlock):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Δ (softplus applied), B, C from ``u (..., d_inner)``."""
+    def _ssm_inputs(self, u: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Δ (softplus applied; 0 where ``mask`` is False), B, C from ``u (..., d_inner)``."""
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
-        return softplus(self.dt_proj(dt)), B, C
+        return projected_softplus(dt, self.dt_proj.weight, self.dt_proj.bias, mask), B, C
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
         return self.out_proj(self.norm(y) * F.silu(z))
@@ -141,15 +141,15 @@ class MultiScaleMamba(SequenceBlock):
         if x.dim() != 3 or mask.shape != x.shape[:2]:
             raise ValueError(f"multiscale_mamba: expected x (B, L, D) and mask (B, L), got {tuple(x.shape)} and {tuple(mask.shape)}")
         x = zero_pads(x, mask)
-        u, z = self.in_proj(x).chunk(2, -1) if gate_everywhere else split_projection(self.in_proj, x)
+        u, z = self.in_proj(x).chunk(2, -1) if gate_everywhere else split_projection(self.in_proj, x, gate_everywhere=False)
         u = u.transpose(1, 2)
         u = sum(causal_depthwise_conv1d(u, conv.weight, conv.bias) for conv in self.convs) / len(self.convs)
         u = zero_pads(u.transpose(1, 2), mask)
         if self.filter is not None:
             u = zero_pads(self.filter(u), mask)
         u = F.silu(u)
-        delta, B, C = self._ssm_inputs(u)
-        return u, z, zero_pads(delta, mask), B, C
+        delta, B, C = self._ssm_inputs(u, mask)
+        return u, z, delta, B, C
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:
         if not self.streaming:

@@ -190,3 +190,39 @@ def test_mismatched_shapes_are_refused(kernel, field, cut, message):
     x = make(*shapes[0], seed=1)
     with pytest.raises(ValueError, match=message):
         dispatch(**{**x, field: cut(x[field])})
+
+
+def scan_loop_with_extra(u, delta, A, B, C, D, extra, at):
+    """``extra`` as a step of its own with no input (u and B zero) just before step ``at``, then the loop."""
+    def inserted(steps, new, dim):
+        return torch.cat([steps.narrow(dim, 0, at), new, steps.narrow(dim, at, steps.shape[dim] - at)], dim)
+    return scan_loop(inserted(u, torch.zeros_like(u[..., :1]), -1), inserted(delta, extra.unsqueeze(-1), -1), A,
+                     inserted(B, torch.zeros_like(B[:, :1]), 1), C, D)
+
+
+@pytest.mark.parametrize("form", ["pytorch", pytest.param("compiled", marks=needs_compiler)])
+@pytest.mark.parametrize("at", [0, 3, 8])
+@pytest.mark.parametrize("states", [32, 20])
+def test_final_state_scan_extra_decay_is_a_step_without_input(form, at, states):
+    """``extra`` folded into step ``at``'s decay equals a step of that size with no input before it, values and
+    every gradient (extra's included); some rows' step ``at`` has delta 0 (a step the forward pass may skip only
+    when extra is 0 too), some rows' extra is 0."""
+    x = scan_inputs(6, 5, 9, states, seed=13 + at)
+    x["extra"] = torch.rand(6, 5, generator=torch.Generator().manual_seed(at), dtype=torch.float64) * 4
+    x["delta"][:2, :, at] = 0.0
+    x["extra"][1:3] = 0.0
+    fn = final_state_scan_ref if form == "pytorch" else cpu_kernel.final_state_scan_compiled
+    got = with_gradients(lambda **t: fn(**t, extra_at=at), x, 8)
+    assert_all_close(got, with_gradients(lambda **t: scan_loop_with_extra(**t, at=at), x, 8), list(x), 1e-10)
+    if form == "compiled":
+        x32 = {k: v.float() for k, v in x.items()}
+        assert_all_close(with_gradients(lambda **t: fn(**t, extra_at=at), x32, 8),
+                         with_gradients(lambda **t: scan_loop_with_extra(**t, at=at), x, 8), list(x), 1e-5)
+
+
+def test_final_state_scan_refuses_a_misshapen_extra():
+    x = scan_inputs(4, 3, 5, 8, seed=1)
+    with pytest.raises(ValueError, match="extra \\(rows, e\\)"):
+        final_state_scan(**x, extra=torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="0 <= extra_at < 5"):
+        final_state_scan(**x, extra=torch.zeros(4, 3, dtype=torch.float64), extra_at=5)

@@ -8,7 +8,8 @@ recurrence), ``final_state_scan_cpu.cpp`` (:mod:`zoo.blocks.ssm.final_state_scan
 head's recurrence as one vectorised loop instead of PyTorch operations over state-sized
 intermediates; their backward passes are the reverse-time adjoint recurrences (see the C++ files).
 ``causal_conv_cpu.cpp`` is the short convolution (and SiLU) in front of every Mamba and Mamba2 scan,
-used by :func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d`; ``softplus_cpu.cpp`` the step size
+used by :func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d`, and its gathered form
+(:mod:`zoo.blocks.ssm.gathered_conv`); ``softplus_cpu.cpp`` the step size
 ``softplus`` of :mod:`zoo.blocks.ssm.softplus`.
 When the compiled kernels are enabled (the default, :mod:`zoo.blocks.compiled`),
 :func:`zoo.blocks.ssm.selective_scan` uses its kernel for CPU tensors whose ``B`` and ``C`` are
@@ -27,7 +28,8 @@ from torch import Tensor
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
-           "final_state_scan_compiled", "kernel_dtype", "load", "selective_scan_compiled", "softplus_compiled",
+           "final_state_scan_compiled", "gathered_conv_compiled", "kernel_dtype",
+           "projected_softplus_compiled", "load", "selective_scan_compiled", "softplus_compiled",
            "ssd_scan_compiled"]
 
 
@@ -223,28 +225,34 @@ class _CompiledDecayedPrefix(torch.autograd.Function):
         return dbefore, dw, _sum_splits(dB), dA.sum(0), dafter, _sum_splits(dC)
 
 
-def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                              extra: Tensor | None = None, extra_at: int = 0) -> Tensor:
     """:func:`zoo.blocks.ssm.final_state_scan.final_state_scan` in the compiled kernel: same arguments and
     result, computed in float64 for float64 inputs, else float32."""
-    dtype = kernel_dtype(u, delta, A, B, C, D)
+    dtype = kernel_dtype(u, delta, A, B, C, D, extra)
     D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
+    extra_ = u.new_empty(0, dtype=dtype) if extra is None else extra.to(dtype).contiguous()
     steps = (dense(t.to(dtype)) for t in (u, delta))  # read through their strides
-    return _CompiledFinalStateScan.apply(*steps, *(t.to(dtype).contiguous() for t in (A, B, C, D_))).to(u.dtype)
+    return _CompiledFinalStateScan.apply(*steps, *(t.to(dtype).contiguous() for t in (A, B, C, D_)), extra_,
+                                         extra_at).to(u.dtype)
 
 
 class _CompiledFinalStateScan(torch.autograd.Function):
-    """``y = C · h_last + D u_last`` of short scans from zero; gradients from the kernel."""
+    """``y = C · h_last + D u_last`` of short scans from zero (``extra`` folded into step ``extra_at``'s decay);
+    gradients from the kernel."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor):
-        ctx.save_for_backward(u, delta, A, B, C, D)
-        return load("final_state_scan").forward(u, delta, A, B, C, D)
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, extra: Tensor, extra_at: int):
+        ctx.save_for_backward(u, delta, A, B, C, D, extra)
+        ctx.extra_at = extra_at
+        return load("final_state_scan").forward(u, delta, A, B, C, D, extra, extra_at)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        u, delta, A, B, C, D = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD = load("final_state_scan").backward(u, delta, A, B, C, D, grad_y.contiguous())
-        return du, ddelta, dA.sum(0), dB, dC, dD.sum(0)
+        u, delta, A, B, C, D, extra = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dextra = load("final_state_scan").backward(u, delta, A, B, C, D, extra, ctx.extra_at,
+                                                                               grad_y.contiguous())
+        return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dextra if extra.numel() else None, None
 
 
 def softplus_compiled(x: Tensor) -> Tensor:
@@ -267,6 +275,35 @@ class _CompiledSoftplus(torch.autograd.Function):
         if grad_y.stride() != x.stride():
             grad_y = torch.empty_like(x).copy_(grad_y)
         return load("softplus").backward(x, grad_y)
+
+
+def projected_softplus_compiled(low: Tensor, weight: Tensor, bias: Tensor | None, valid: Tensor | None) -> Tensor:
+    """:func:`zoo.blocks.ssm.softplus.projected_softplus` in the compiled kernel (``valid`` already of
+    ``low.shape[:-1]``); computed in float64 for float64 inputs, else float32, returned in ``low``'s dtype."""
+    dtype = kernel_dtype(low, weight, bias)
+    rows = low.to(dtype).reshape(-1, low.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    bias_ = rows.new_empty(0) if bias is None else bias.to(dtype).contiguous()
+    valid_ = rows.new_empty(0) if valid is None else valid.reshape(-1).to(dtype).contiguous()
+    delta = _CompiledProjectedSoftplus.apply(rows, weight.to(dtype).t().contiguous(), bias_, valid_)
+    return delta.reshape(*low.shape[:-1], weight.shape[0]).to(low.dtype)
+
+
+class _CompiledProjectedSoftplus(torch.autograd.Function):
+    """``valid * softplus(bias + low @ w)`` with ``w (R, E)``; gradients from the kernel (its per-thread weight and bias
+    gradients summed here), none for ``valid``."""
+
+    @staticmethod
+    def forward(ctx, low: Tensor, weight: Tensor, bias: Tensor, valid: Tensor):
+        ctx.save_for_backward(low, weight, bias, valid)
+        return load("softplus").projected_forward(low, weight, bias, valid)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        low, weight, bias, valid = ctx.saved_tensors
+        dlow, dweight, dbias = load("softplus").projected_backward(low, weight, bias, valid, grad.contiguous())
+        return dlow, dweight.sum(0), dbias.sum(0) if bias.numel() else None, None
 
 
 def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
@@ -297,3 +334,34 @@ class _CompiledCausalConv(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         dx, dweight, dbias = load("causal_conv").backward(x, weight, bias, ctx.silu, grad_y.contiguous())
         return dx, dweight.sum(0), dbias.sum(0), None
+
+
+def gathered_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, source: Tensor, silu: bool) -> Tensor:
+    """:func:`zoo.blocks.ssm.gathered_conv.gathered_depthwise_conv` in the compiled kernel: ``x (B, L, C)``,
+    ``weight (C, K)``, ``bias (C,)`` or None, ``source (S, B, T, K)``; the result ``(S, B, T, C)``. Computed in
+    float64 for float64 inputs, else float32."""
+    dtype = kernel_dtype(x, weight, bias)
+    x_ = x.to(dtype)
+    if x_.stride(2) != 1:  # the kernel reads any batch and time strides, channels contiguous
+        x_ = x_.contiguous()
+    bias_ = x.new_zeros(x.shape[2], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
+    return _CompiledGatheredConv.apply(x_, weight.to(dtype).t().contiguous(), bias_, source.contiguous(),
+                                       silu).to(x.dtype)
+
+
+class _CompiledGatheredConv(torch.autograd.Function):
+    """``y[s, b, t] = silu?(bias + sum_k w[k] * x[b, source[s, b, t, k]])``, ``w`` as ``(K, C)``; gradients from the
+    kernel (its per-sequence weight and bias gradients summed here)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, source: Tensor, silu: bool):
+        ctx.save_for_backward(x, weight, bias, source)
+        ctx.silu = silu
+        return load("causal_conv").gathered_forward(x, weight, bias, source, silu)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, weight, bias, source = ctx.saved_tensors
+        dx, dweight, dbias = load("causal_conv").gathered_backward(x, weight, bias, source, ctx.silu,
+                                                                   grad_y.contiguous())
+        return dx, dweight.sum(0), dbias.sum(0), None, None

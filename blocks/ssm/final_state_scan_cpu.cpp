@@ -5,8 +5,12 @@
 //
 // For row r and channel e, over the steps k = 0 .. S - 1 (S small), from h = 0:
 //
-//     h_k = exp(delta[r, e, k] * A[e]) * h_{k-1} + delta[r, e, k] * u[r, e, k] * B[r, k, :]
+//     h_k = exp((delta[r, e, k] + [k == at] extra[r, e]) * A[e]) * h_{k-1} + delta[r, e, k] * u[r, e, k] * B[r, k, :]
 //     y[r, e] = <C[r, :], h_{S-1}> + D[e] * u[r, e, S - 1]
+//
+// extra (optional, (rows, dim)) is a step that only decays, folded into step `at`'s decay: the same as a step of
+// size extra with no input just before step `at` (exp(x A) exp(y A) = exp((x + y) A)), for one exponential
+// instead of two. SIGMA's every-prefix pass decays each prefix's state through its reversed run that way.
 //
 // The general scan kernel (selective_scan_cpu.cpp) reads out every step and keeps chunk-start states
 // for its backward; with a handful of steps per row, that readout and bookkeeping cost as much as the
@@ -18,7 +22,7 @@
 //
 // Layouts: u, delta (rows, dim, S) with any strides (scoring passes them time-major, (rows, S, dim) in memory, as the
 // projections give them, which saves two transposing copies); their gradients take their strides. Contiguous:
-// B (rows, S, n); C (rows, n); A (dim, n); D (dim,); y (rows, dim).
+// B (rows, S, n); C (rows, n); A (dim, n); D (dim,); extra (rows, dim) or empty; y (rows, dim).
 
 #include <torch/extension.h>
 
@@ -51,10 +55,21 @@ struct Steps {
   T* at(int64_t r, int64_t e) const { return data + r * row + e * dim; }
 };
 
+// The step that only decays (extra in the header), folded into step `at`: its size per (row, channel), or none.
+template <typename T>
+struct ExtraDecay {
+  const T* data;
+  int64_t at;
+
+  ExtraDecay(const at::Tensor& extra, int64_t at) : data(extra.numel() ? extra.data_ptr<T>() : nullptr), at(at) {}
+  // The size of step k's decay: delta_k, plus extra at step `at`.
+  T decay_step(int64_t pair, int64_t k, T dt) const { return data && k == at ? dt + data[pair] : dt; }
+};
+
 template <typename T, typename States>
 void final_forward(States states,
                    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& D, at::Tensor& y) {
+                   const at::Tensor& C, const at::Tensor& D, const ExtraDecay<T>& extra, at::Tensor& y) {
   const auto s = shape_of(u, rates);
   const Steps<const T> u_s(u), delta_s(delta);
   const T *rate_p = rates.data_ptr<T>(), *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
@@ -72,8 +87,9 @@ void final_forward(States states,
         Held<const T, States> rate(states, rate_p + e * n);
         Held<T, States> h(states, h_home.data());
         for (int64_t k = 0; k < s.steps; ++k) {
-          const T dt = delta_re[k * delta_step];
-          if (dt != T(0)) advance(h.get(), rate.get(), B_r + k * n, dt, dt * u_re[k * u_step], n);  // else h stays
+          const T dt = delta_re[k * delta_step], decay_dt = extra.decay_step(r * s.dim + e, k, dt);
+          if (dt != T(0) || decay_dt != T(0))  // else the step leaves h as it is
+            advance(h.get(), rate.get(), B_r + k * n, decay_dt, dt * u_re[k * u_step], n);
         }
         y_p[r * s.dim + e] = dot(h.get(), C_r, n) + D_p[e] * u_re[(s.steps - 1) * u_step];
       }
@@ -86,8 +102,9 @@ void final_forward(States states,
 template <typename T, typename States>
 void final_backward(States state_count,
                     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
-                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& grad_y, at::Tensor& du,
-                    at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
+                    const at::Tensor& C, const at::Tensor& D, const ExtraDecay<T>& extra, const at::Tensor& grad_y,
+                    at::Tensor& du, at::Tensor& ddelta, at::Tensor& dA, at::Tensor& dB, at::Tensor& dC, at::Tensor& dD,
+                    at::Tensor& dextra) {
   const auto s = shape_of(u, rates);
   const int64_t n = state_count.n, S = s.steps;
   const Steps<const T> u_s(u), delta_s(delta);
@@ -96,6 +113,7 @@ void final_backward(States state_count,
   const T *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
   T *dA_p = dA.data_ptr<T>(), *dB_p = dB.data_ptr<T>();
   T *dC_p = dC.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
+  T* dextra_p = dextra.numel() ? dextra.data_ptr<T>() : nullptr;
   std::fill(dA_p, dA_p + dA.numel(), T(0));
   std::fill(dD_p, dD_p + dD.numel(), T(0));
   std::fill(dB_p, dB_p + dB.numel(), T(0));
@@ -122,7 +140,7 @@ void final_backward(States state_count,
         for (int64_t k = 0; k < S; ++k) {
           const T dt = delta_re[k * ds];
           advance_from<true>(states.data() + (k + 1) * n, states.data() + k * n, decays.data() + k * n, rate,
-                             B_r + k * n, dt, dt * u_re[k * us], n);
+                             B_r + k * n, extra.decay_step(pair, k, dt), dt * u_re[k * us], n);
         }
         const T* last = states.data() + S * n;
 #pragma omp simd
@@ -131,14 +149,14 @@ void final_backward(States state_count,
           g[i] = gy * C_r[i];
         }
         for (int64_t k = S - 1; k >= 0; --k) {
-          const T dt = delta_re[k * ds], uk = u_re[k * us];
+          const T dt = delta_re[k * ds], uk = u_re[k * us], decay_dt = extra.decay_step(pair, k, dt);
           const T *previous = states.data() + k * n, *decay = decays.data() + k * n, *Bk = B_r + k * n;
           T* dBk = dB_r + k * n;
           T through_B = 0, through_decay = 0;
 #pragma omp simd reduction(+ : through_B, through_decay)
           for (int64_t i = 0; i < n; ++i) {
             const T w = g[i] * decay[i] * previous[i];  // dL/d(dt * A[i])
-            dA_e[i] += w * dt;
+            dA_e[i] += w * decay_dt;
             through_decay += w * rate[i];  // ln 2 * sum_i w A[i] after the loop
             through_B += g[i] * Bk[i];
             dBk[i] += g[i] * dt * uk;
@@ -146,6 +164,7 @@ void final_backward(States state_count,
           }
           du_re[k * dus] = dt * through_B;
           ddelta_re[k * dds] = uk * through_B + T(kLn2) * through_decay;
+          if (dextra_p && k == extra.at) dextra_p[pair] = T(kLn2) * through_decay;
         }
         du_re[(S - 1) * dus] += D_p[e] * gy;
         dD_t[e] += gy * u_re[(S - 1) * us];
@@ -155,7 +174,7 @@ void final_backward(States state_count,
 }
 
 void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-           const at::Tensor& C, const at::Tensor& D) {
+           const at::Tensor& C, const at::Tensor& D, const at::Tensor& extra, int64_t extra_at) {
   for (const at::Tensor* t : {&u, &delta, &A, &B, &C, &D}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type(), "final_state_scan_cpu: inputs must be CPU "
                 "tensors of one dtype");
@@ -169,26 +188,30 @@ void check(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, co
   TORCH_CHECK(B.dim() == 3 && B.size(0) == u.size(0) && B.size(1) == u.size(2) && B.size(2) == A.size(1),
               "final_state_scan_cpu: B (rows, steps, n) expected");
   TORCH_CHECK(C.dim() == 2 && C.size(0) == u.size(0) && C.size(1) == A.size(1), "final_state_scan_cpu: C (rows, n) expected");
+  TORCH_CHECK(extra.numel() == 0 || (extra.is_contiguous() && extra.scalar_type() == u.scalar_type() && extra.dim() == 2 &&
+                                     extra.size(0) == u.size(0) && extra.size(1) == u.size(1) && extra_at >= 0 &&
+                                     extra_at < u.size(2)),
+              "final_state_scan_cpu: extra (rows, d), contiguous, or empty, and 0 <= extra_at < steps expected");
 }
 
 at::Tensor forward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& D) {
-  check(u, delta, A, B, C, D);
+                   const at::Tensor& C, const at::Tensor& D, const at::Tensor& extra, int64_t extra_at) {
+  check(u, delta, A, B, C, D, extra, extra_at);
   auto y = at::empty({u.size(0), u.size(1)}, u.options());
   const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      final_forward<scalar_t>(states, u, delta, rates, B, C, D, y);
+      final_forward<scalar_t>(states, u, delta, rates, B, C, D, ExtraDecay<scalar_t>(extra, extra_at), y);
     });
   });
   return y;
 }
 
-// Returns du, ddelta, dA per thread (threads, d, n), dB, dC, dD per thread (threads, d).
+// Returns du, ddelta, dA per thread (threads, d, n), dB, dC, dD per thread (threads, d), dextra (empty without extra).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                                 const at::Tensor& grad_y) {
-  check(u, delta, A, B, C, D);
+                                 const at::Tensor& extra, int64_t extra_at, const at::Tensor& grad_y) {
+  check(u, delta, A, B, C, D, extra, extra_at);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == u.scalar_type() && grad_y.dim() == 2 &&
                   grad_y.size(0) == u.size(0) && grad_y.size(1) == u.size(1),
               "final_state_scan_cpu: the gradient of y (rows, d) expected");
@@ -196,18 +219,20 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto du = at::empty_like(u), ddelta = at::empty_like(delta), dB = at::empty_like(B), dC = at::empty_like(C);
   auto dA = at::empty({threads, A.size(0), A.size(1)}, u.options());
   auto dD = at::empty({threads, D.size(0)}, u.options());
+  auto dextra = at::empty_like(extra);
   const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_backward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      final_backward<scalar_t>(states, u, delta, rates, B, C, D, grad_y, du, ddelta, dA, dB, dC, dD);
+      final_backward<scalar_t>(states, u, delta, rates, B, C, D, ExtraDecay<scalar_t>(extra, extra_at), grad_y, du,
+                               ddelta, dA, dB, dC, dD, dextra);
     });
   });
-  return {du, ddelta, dA, dB, dC, dD};
+  return {du, ddelta, dA, dB, dC, dD, dextra};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "final-state scan forward: y (rows, d)");
-  m.def("backward", &backward, "final-state scan backward: (du, ddelta, dA per thread, dB, dC, dD per thread)");
+  m.def("backward", &backward, "final-state scan backward: (du, ddelta, dA per thread, dB, dC, dD per thread, dextra)");
 }

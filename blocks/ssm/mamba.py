@@ -19,15 +19,21 @@ from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.final_state_scan import final_state_scan
 from zoo.blocks.ssm.selective_scan import selective_scan
-from zoo.blocks.ssm.softplus import softplus
+from zoo.blocks.ssm.softplus import projected_softplus, softplus
 from zoo.registry import register_block
 
 
-def split_projection(in_proj: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``in_proj(x).chunk(2, -1)`` with the second half (the gate) taken at the newest position only:
-    ``(B, L, E)`` and ``(B, E)``. Scoring reads the gate nowhere else, and it is half the projection's work."""
+def split_projection(in_proj: nn.Linear, x: Tensor, gate_everywhere: bool) -> tuple[Tensor, Tensor]:
+    """``in_proj(x).chunk(2, -1)`` laid out for the layer: the convolution's input ``u`` time-major ``(B, L, E)``, as
+    the convolution reads it, and the gate ``z`` channel-major ``(B, E, L)``, as the scan reads it (formed so, no
+    transposing copy), or without ``gate_everywhere`` at the newest position alone, ``(B, E)``: scoring reads it
+    nowhere else, and it is half the projection's work."""
     weight, bias = in_proj.weight.chunk(2), (None, None) if in_proj.bias is None else in_proj.bias.chunk(2)
-    return F.linear(x, weight[0], bias[0]), F.linear(x[:, -1], weight[1], bias[1])
+    u = F.linear(x, weight[0], bias[0])
+    if not gate_everywhere:
+        return u, F.linear(x[:, -1], weight[1], bias[1])
+    z = torch.matmul(weight[1], x.transpose(1, 2))
+    return u, z if bias[1] is None else z + bias[1].unsqueeze(-1)
 
 
 class MambaState(NamedTuple):
@@ -111,8 +117,13 @@ class Mamba(SequenceBlock):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         u, z, dt, B, C = self._scan_inputs(x, mask)
-        B, C = (t.transpose(1, 2).contiguous() for t in (B, C))  # (B, n, L)
-        y = selective_scan(u, dt.contiguous(), -torch.exp(self.A_log), B, C, self.D, z=z,
+        # dt_proj's product formed channel-major, (E, R) @ (B, R, L): the (B, E, L) step the scan reads, without
+        # transposing a (B, L, E) one (the scan adds the bias).
+        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))
+        if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
+            dt.masked_fill_(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)  # in place: no one saved dt
+        # B, C (B, n, L) as views of x_proj's output: the compiled scan reads them through their strides.
+        y = selective_scan(u, dt, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2), self.D, z=z,
                            delta_bias=self.dt_proj.bias, delta_softplus=True)
         return self.out_proj(y.transpose(1, 2))
 
@@ -123,35 +134,29 @@ class Mamba(SequenceBlock):
         ``SEQREC_ZOO_CPU_KERNEL=0``) it is ``forward`` read at the newest position."""
         if not cpu_kernel.applies("final_state_scan", x):
             return super().forward_last(x, mask)
-        u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False, step_bias=True)
-        delta = softplus(dt)  # a padded step's lowest raw value gives exactly 0
-        y = final_state_scan(u, delta, -torch.exp(self.A_log), B, C[:, -1], self.D)
+        u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False)
+        delta = projected_softplus(dt, self.dt_proj.weight, self.dt_proj.bias, mask)  # 0 at pads: the scan skips them
+        y = final_state_scan(u, delta.transpose(1, 2), -torch.exp(self.A_log), B, C[:, -1], self.D)
         return self.out_proj(y * F.silu(z)).unsqueeze(1)
 
-    def _scan_inputs(self, x: Tensor, mask: Tensor | None, gate_everywhere: bool = True,
-                     step_bias: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _scan_inputs(self, x: Tensor, mask: Tensor | None,
+                     gate_everywhere: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The scan's inputs: ``u`` after the convolution and its SiLU (B, E, L), the gate ``z`` (B, E, L), or
-        (B, E) at the newest position alone without ``gate_everywhere``, the raw step ``dt_proj(dt)`` (B, E, L),
-        its bias included by the projection with ``step_bias`` (else the scan adds it), the dtype's lowest value
-        at padded positions, and ``B``, ``C`` (B, L, n) as ``x_proj`` gives them."""
+        (B, E) at the newest position alone without ``gate_everywhere``, the step's low-rank input ``dt``
+        (B, L, dt_rank), which ``dt_proj`` maps to the step before its softplus, and ``B``, ``C`` (B, L, n), all as
+        ``x_proj`` gives them."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"mamba: expected x of shape (batch, length, {self.d_model}), got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
             raise ValueError(f"mamba: mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-        if gate_everywhere:
-            u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-        else:
-            u, z = split_projection(self.in_proj, x)
-            u = u.transpose(1, 2)
+        u, z = split_projection(self.in_proj, x, gate_everywhere)
+        u = u.transpose(1, 2)
         if mask is not None:
             u = u * mask.unsqueeze(1).to(u.dtype)
         if u.is_cuda:  # causal-conv1d's CUDA kernel gets time-major rows (its channels-last path wants aligned strides)
             u = u.contiguous()
         u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight, self.dt_proj.bias if step_bias else None).transpose(1, 2)  # (B, E, L)
-        if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
-            dt = dt.masked_fill(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)
         return u, z, dt, B, C
 
     def init_state(self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> MambaState:
