@@ -116,8 +116,8 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
     Every window is one row of :func:`partial_flip_windows`, all convolved in one pass
     (:func:`~zoo.blocks.ssm.gathered_conv.gathered_depthwise_conv`) and projected to their steps together.
     Per prefix that is one scan of ``K - 1 + remain`` steps from zero read at its last step, the reversed run's
-    decay folded into the first kept step's (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus ``C_t · (Λ_t ⊙ Q)`` for the shared
-    part, ``Λ_t`` the decay of the kept steps
+    decay folded into the first kept step's (:func:`~zoo.blocks.ssm.final_state_scan.final_state_scan`), plus
+    ``C_t · (Λ_t ⊙ Q)`` for the shared part, ``Λ_t`` the decay of the kept steps
     (:func:`~zoo.blocks.ssm.decayed_prefix.decayed_prefix_readout`); both are one compiled pass on the
     CPU, and nothing per prefix grows with its length.
     """

@@ -112,11 +112,10 @@ class _CompiledScan(torch.autograd.Function):
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dz, dA, dB, dC, dD = load("selective_scan").backward(u, delta, A, B, C, D, bias, z, y, ctx.softplus,
-                                                                         starts, grad_out, grad_last, splits)
-        dbias = ddelta.sum((0, 2)) if ctx.needs_input_grad[6] else None
+        du, ddelta, dz, dA, dB, dC, dD, dbias = load("selective_scan").backward(
+            u, delta, A, B, C, D, bias, z, y, ctx.softplus, starts, grad_out, grad_last, splits)
         dz = dz if z.numel() else None
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias, dz, None, None
+        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias.sum(0), dz, None, None
 
 
 def ssd_scan_compiled(

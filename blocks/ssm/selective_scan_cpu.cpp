@@ -182,13 +182,13 @@ void scan_forward(States states, const at::Tensor& u, const at::Tensor& delta, c
 // One chunk [first, stop) of channel (b, d), in reverse: recompute its states from `start` (h_{first-1})
 // into `states` and their decays into `decays` (one exp per state and step for the whole backward), then
 // walk back carrying the adjoint g (dL/dh_t, updated in place), writing du and the raw delta's gradient
-// and adding to dA and dD. B, C are the chunk's tiles of the channel's group
+// and adding to dA, dD and the bias's gradient dbias. B, C are the chunk's tiles of the channel's group
 // (position-major, see StateInput::gather) and dB / dC the task's accumulators in the same layout.
 template <typename T, typename States>
 void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u, const T* raw_delta, T bias,
                     const StepSize<T>& step, const T* rate_home, const T* B, const T* C, T D, const T* grad_out,
                     const T* y, const T* z, T* dz, const T* start, T* du, T* ddelta, T* dA_home, T* dB, T* dC,
-                    T& dD, std::vector<T>& states, std::vector<T>& decays, T* g_home) {
+                    T& dD, T& dbias, std::vector<T>& states, std::vector<T>& decays, T* g_home) {
   const int64_t n = state_count.n;
   Held<const T, States> rate_held(state_count, rate_home);
   Held<T, States> dA_held(state_count, dA_home), g_held(state_count, g_home);
@@ -232,6 +232,10 @@ void chunk_backward(States state_count, int64_t first, int64_t stop, const T* u,
     ddelta[t] = ut * through_B + T(kLn2) * through_decay;
   }
   chain_through_step(raw_delta, bias, step, first, stop, ddelta);
+  T chunk_sum = 0;  // the raw delta's gradient is the bias's, position by position
+#pragma omp simd reduction(+ : chunk_sum)
+  for (int64_t t = first; t < stop; ++t) chunk_sum += ddelta[t];
+  dbias += chunk_sum;
 }
 
 template <typename T, typename States>
@@ -240,7 +244,7 @@ void scan_backward(States state_count,
                    const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias, const at::Tensor& z,
                    const at::Tensor& y, bool softplus, const at::Tensor& starts, const at::Tensor& grad_out,
                    const at::Tensor& grad_last, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA,
-                   at::Tensor& dB, at::Tensor& dC, at::Tensor& dD) {
+                   at::Tensor& dB, at::Tensor& dC, at::Tensor& dD, at::Tensor& dbias) {
   const auto s = shape_of(u, rates, B);
   const int64_t splits = dB.size(0), heads = s.heads(), n = s.n;
   const int64_t per_split = (heads + splits - 1) / splits, chunks = (s.length + kChunk - 1) / kChunk;
@@ -251,6 +255,7 @@ void scan_backward(States state_count,
   const T *z_p = gated ? z.data_ptr<T>() : nullptr, *y_p = gated ? y.data_ptr<T>() : nullptr;
   T* dz_p = gated ? dz.data_ptr<T>() : nullptr;
   T *du_p = du.data_ptr<T>(), *ddelta_p = ddelta.data_ptr<T>(), *dA_p = dA.data_ptr<T>(), *dD_p = dD.data_ptr<T>();
+  T* dbias_p = dbias.data_ptr<T>();
   const StateInput<T> B_in(B), C_in(C);
   // dB, dC: (splits, b, g, n, l), viewed as (splits * b, g, n, l).
   const StateInput<T> dB_out(dB.flatten(0, 1)), dC_out(dC.flatten(0, 1));
@@ -270,6 +275,7 @@ void scan_backward(States state_count,
       std::copy(gl_p + pair0 * n, gl_p + (pair0 + count) * n, adjoints.data());
       std::fill(dA_p + pair0 * n, dA_p + (pair0 + count) * n, T(0));
       std::fill(dD_p + pair0, dD_p + pair0 + count, T(0));
+      std::fill(dbias_p + pair0, dbias_p + pair0 + count, T(0));
       for (int64_t c = chunks - 1; c >= 0; --c) {
         const int64_t first = c * kChunk, stop = std::min(s.length, first + kChunk);
         B_in.gather(b, g, first, stop, n, B_tile.data());
@@ -282,7 +288,7 @@ void scan_backward(States state_count,
                             StepSize<T>::unclamped_rule(softplus), rate_p + (d0 + k) * n, B_tile.data(), C_tile.data(), D_p[d0 + k],
                             gout_p + offset_l, gated ? y_p + offset_l : nullptr, gated ? z_p + offset_l : nullptr,
                             gated ? dz_p + offset_l : nullptr, starts_p + (pair * chunks + c) * n, du_p + offset_l,
-                            ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], states,
+                            ddelta_p + offset_l, dA_p + pair * n, dB_tile.data(), dC_tile.data(), dD_p[pair], dbias_p[pair], states,
                             decays, adjoints.data() + k * n);
         }
         dB_out.scatter(b_out, g, first, stop, n, dB_tile.data());  // every chunk, so a split with no
@@ -339,8 +345,8 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& delta, co
 }
 
 // Returns du, the raw delta's gradient, dz (empty without a gate), dA per batch (b, d, n), dB, dC per split
-// of each group's channels (splits, b, g, n, l) and dD per batch (b, d); the caller sums over batch and
-// splits (and the bias's gradient). y: the pre-gate output the forward pass returned (with a gate).
+// of each group's channels (splits, b, g, n, l), dD and the bias's gradient per batch (b, d); the caller sums over
+// batch and splits. y: the pre-gate output the forward pass returned (with a gate).
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const at::Tensor& bias,
                                  const at::Tensor& z, const at::Tensor& y, bool softplus, const at::Tensor& starts,
@@ -361,20 +367,20 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
   auto dA = at::empty({u.size(0), u.size(1), A.size(1)}, u.options());
   auto dB = at::empty({splits, B.size(0), B.size(1), B.size(2), B.size(3)}, u.options());
   auto dC = at::empty_like(dB);
-  auto dD = at::empty({u.size(0), u.size(1)}, u.options());
+  auto dD = at::empty({u.size(0), u.size(1)}, u.options()), dbias = at::empty_like(dD);
   const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
       scan_backward<scalar_t>(states, u, delta, rates, B, C, D, bias, z, y, softplus, starts, grad_out, grad_last, du,
-                              ddelta, dz, dA, dB, dC, dD);
+                              ddelta, dz, dA, dB, dC, dD, dbias);
     });
   });
-  return {du, ddelta, dz, dA, dB, dC, dD};
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward: (output, last state, chunk-start states, pre-gate y)");
-  m.def("backward", &backward, "selective scan backward: (du, ddelta, dz, dA, dB, dC, dD)");
+  m.def("backward", &backward, "selective scan backward: (du, ddelta, dz, dA, dB, dC, dD, dbias)");
 }
