@@ -52,6 +52,13 @@ def gather_time(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+def take_slots(x: Tensor, index: Tensor) -> Tensor:
+    """``x[:, index]`` for ``x (B, L, ...)`` and an index of any shape, through ``index_select``: its backward adds the
+    rows back with ``index_add_``, where advanced indexing's (``index_put_`` with accumulation) took a seventh of a
+    ``sigma-code`` training step."""
+    return x.index_select(1, index.reshape(-1)).view(x.shape[0], *index.shape, *x.shape[2:])
+
+
 def partial_flip_windows(mask: Tensor, remain: int, width: int) -> tuple[Tensor, Tensor]:
     """The short convolution windows :func:`partial_flip_prefix_outputs` needs at every ``t``, as a table of source
     positions for :func:`~zoo.blocks.ssm.gathered_conv.gathered_depthwise_conv`: ``source (S, B, L, K)`` (tap ``k``
@@ -211,8 +218,8 @@ def code_flip_contents(x: Tensor, pads: Tensor, remain: int) -> Tensor:
     slot = torch.arange(length, device=x.device)
     item = (source <= slot).view(1, length, 1)
     if pads.shape[1] == 0:
-        return x[:, source]
-    return torch.where(item, x[:, source], pads[:, slot.clamp_max(pads.shape[1] - 1)])
+        return take_slots(x, source)
+    return torch.where(item, take_slots(x, source), take_slots(pads, slot.clamp_max(pads.shape[1] - 1)))
 
 
 def code_flip_prefix_outputs(mamba: Mamba, x: Tensor, pads: Tensor, remain: int, pads_move_state: bool) -> Tensor:
@@ -249,7 +256,7 @@ def code_flip_prefix_outputs(mamba: Mamba, x: Tensor, pads: Tensor, remain: int,
     projected_pad = projected_pad * float(pads_move_state)
     z = code_flip_contents(z_items, z_pads, remain)  # the gate at each readout slot
 
-    whole_order = projected[:, code_flip_index(length, remain, x.device)]
+    whole_order = take_slots(projected, code_flip_index(length, remain, x.device))
     u_full, delta_full, B_full, C_full = scan_inputs(mamba, short_conv(mamba, whole_order), 1.0)
     scan, readout_u = [], []
     if flipped:  # the prefixes q < flipped read padded slots, the first flipped // 2 of them nothing else
@@ -296,9 +303,9 @@ def _straddling_prefixes(mamba: Mamba, A: Tensor, items: Tensor, pads_scan: tupl
         for k in range(width):
             slot = pads + r - k
             if r >= k:  # an item, in flipped slot order
-                tap = items[:, slot.clamp_max(flipped - 1)]
+                tap = take_slots(items, slot.clamp_max(flipped - 1))
             else:
-                tap = projected_pad[:, slot.clamp(0, flipped - 1)] * (slot >= 0).view(1, -1, 1).to(items.dtype)
+                tap = take_slots(projected_pad, slot.clamp(0, flipped - 1)) * (slot >= 0).view(1, -1, 1).to(items.dtype)
             conv = conv + weight[:, width - 1 - k] * tap
         boundary.append(conv)
     inside = (pads.view(-1, 1) + torch.arange(width - 1, device=device) <= q.view(-1, 1))  # (prefixes, K - 1)
@@ -309,7 +316,8 @@ def _straddling_prefixes(mamba: Mamba, A: Tensor, items: Tensor, pads_scan: tupl
     # padded and boundary slots (zero when the range is empty).
     later = pads + width - 1
     summed = F.pad(delta_full.cumsum(1), (0, 0, 1, 0))  # summed[:, s] = sum of Δ over slots < s
-    decay_step = (summed[:, q + 1] - summed[:, later.clamp_max(q + 1)]) * (later <= q).view(1, -1, 1).to(summed.dtype)
+    decay_step = ((take_slots(summed, q + 1) - take_slots(summed, later.clamp_max(q + 1)))
+                  * (later <= q).view(1, -1, 1).to(summed.dtype))
 
     # One short scan per prefix: padded slots (aligned to end before the boundary), boundary items, the decay step.
     step = torch.arange(most_pads, device=device)
@@ -317,10 +325,10 @@ def _straddling_prefixes(mamba: Mamba, A: Tensor, items: Tensor, pads_scan: tupl
     real_pad = (pad_slot >= 0).unsqueeze(-1).to(u_pad.dtype)
     pad_slot = pad_slot.clamp_min(0)
     zero_u = torch.zeros_like(decay_step).unsqueeze(2)
-    rows_u = torch.cat([u_pad[:, pad_slot] * real_pad, u_b, zero_u], 2)  # (B, prefixes, steps, E)
-    rows_delta = torch.cat([delta_pad[:, pad_slot] * real_pad, delta_b, decay_step.unsqueeze(2)], 2)
-    rows_B = torch.cat([B_pad[:, pad_slot] * real_pad, B_b, B_b.new_zeros(*B_b.shape[:2], 1, B_b.shape[-1])], 2)
-    C_q, u_q = C_full[:, q], u_full[:, q]
+    rows_u = torch.cat([take_slots(u_pad, pad_slot) * real_pad, u_b, zero_u], 2)  # (B, prefixes, steps, E)
+    rows_delta = torch.cat([take_slots(delta_pad, pad_slot) * real_pad, delta_b, decay_step.unsqueeze(2)], 2)
+    rows_B = torch.cat([take_slots(B_pad, pad_slot) * real_pad, B_b, B_b.new_zeros(*B_b.shape[:2], 1, B_b.shape[-1])], 2)
+    C_q, u_q = take_slots(C_full, q), take_slots(u_full, q)
     if boundary:  # where q itself is a boundary item
         on_boundary = (q < later).view(1, -1, 1)
         at_q = (q - pads).clamp_max(width - 2).view(1, -1, 1, 1)
