@@ -73,7 +73,7 @@ def partial_flip_windows(mask: Tensor, remain: int, width: int) -> tuple[Tensor,
     """
     batch, length = mask.shape
     slot = torch.arange(length, device=mask.device).expand(batch, length)
-    first = length - mask.long().sum(1, keepdim=True)  # the first real slot of each row
+    first = length - lengths_from_mask(mask).unsqueeze(1)  # the first real slot of each row
     nothing = torch.full_like(slot, -1)
 
     def at(position: Tensor) -> Tensor:

@@ -140,11 +140,13 @@ void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
 // The gathered form (see the header): one table of source positions, shape (S, batch, positions, K).
 struct Table {
   const int64_t* source;
-  int64_t outputs, positions;
+  int64_t outputs, batch, positions, taps;
 
-  explicit Table(const at::Tensor& t) : source(t.data_ptr<int64_t>()), outputs(t.size(0)), positions(t.size(2)) {}
+  explicit Table(const at::Tensor& t)
+      : source(t.data_ptr<int64_t>()), outputs(t.size(0)), batch(t.size(1)), positions(t.size(2)), taps(t.size(3)) {}
 
-  const int64_t* taps_at(int64_t out, int64_t b, int64_t batch, int64_t t, int64_t taps) const {
+  // The K source positions of output `out` at position t of sequence b.
+  const int64_t* taps_at(int64_t out, int64_t b, int64_t t) const {
     return source + ((out * batch + b) * positions + t) * taps;
   }
 };
@@ -169,7 +171,7 @@ void gathered_conv_forward(const at::Tensor& x, const at::Tensor& w, const at::T
       const int64_t out = pair / s.batch, b = pair % s.batch;
       for (int64_t t = 0; t < table.positions; ++t) {
         T* __restrict a = y_p + (pair * table.positions + t) * s.channels;
-        convolve_gathered(s, x_p + b * s.batch_stride, table.taps_at(out, b, s.batch, t, s.taps), w_p, bias_p, a);
+        convolve_gathered(s, x_p + b * s.batch_stride, table.taps_at(out, b, t), w_p, bias_p, a);
         if (activate) activate_in_place(a, s.channels);
       }
     }
@@ -194,7 +196,7 @@ void gathered_conv_backward(const at::Tensor& x, const at::Tensor& w, const at::
       std::fill(dbias_b, dbias_b + s.channels, T(0));
       for (int64_t out = 0; out < table.outputs; ++out) {
         for (int64_t t = 0; t < table.positions; ++t) {
-          const int64_t* src = table.taps_at(out, b, s.batch, t, s.taps);
+          const int64_t* src = table.taps_at(out, b, t);
           const T* gy = gy_p + ((out * s.batch + b) * table.positions + t) * s.channels;
           T* g = ga.data();
           if (activate) {
@@ -252,18 +254,20 @@ std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const
   return {dx, dw, dbias};
 }
 
-void check_table(const at::Tensor& x, const at::Tensor& w, const at::Tensor& source) {
+// The table's shape, and with `positions` its values (the forward pass checks them; its backward gets the same table).
+void check_table(const at::Tensor& x, const at::Tensor& w, const at::Tensor& source, bool positions) {
   TORCH_CHECK(source.dim() == 4 && source.scalar_type() == at::kLong && source.is_contiguous() &&
                   source.size(1) == x.size(0) && source.size(3) == w.size(0),
               "causal_conv_cpu: source (outputs, batch, positions, taps) of int64, contiguous, expected");
-  TORCH_CHECK(source.numel() == 0 || (source.min().item<int64_t>() >= -1 && source.max().item<int64_t>() < x.size(1)),
+  TORCH_CHECK(!positions || source.numel() == 0 ||
+                  (source.min().item<int64_t>() >= -1 && source.max().item<int64_t>() < x.size(1)),
               "causal_conv_cpu: every source position must lie in [-1, length)");
 }
 
 at::Tensor gathered_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                             const at::Tensor& source, bool activate) {
   check(x, w, bias);
-  check_table(x, w, source);
+  check_table(x, w, source, true);
   auto y = at::empty({source.size(0), source.size(1), source.size(2), x.size(2)}, x.options());
   const Table table(source);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gathered_conv_cpu_forward",
@@ -276,7 +280,7 @@ at::Tensor gathered_forward(const at::Tensor& x, const at::Tensor& w, const at::
 std::vector<at::Tensor> gathered_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                                           const at::Tensor& source, bool activate, const at::Tensor& grad_y) {
   check(x, w, bias);
-  check_table(x, w, source);
+  check_table(x, w, source, false);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() &&
                   grad_y.sizes() == at::IntArrayRef({source.size(0), source.size(1), source.size(2), x.size(2)}),
               "causal_conv_cpu: the gradient of y (outputs, batch, positions, channels) expected");
