@@ -106,6 +106,49 @@ def test_kernel_float32_and_layouts(layout):
     assert_all_close(got, with_gradients(conv_loop, x, True, seed=4), 1e-5)
 
 
+def masked_loop(x, weight, bias, valid, silu):
+    """The loop on the input zeroed where ``valid`` is False."""
+    return conv_loop(x * valid.unsqueeze(1).to(x.dtype), weight, bias, silu)
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("silu", [True, False])
+def test_kernel_with_valid_matches_loop_on_masked_input(silu, threads):
+    """With ``valid``, the kernel reads a position it marks False as zero (skipping its taps) and gives it no
+    gradient: left padding, a hole inside, a sequence without a valid position."""
+    x = inputs(3, 5, 13, 4, seed=8)
+    valid = torch.ones(3, 13, dtype=torch.bool)
+    valid[0, :6] = False
+    valid[1, 7] = False
+    valid[2] = False
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = with_gradients(lambda **k: cpu_kernel.causal_conv_compiled(**k, valid=valid), x, silu, seed=6)
+    finally:
+        torch.set_num_threads(before)
+    want = with_gradients(lambda **k: masked_loop(**k, valid=valid), x, silu, seed=6)
+    assert_all_close(got, want, 1e-10)
+    assert (got[1].transpose(1, 2)[~valid] == 0).all()
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_dispatch_with_valid_matches_loop_on_masked_input(setting, monkeypatch):
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, setting)
+    x = inputs(2, 3, 6, 4, seed=1)
+    valid = torch.tensor([[False, False, True, True, True, True], [True, True, True, False, True, True]])
+    out = causal_depthwise_conv1d(x["x"], x["weight"], x["bias"], activation="silu", valid=valid)
+    torch.testing.assert_close(out, masked_loop(x["x"], x["weight"], x["bias"], valid, True), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("valid", [torch.ones(2, 6), torch.ones(2, 5, dtype=torch.bool)], ids=["float", "shape"])
+def test_dispatch_names_a_bad_valid(valid):
+    x = inputs(2, 3, 6, 4, seed=1)
+    with pytest.raises(ValueError, match="valid must be a boolean \\(B, L\\)"):
+        causal_depthwise_conv1d(x["x"], x["weight"], x["bias"], valid=valid)
+
+
 @needs_compiler
 def test_large_negative_inputs_give_zero_not_nan():
     """SiLU of a very negative value is 0 to far below float32's resolution (the kernel keeps exp's argument

@@ -117,6 +117,40 @@ def test_strided_B_and_C_are_read_as_they_are():
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels,length", [(37, 70), (16, 16), (3, 5)])
+def test_time_major_u_z_and_output_gradient_are_read_in_place(channels, length, dtype):
+    """u, z and the output's gradient as transposed views of time-major (b, l, d) tensors, as the Mamba layer hands
+    them over: the kernel reads them a block at a time through its own transposes (16 x 16 in registers in float32
+    on AVX-512, element by element at a block's edges and in float64) and gives the output and du in u's layout,
+    dz in z's. 37 channels by 70 positions: whole 16 x 16 tiles, ragged edges and two 64-position chunks."""
+    g = torch.Generator().manual_seed(channels + length)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    x = dict(u=rand(2, length, channels).transpose(1, 2), delta=rand(2, channels, length),
+             A=-torch.rand(channels, 8, generator=g, dtype=torch.float64) * 2, B=rand(2, 8, length),
+             C=rand(2, 8, length), D=rand(channels), z=rand(2, length, channels).transpose(1, 2), delta_bias=rand(channels))
+    projection = rand(2, channels, length)
+    leaves64 = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out64 = loop_reference(**leaves64, delta_softplus=True)
+    want = [out64, *torch.autograd.grad((out64 * projection).sum(), list(leaves64.values()))]
+
+    leaves = {k: (v.transpose(1, 2).to(dtype).contiguous().transpose(1, 2) if k in ("u", "z") else v.to(dtype))
+              .requires_grad_() for k, v in x.items()}
+    assert leaves["u"].stride() == (length * channels, 1, channels)
+    out = cpu_kernel.selective_scan_compiled(**leaves, delta_softplus=True)
+    assert out.stride() == leaves["u"].stride()  # the output in u's layout
+    grad_out = projection.transpose(1, 2).to(dtype).contiguous().transpose(1, 2)  # a time-major gradient as well
+    got = [out, *torch.autograd.grad(out, list(leaves.values()), grad_out)]
+    assert got[1].stride() == leaves["u"].stride() and got[-2].stride() == leaves["z"].stride()
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for name, a, b in zip(["out", *(f"gradient of {k}" for k in x)], got, want):
+        torch.testing.assert_close(a.double(), b, rtol=tolerance, atol=tolerance * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
 def test_softplus_on_both_sides_of_its_threshold_matches_loop():
     # The kernel forms softplus(delta + bias) itself (delta + bias unchanged above 20, as torch does): steps from
     # -30 to 30, some at the threshold to rounding.
@@ -211,7 +245,7 @@ def test_mamba_layer_same_output_and_gradients_with_the_kernel(monkeypatch):
         (out**2).sum().backward()
         return (out, *(p.grad.clone() for p in layer.parameters()))
 
-    calls = count_calls(monkeypatch, cpu_kernel, "selective_scan_compiled")
+    calls = count_calls(monkeypatch, cpu_kernel, "projected_selective_scan_compiled")
     monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "0")
     pure = run()
     assert calls == []

@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -51,10 +52,13 @@ def use_cuda_kernels(*tensors: Tensor | None) -> bool:
     return not force_pure() and mamba_ssm_available()
 
 
-def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None = None,
+                            valid: Tensor | None = None) -> Tensor:
     """Causal depthwise convolution ``y[b, c, t] = bias[c] + sum_k weight[c, k] * x[b, c, t - K + 1 + k]``.
 
-    ``x (B, C, L)``, ``weight (C, K)`` or ``(C, 1, K)``, ``bias (C,)``; ``activation`` None or ``"silu"``.
+    ``x (B, C, L)``, ``weight (C, K)`` or ``(C, 1, K)``, ``bias (C,)``; ``activation`` None or ``"silu"``;
+    ``valid (B, L)`` boolean or None: ``x`` is read as zero where it is False (padding), in the CPU kernel
+    without a masking pass.
     Uses causal-conv1d's kernel on CUDA when it is installed (and the pure path is not forced), the
     compiled CPU kernel (``causal_conv_cpu.cpp``, :mod:`zoo.blocks.compiled`) on the CPU, and ``F.conv1d``
     with left zero padding otherwise. The result may be a non-contiguous view (the CPU kernel's is
@@ -65,11 +69,17 @@ def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, acti
     weight = weight.reshape(weight.shape[0], weight.shape[-1])
     if x.dim() != 3 or x.shape[1] != weight.shape[0]:
         raise ValueError(f"causal_depthwise_conv1d: expected x (B, {weight.shape[0]}, L), got {tuple(x.shape)}")
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != (x.shape[0], x.shape[-1])):
+        raise ValueError(f"causal_depthwise_conv1d: valid must be a boolean (B, L) = {(x.shape[0], x.shape[-1])} "
+                         f"tensor, got {valid.dtype} {tuple(valid.shape)}")
     kernel = optional_function("causal_conv1d", "causal_conv1d_fn")
-    if x.is_cuda and kernel is not None and not force_pure():
+    cuda_kernel = x.is_cuda and kernel is not None and not force_pure()
+    if not cuda_kernel and cpu_kernel.applies("causal_conv", x, weight, bias, valid):
+        return cpu_kernel.causal_conv_compiled(x, weight, bias, silu=activation is not None, valid=valid)
+    if valid is not None:
+        x = x * valid.unsqueeze(1).to(x.dtype)
+    if cuda_kernel:
         return kernel(x, weight, bias, activation=activation)
-    if cpu_kernel.applies("causal_conv", x, weight, bias):
-        return cpu_kernel.causal_conv_compiled(x, weight, bias, silu=activation is not None)
     width = weight.shape[1]
     y = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=weight.shape[0])
     return F.silu(y) if activation is not None else y

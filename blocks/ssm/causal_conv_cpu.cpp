@@ -14,6 +14,9 @@
 //     dx[b, s, c] = sum_k w[k, c] * ga[b, s + K - 1 - k, c]
 //     dw[k, c]    = sum_{b, t} ga[b, t, c] * x[b, t - K + 1 + k, c]          dbias[c] = sum_{b, t} ga[b, t, c]
 //
+// An optional 0/1 `valid` (batch, length) masks the input first: x[b, p] reads as zero where valid[b, p] is 0 (a
+// padded position), and dx is zero there; the taps that read such a position are skipped.
+//
 // torch's depthwise Conv1d spends most of a Mamba layer's convolution time in its backward pass
 // (mkldnn's depthwise weight gradient) and SiLU is two more passes over memory; here each sequence is one
 // vectorised sweep over channels.
@@ -60,13 +63,22 @@ inline void multiply_add(T* __restrict out, const T* __restrict a, const T* __re
   for (int64_t c = 0; c < channels; ++c) out[c] += a[c] * b[c];
 }
 
-// out[c] = bias[c] + sum_k w[k, c] * x[t - K + 1 + k, c] for one position t of one sequence.
+// Whether position p of a sequence is read: valid_b is the sequence's row of `valid`, or null (all are).
 template <typename T>
-inline void convolve(const Shape& s, const T* __restrict x_b, const T* __restrict w, const T* __restrict bias,
-                     int64_t t, T* __restrict out) {
+inline bool kept(const T* valid_b, int64_t p) {
+  return !valid_b || valid_b[p] != T(0);
+}
+
+// out[c] = bias[c] + sum_k w[k, c] * x[t - K + 1 + k, c] for one position t of one sequence, skipping the taps
+// at positions valid_b marks 0.
+template <typename T>
+inline void convolve(const Shape& s, const T* __restrict x_b, const T* valid_b, const T* __restrict w,
+                     const T* __restrict bias, int64_t t, T* __restrict out) {
   std::copy(bias, bias + s.channels, out);
-  for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k)
-    multiply_add(out, w + k * s.channels, x_b + (t - s.taps + 1 + k) * s.time_stride, s.channels);
+  for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k) {
+    const int64_t p = t - s.taps + 1 + k;
+    if (kept(valid_b, p)) multiply_add(out, w + k * s.channels, x_b + p * s.time_stride, s.channels);
+  }
 }
 
 // a = silu(a) in place.
@@ -84,15 +96,17 @@ inline void through_activation(const T* __restrict dy, T* __restrict a_to_ga, in
 }
 
 template <typename T>
-void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate, at::Tensor& y) {
+void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& valid,
+                  bool activate, at::Tensor& y) {
   const auto s = shape_of(x, w);
   const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>();
+  const T* valid_p = valid.numel() ? valid.data_ptr<T>() : nullptr;
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t t = 0; t < s.length; ++t) {
         T* __restrict out = y_p + (b * s.length + t) * s.channels;
-        convolve(s, x_p + b * s.batch_stride, w_p, bias_p, t, out);
+        convolve(s, x_p + b * s.batch_stride, valid_p ? valid_p + b * s.length : nullptr, w_p, bias_p, t, out);
         if (activate) activate_in_place(out, s.channels);
       }
     }
@@ -100,15 +114,17 @@ void conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bi
 }
 
 template <typename T>
-void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate,
-                   const at::Tensor& grad_y, at::Tensor& dx, at::Tensor& dw, at::Tensor& dbias) {
+void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& valid,
+                   bool activate, const at::Tensor& grad_y, at::Tensor& dx, at::Tensor& dw, at::Tensor& dbias) {
   const auto s = shape_of(x, w);
   const T *x_p = x.data_ptr<T>(), *w_p = w.data_ptr<T>(), *bias_p = bias.data_ptr<T>(), *gy_p = grad_y.data_ptr<T>();
+  const T* valid_p = valid.numel() ? valid.data_ptr<T>() : nullptr;
   T *dx_p = dx.data_ptr<T>(), *dw_p = dw.data_ptr<T>(), *dbias_p = dbias.data_ptr<T>();
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> ga(s.length * s.channels);  // dL/da of one sequence
     for (int64_t b = begin; b < end; ++b) {
       const T* x_b = x_p + b * s.batch_stride;
+      const T* valid_b = valid_p ? valid_p + b * s.length : nullptr;
       const T* gy_b = gy_p + b * s.length * s.channels;
       T *dw_b = dw_p + b * s.taps * s.channels, *dbias_b = dbias_p + b * s.channels;
       std::fill(dw_b, dw_b + s.taps * s.channels, T(0));
@@ -117,19 +133,22 @@ void conv_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
         T* __restrict g = ga.data() + t * s.channels;
         const T* __restrict gy = gy_b + t * s.channels;
         if (activate) {
-          convolve(s, x_b, w_p, bias_p, t, g);
+          convolve(s, x_b, valid_b, w_p, bias_p, t, g);
           through_activation(gy, g, s.channels);
         } else {
           std::copy(gy, gy + s.channels, g);
         }
 #pragma omp simd
         for (int64_t c = 0; c < s.channels; ++c) dbias_b[c] += g[c];
-        for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k)
-          multiply_add(dw_b + k * s.channels, g, x_b + (t - s.taps + 1 + k) * s.time_stride, s.channels);
+        for (int64_t k = std::max<int64_t>(0, s.taps - 1 - t); k < s.taps; ++k) {
+          const int64_t p = t - s.taps + 1 + k;
+          if (kept(valid_b, p)) multiply_add(dw_b + k * s.channels, g, x_b + p * s.time_stride, s.channels);
+        }
       }
       for (int64_t p = 0; p < s.length; ++p) {  // dx at position p gathers the taps that read it
         T* __restrict out = dx_p + (b * s.length + p) * s.channels;
         std::fill(out, out + s.channels, T(0));
+        if (!kept(valid_b, p)) continue;
         for (int64_t k = std::max<int64_t>(0, p + s.taps - s.length); k < s.taps; ++k)
           multiply_add(out, w_p + k * s.channels, ga.data() + (p + s.taps - 1 - k) * s.channels, s.channels);
       }
@@ -218,8 +237,8 @@ void gathered_conv_backward(const at::Tensor& x, const at::Tensor& w, const at::
   });
 }
 
-void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
-  for (const at::Tensor* t : {&x, &w, &bias}) {
+void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& valid) {
+  for (const at::Tensor* t : {&x, &w, &bias, &valid}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(),
                 "causal_conv_cpu: inputs must be CPU tensors of one dtype");
   }
@@ -229,28 +248,33 @@ void check(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
               "causal_conv_cpu: w (taps, channels) expected");
   TORCH_CHECK(bias.dim() == 1 && bias.is_contiguous() && bias.size(0) == x.size(2),
               "causal_conv_cpu: bias (channels,) expected");
+  TORCH_CHECK(valid.numel() == 0 || (valid.dim() == 2 && valid.is_contiguous() && valid.size(0) == x.size(0) &&
+                                     valid.size(1) == x.size(1)),
+              "causal_conv_cpu: valid (batch, length), contiguous, or empty expected");
 }
 
-at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate) {
-  check(x, w, bias);
+// valid: (batch, length) of x's dtype, or empty (every position read).
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& valid,
+                   bool activate) {
+  check(x, w, bias, valid);
   auto y = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_forward",
-                             [&] { conv_forward<scalar_t>(x, w, bias, activate, y); });
+                             [&] { conv_forward<scalar_t>(x, w, bias, valid, activate, y); });
   return y;
 }
 
 // Returns dx (batch, length, channels), dw per sequence (batch, taps, channels), dbias per sequence
 // (batch, channels).
-std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool activate,
-                                 const at::Tensor& grad_y) {
-  check(x, w, bias);
+std::vector<at::Tensor> backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                                 const at::Tensor& valid, bool activate, const at::Tensor& grad_y) {
+  check(x, w, bias, valid);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() && grad_y.sizes() == x.sizes(),
               "causal_conv_cpu: the gradient of y (batch, length, channels) expected");
   auto dx = at::empty(x.sizes(), x.options());
   auto dw = at::empty({x.size(0), w.size(0), w.size(1)}, x.options());
   auto dbias = at::empty({x.size(0), x.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "causal_conv_cpu_backward",
-                             [&] { conv_backward<scalar_t>(x, w, bias, activate, grad_y, dx, dw, dbias); });
+                             [&] { conv_backward<scalar_t>(x, w, bias, valid, activate, grad_y, dx, dw, dbias); });
   return {dx, dw, dbias};
 }
 
@@ -266,7 +290,7 @@ void check_table(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sou
 
 at::Tensor gathered_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                             const at::Tensor& source, bool activate) {
-  check(x, w, bias);
+  check(x, w, bias, at::empty({0}, x.options()));
   check_table(x, w, source, true);
   auto y = at::empty({source.size(0), source.size(1), source.size(2), x.size(2)}, x.options());
   const Table table(source);
@@ -279,7 +303,7 @@ at::Tensor gathered_forward(const at::Tensor& x, const at::Tensor& w, const at::
 // (batch, channels).
 std::vector<at::Tensor> gathered_backward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
                                           const at::Tensor& source, bool activate, const at::Tensor& grad_y) {
-  check(x, w, bias);
+  check(x, w, bias, at::empty({0}, x.options()));
   check_table(x, w, source, false);
   TORCH_CHECK(grad_y.is_contiguous() && grad_y.scalar_type() == x.scalar_type() &&
                   grad_y.sizes() == at::IntArrayRef({source.size(0), source.size(1), source.size(2), x.size(2)}),

@@ -29,7 +29,8 @@ from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
            "final_state_scan_compiled", "gathered_conv_compiled", "kernel_dtype",
-           "projected_softplus_compiled", "load", "selective_scan_compiled", "softplus_compiled",
+           "projected_selective_scan_compiled", "projected_softplus_compiled", "load",
+           "selective_scan_compiled", "softplus_compiled",
            "ssd_scan_compiled"]
 
 
@@ -67,18 +68,42 @@ def selective_scan_compiled(
     Same arguments and results as :func:`zoo.blocks.ssm.selective_scan` for ``B, C`` of shape ``(b, n, l)``
     or ``(b, g, n, l)``; computes in float64 when any input is float64, else float32.
     """
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    return _scan(u, delta, None, A, B, C, D, z, delta_bias, None, delta_softplus, return_last_state)
+
+
+def projected_selective_scan_compiled(u: Tensor, low: Tensor, weight: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                                      D: Tensor | None = None, z: Tensor | None = None,
+                                      delta_bias: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    """:func:`zoo.blocks.ssm.projected_scan.projected_selective_scan` in the compiled kernel, which forms the raw
+    step ``weight @ low`` a chunk at a time (``low (b, R, l)`` read through its strides, ``weight (d, R)``) and
+    zeroes the step where ``valid (b, l)`` is False; computes in float64 when any input is float64, else float32."""
+    return _scan(u, low, weight, A, B, C, D, z, delta_bias, valid, True, False)
+
+
+def _scan(u: Tensor, delta: Tensor, weight: Tensor | None, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+          z: Tensor | None, delta_bias: Tensor | None, valid: Tensor | None, delta_softplus: bool,
+          return_last_state: bool) -> Tensor | tuple[Tensor, Tensor]:
+    """The kernel's call: the whole raw step ``delta (b, d, l)`` without ``weight``, else its low-rank input."""
+    tensors = (u, delta, weight, A, B, C, D, z, delta_bias)
     dtype = kernel_dtype(*tensors)
-    u_, delta_, A_ = u.to(dtype), delta.to(dtype), A.to(dtype)
+    u_, A_ = u.to(dtype), A.to(dtype)
+    empty = u_.new_empty(0)
+    # The whole step must be contiguous; the low-rank input and B, C go in as they are: the kernel reads any strides
+    # (no copy of the Mamba layer's x_proj slices).
+    delta_ = delta.to(dtype).contiguous() if weight is None else delta.to(dtype)
+    weight_ = empty if weight is None else weight.to(dtype).contiguous()
+    valid_ = empty if valid is None else valid.to(dtype).contiguous()
     bias = u_.new_zeros(u.shape[1]) if delta_bias is None else delta_bias.to(dtype)
     D_ = u_.new_zeros(u.shape[1]) if D is None else D.to(dtype)
     B_, C_ = (t.to(dtype).unsqueeze(1) if t.dim() == 3 else t.to(dtype) for t in (B, C))  # (b, g, n, l)
     if B_.shape[1] != C_.shape[1]:  # one of them has groups, the other is shared: give both the groups
         groups = max(B_.shape[1], C_.shape[1])
         B_, C_ = B_.expand(-1, groups, -1, -1), C_.expand(-1, groups, -1, -1)
-    # B and C go in as they are: the kernel reads any strides (no copy of the Mamba layer's x_proj slices).
-    gate = u_.new_empty(0) if z is None else z.to(dtype).contiguous()
-    inputs = (u_.contiguous(), delta_.contiguous(), A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous(), gate)
+    gate = empty if z is None else z.to(dtype)
+    # u and z go in as they are too: the kernel reads them in their layouts, a block at a time (time-major
+    # projections without a transposing copy), and gives the output and du in u's layout, dz in z's.
+    inputs = (u_, delta_, A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous(), gate, weight_,
+              valid_)
     # Only a call that autograd records needs the chunk-start states (inference under no_grad does not).
     keep_starts = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     y, last_state = _CompiledScan.apply(*inputs, delta_softplus, keep_starts)
@@ -88,34 +113,40 @@ def selective_scan_compiled(
 
 class _CompiledScan(torch.autograd.Function):
     """``(out, h_last)``: ``out = (scan(u, delta, A, B, C) + D u) * silu(z)`` (no gate for an empty ``z``) with
-    B, C as ``(b, g, n, l)`` (any strides) and the step ``softplus(delta + bias)`` (or ``delta + bias``) formed
-    inside the kernel; gradients from the kernel."""
+    B, C as ``(b, g, n, l)`` (any strides) and the step ``valid * softplus(raw + bias)`` (or without softplus, and
+    without ``valid`` when it is empty) formed inside the kernel, the raw step ``delta`` itself or, with a non-empty
+    ``weight``, ``weight @ delta``; gradients from the kernel (none for ``valid``)."""
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, bias: Tensor, z: Tensor,
-                softplus: bool, keep_starts: bool):
+                weight: Tensor, valid: Tensor, softplus: bool, keep_starts: bool):
         # With gradients ahead, the kernel also keeps each channel's state at every chunk start (b, d, l / 64, n),
         # so that the backward pass reads the inputs once instead of sweeping forward through them again, and
         # with a gate the output before it.
         out, last_state, starts, y = load("selective_scan").forward(u, delta, A, B, C, D, bias, z, softplus,
-                                                                    keep_starts)
-        ctx.save_for_backward(u, delta, A, B, C, D, bias, z, y, starts)
+                                                                    keep_starts, weight, valid)
+        ctx.save_for_backward(u, delta, A, B, C, D, bias, z, weight, valid, y, starts)
         ctx.softplus = softplus
         return out, last_state
 
     @staticmethod
     def backward(ctx, grad_out: Tensor | None, grad_last: Tensor | None):
-        u, delta, A, B, C, D, bias, z, y, starts = ctx.saved_tensors
-        grad_out = torch.zeros_like(u) if grad_out is None else grad_out.contiguous()
+        u, delta, A, B, C, D, bias, z, weight, valid, y, starts = ctx.saved_tensors
+        grad_out = torch.zeros_like(u) if grad_out is None else grad_out  # read in its layout
         batch, dim, _ = u.shape
         grad_last = u.new_zeros(batch, dim, A.shape[1]) if grad_last is None else grad_last.contiguous()
         groups = B.shape[1]
         # Split each group's channels so that every thread has a task even for one sequence.
         splits = _splits(dim // groups, batch * groups)
-        du, ddelta, dz, dA, dB, dC, dD, dbias = load("selective_scan").backward(
-            u, delta, A, B, C, D, bias, z, y, ctx.softplus, starts, grad_out, grad_last, splits)
+        du, ddelta, dlow, dweight, dz, dA, dB, dC, dD, dbias = load("selective_scan").backward(
+            u, delta, A, B, C, D, bias, z, y, ctx.softplus, starts, grad_out, grad_last, splits, weight, valid)
+        if weight.numel():  # the low-rank input's gradient per split and group (splits, b, g, R, l)
+            ddelta, dweight = dlow.sum((0, 2)), dweight.sum(0)
+        else:
+            dweight = None
         dz = dz if z.numel() else None
-        return du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias.sum(0), dz, None, None
+        return (du, ddelta, dA.sum(0), _sum_splits(dB), _sum_splits(dC), dD.sum(0), dbias.sum(0), dz, dweight, None,
+                None, None)
 
 
 def ssd_scan_compiled(
@@ -305,34 +336,38 @@ class _CompiledProjectedSoftplus(torch.autograd.Function):
         return dlow, dweight.sum(0), dbias.sum(0) if bias.numel() else None, None
 
 
-def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool) -> Tensor:
+def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool,
+                         valid: Tensor | None = None) -> Tensor:
     """:func:`zoo.blocks.ssm._dispatch.causal_depthwise_conv1d` in the compiled kernel: ``x (B, C, L)``,
-    ``weight (C, K)``, ``bias (C,)`` or None; the result ``(B, C, L)`` is a view of a channels-last tensor
-    (``.transpose(1, 2)`` of it is contiguous). Computed in float64 for float64 inputs, else float32."""
+    ``weight (C, K)``, ``bias (C,)`` or None, ``valid (B, L)`` boolean or None (``x`` read as zero where it is
+    False); the result ``(B, C, L)`` is a view of a channels-last tensor (``.transpose(1, 2)`` of it is
+    contiguous). Computed in float64 for float64 inputs, else float32."""
     dtype = kernel_dtype(x, weight, bias)
     channels_last = x.to(dtype).transpose(1, 2)  # (B, L, C); the kernel reads any batch and time strides
     if channels_last.stride(2) != 1:
         channels_last = channels_last.contiguous()
     taps_first = weight.to(dtype).t().contiguous()  # (K, C)
     bias_ = x.new_zeros(x.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
-    return _CompiledCausalConv.apply(channels_last, taps_first, bias_, silu).to(x.dtype).transpose(1, 2)
+    valid_ = channels_last.new_empty(0) if valid is None else valid.to(dtype).contiguous()
+    return _CompiledCausalConv.apply(channels_last, taps_first, bias_, valid_, silu).to(x.dtype).transpose(1, 2)
 
 
 class _CompiledCausalConv(torch.autograd.Function):
-    """``y = silu?(bias + causal depthwise conv(x, w))`` channels-last, ``w`` as ``(K, C)``; gradients from
-    the kernel (its per-sequence weight and bias gradients summed here)."""
+    """``y = silu?(bias + causal depthwise conv(x * valid, w))`` channels-last (``valid`` empty: every position),
+    ``w`` as ``(K, C)``; gradients from the kernel (its per-sequence weight and bias gradients summed here), none
+    for ``valid``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, silu: bool):
-        ctx.save_for_backward(x, weight, bias)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, valid: Tensor, silu: bool):
+        ctx.save_for_backward(x, weight, bias, valid)
         ctx.silu = silu
-        return load("causal_conv").forward(x, weight, bias, silu)
+        return load("causal_conv").forward(x, weight, bias, valid, silu)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        x, weight, bias = ctx.saved_tensors
-        dx, dweight, dbias = load("causal_conv").backward(x, weight, bias, ctx.silu, grad_y.contiguous())
-        return dx, dweight.sum(0), dbias.sum(0), None
+        x, weight, bias, valid = ctx.saved_tensors
+        dx, dweight, dbias = load("causal_conv").backward(x, weight, bias, valid, ctx.silu, grad_y.contiguous())
+        return dx, dweight.sum(0), dbias.sum(0), None, None
 
 
 def gathered_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, source: Tensor, silu: bool) -> Tensor:

@@ -18,22 +18,18 @@ from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.blocks.ssm.final_state_scan import final_state_scan
-from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.projected_scan import projected_selective_scan
 from zoo.blocks.ssm.softplus import projected_softplus, softplus
 from zoo.registry import register_block
 
 
 def split_projection(in_proj: nn.Linear, x: Tensor, gate_everywhere: bool) -> tuple[Tensor, Tensor]:
-    """``in_proj(x).chunk(2, -1)`` laid out for the layer: the convolution's input ``u`` time-major ``(B, L, E)``, as
-    the convolution reads it, and the gate ``z`` channel-major ``(B, E, L)``, as the scan reads it (formed so, no
-    transposing copy), or without ``gate_everywhere`` at the newest position alone, ``(B, E)``: scoring reads it
-    nowhere else, and it is half the projection's work."""
+    """``in_proj(x).chunk(2, -1)`` as two products, each time-major ``(B, L, E)`` and contiguous (their gradients
+    then need no concatenation), or without ``gate_everywhere`` the gate ``z`` at the newest position alone,
+    ``(B, E)``: scoring reads it nowhere else, and it is half the projection's work."""
     weight, bias = in_proj.weight.chunk(2), (None, None) if in_proj.bias is None else in_proj.bias.chunk(2)
     u = F.linear(x, weight[0], bias[0])
-    if not gate_everywhere:
-        return u, F.linear(x[:, -1], weight[1], bias[1])
-    z = torch.matmul(weight[1], x.transpose(1, 2))
-    return u, z if bias[1] is None else z + bias[1].unsqueeze(-1)
+    return u, F.linear(x if gate_everywhere else x[:, -1], weight[1], bias[1])
 
 
 class MambaState(NamedTuple):
@@ -117,14 +113,12 @@ class Mamba(SequenceBlock):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         u, z, dt, B, C = self._scan_inputs(x, mask)
-        # dt_proj's product formed channel-major, (E, R) @ (B, R, L): the (B, E, L) step the scan reads, without
-        # transposing a (B, L, E) one (the scan adds the bias).
-        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))
-        if mask is not None:  # a padded position's step softplus(lowest + bias) is exactly 0: no decay, no input
-            dt.masked_fill_(~mask.unsqueeze(1), torch.finfo(dt.dtype).min)  # in place: no one saved dt
-        # B, C (B, n, L) as views of x_proj's output: the compiled scan reads them through their strides.
-        y = selective_scan(u, dt, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2), self.D, z=z,
-                           delta_bias=self.dt_proj.bias, delta_softplus=True)
+        # Every (B, ., L) operand is a view of a time-major product: the compiled scan reads u, z, dt, B and C in place
+        # (dt_proj's step it forms itself, zero at padded positions: no decay, no input) and writes its output in u's
+        # layout, so out_proj reads it, and the gradients come back, without a transposing copy.
+        y = projected_selective_scan(u, dt.transpose(1, 2), self.dt_proj.weight, -torch.exp(self.A_log),
+                                     B.transpose(1, 2), C.transpose(1, 2), self.D, z=z.transpose(1, 2),
+                                     delta_bias=self.dt_proj.bias, valid=mask)
         return self.out_proj(y.transpose(1, 2))
 
     def forward_last(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -141,7 +135,7 @@ class Mamba(SequenceBlock):
 
     def _scan_inputs(self, x: Tensor, mask: Tensor | None,
                      gate_everywhere: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The scan's inputs: ``u`` after the convolution and its SiLU (B, E, L), the gate ``z`` (B, E, L), or
+        """The scan's inputs: ``u`` after the convolution and its SiLU (B, E, L), the gate ``z`` (B, L, E), or
         (B, E) at the newest position alone without ``gate_everywhere``, the step's low-rank input ``dt``
         (B, L, dt_rank), which ``dt_proj`` maps to the step before its softplus, and ``B``, ``C`` (B, L, n), all as
         ``x_proj`` gives them."""
@@ -151,11 +145,10 @@ class Mamba(SequenceBlock):
             raise ValueError(f"mamba: mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
         u, z = split_projection(self.in_proj, x, gate_everywhere)
         u = u.transpose(1, 2)
-        if mask is not None:
-            u = u * mask.unsqueeze(1).to(u.dtype)
         if u.is_cuda:  # causal-conv1d's CUDA kernel gets time-major rows (its channels-last path wants aligned strides)
             u = u.contiguous()
-        u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu")
+        # Padded positions read as zero (the CPU kernel skips them; elsewhere u is masked first).
+        u = causal_depthwise_conv1d(u, self.conv1d.weight, self.conv1d.bias, activation="silu", valid=mask)
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return u, z, dt, B, C
 

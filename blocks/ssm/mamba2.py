@@ -115,10 +115,8 @@ class Mamba2(SequenceBlock):
             raise ValueError(f"mamba2: mask must have shape {tuple(x.shape[:2])} (B, L), got {tuple(mask.shape)}")
         batch, seqlen, _ = x.shape
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        if mask is not None:
-            xBC = zero_pads(xBC, mask)
         xBC = causal_depthwise_conv1d(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
-                                      activation="silu").transpose(1, 2)
+                                      activation="silu", valid=mask).transpose(1, 2)  # pads read as zero
         xs, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         dt = self._discretize(dt)
         if mask is not None:
