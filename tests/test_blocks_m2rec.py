@@ -91,6 +91,20 @@ def test_filter_equals_lag_loop_and_ignores_padding(causal, n):
     torch.testing.assert_close(alone, want, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("n", [3, 11])
+def test_causal_filter_gradients_equal_lag_loop(n):
+    """The causal filter runs as a direct causal convolution with min(L, max_len) taps (the compiled kernel on the
+    CPU): its gradients w.r.t. the input and the frequency-domain weight are the lag loop's."""
+    torch.manual_seed(3)
+    block = FFTFilter(d_model=3, max_len=5, causal=True, residual=False, norm="none")
+    x = torch.randn(n, 3, requires_grad=True)
+    grad = torch.randn(n, 3)
+    got = torch.autograd.grad(block(x.unsqueeze(0), torch.ones(1, n, dtype=torch.bool))[0], [x, block.filter.weight], grad)
+    want = torch.autograd.grad(filter_loop(block.filter.weight, x, True), [x, block.filter.weight], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=RTOL)
+
+
 def test_filter_residual_and_norm_follow_fmlp():
     torch.manual_seed(2)
     block = FFTFilter(d_model=4, max_len=5).eval()
