@@ -58,9 +58,10 @@ def test_forward_and_gradients_match_loop(l, g):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("p, n", [(16, 16), (32, 32), (64, 64), (16, 128), (8, 64)])
+@pytest.mark.parametrize("p, n", [(16, 16), (32, 32), (64, 64), (16, 128), (8, 64), (8, 32)])
 def test_head_and_state_sizes_the_kernel_specialises_match_loop(p, n):
-    # The kernel has compile-time variants for head sizes 16/32/64 and state sizes 16/32/64/128.
+    # The kernel has compile-time variants for head sizes 8/16/32/64 (forward) and state sizes 16/32/64/128
+    # (backward); (8, 32) is CNN-Mamba's Mamba2 (head size 8, 32 states).
     inputs = all_inputs(70, 2, "hp", seed=p + n, p=p, n=n)
     got = outputs_and_gradients(cpu_kernel.ssd_scan_compiled, inputs, seed=2, dt_softplus=True)
     want = outputs_and_gradients(loop_reference, inputs, seed=2, dt_softplus=True)
