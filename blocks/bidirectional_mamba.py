@@ -12,8 +12,8 @@ from zoo.blocks.base import SequenceBlock
 from zoo.blocks.compiled import tracing
 from zoo.blocks.ds_gate import DenseSelectiveGate
 from zoo.blocks.flips import (code_flip_contents, code_flip_index, code_flip_newest_index, code_flip_prefix_outputs,
-                              gather_time, partial_flip_index, partial_flip_prefix_outputs)
-from zoo.blocks.masking import fit_to_length, left_align, right_align, zero_pads
+                              partial_flip_index, partial_flip_prefix_outputs)
+from zoo.blocks.masking import fit_to_length, gather_time, left_align, right_align, zero_pads
 from zoo.blocks.ssm.mamba import Mamba
 from zoo.registry import register_block
 

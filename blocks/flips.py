@@ -47,11 +47,6 @@ def partial_flip_index(mask: Tensor, remain: int) -> Tensor:
     return torch.where(real_index >= 0, source, slot)
 
 
-def gather_time(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b, t]]`` for ``x (B, L, ...)`` and ``index (B, L)``."""
-    return x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
-
-
 def take_slots(x: Tensor, index: Tensor) -> Tensor:
     """``x[:, index]`` for ``x (B, L, ...)`` and an index of any shape, through ``index_select``: its backward adds the
     rows back with ``index_add_``, where advanced indexing's (``index_put_`` with accumulation) took a seventh of a

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from zoo.blocks.bidirectional_mamba import partial_flip_index
-from zoo.blocks.flips import code_flip_newest_index, gather_time
+from zoo.blocks.flips import code_flip_newest_index
+from zoo.blocks.masking import gather_time
 from padding import left_mask, left_padded
 from zoo.registry import create_block
 
