@@ -17,10 +17,11 @@ from typing import Callable
 
 import pytest
 import torch
+from spy import count_calls
 
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm.decayed_prefix import decayed_prefix_readout, decayed_prefix_readout_ref
-from zoo.blocks.ssm.final_state_scan import final_state_scan, final_state_scan_ref
+from zoo.blocks.ssm.final_state_scan import final_state_scan, final_state_scan_ref, projected_final_state_scan
 from zoo.blocks.ssm.reference import selective_scan_ref
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None,
@@ -226,3 +227,61 @@ def test_final_state_scan_refuses_a_misshapen_extra():
         final_state_scan(**x, extra=torch.zeros(4, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="0 <= extra_at < 5"):
         final_state_scan(**x, extra=torch.zeros(4, 3, dtype=torch.float64), extra_at=5)
+
+
+def projected_inputs(rows: int, steps: int, dim: int, n: int, rank: int, seed: int) -> dict:
+    """Scoring's inputs: ``u`` time-major, the step's low-rank input a slice of a wider projection, padding on the left
+    of one row and a hole in another."""
+    g = torch.Generator().manual_seed(seed)
+    projection = torch.randn(rows, steps, rank + n, generator=g, dtype=torch.float64)
+    valid = torch.ones(rows, steps, dtype=torch.bool)
+    valid[0, : steps // 2] = False
+    valid[-1, steps // 3] = False
+    return {"u": torch.randn(rows, steps, dim, generator=g, dtype=torch.float64).transpose(1, 2),
+            "low": projection[..., :rank], "weight": torch.randn(dim, rank, generator=g, dtype=torch.float64),
+            "bias": torch.randn(dim, generator=g, dtype=torch.float64), "valid": valid,
+            "A": -torch.rand(dim, n, generator=g, dtype=torch.float64) * 3 - 0.1, "B": projection[..., rank:],
+            "C": torch.randn(rows, n, generator=g, dtype=torch.float64),
+            "D": torch.randn(dim, generator=g, dtype=torch.float64)}
+
+
+def projected_loop(u, low, weight, bias, valid, A, B, C, D):
+    """The step written out, ``valid * softplus(low weight^T + bias)``, then the loop over time."""
+    delta = torch.nn.functional.softplus(low @ weight.T + bias) * valid.unsqueeze(-1)
+    return scan_loop(u, delta.transpose(1, 2), A, B, C, D)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("steps,n", [(9, 32), (70, 7)])
+def test_projected_final_state_scan_for_inference_matches_loop(steps, n, dtype, monkeypatch):
+    """Without gradients the compiled kernel forms the steps a row at a time (no softplus at padded positions)."""
+    monkeypatch.setenv(cpu_kernel.KERNEL_ENV_VAR, "1")
+    x = projected_inputs(5, steps, 20, n, 4, seed=steps + n)
+    calls = count_calls(monkeypatch, cpu_kernel, "projected_final_state_scan_compiled")
+    with torch.no_grad():
+        got = projected_final_state_scan(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in x.items()})
+    assert calls == [1] and got.dtype == dtype
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), projected_loop(**x), rtol=tolerance, atol=tolerance)
+
+
+def test_projected_final_state_scan_with_gradients_matches_loop(monkeypatch):
+    """With gradients wanted it forms the steps with projected_softplus and runs final_state_scan."""
+    x = projected_inputs(3, 11, 6, 5, 3, seed=1)
+    calls = count_calls(monkeypatch, cpu_kernel, "projected_final_state_scan_compiled")
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items() if v.is_floating_point()}
+    got = projected_final_state_scan(**{**x, **leaves})
+    assert calls == []
+    want = projected_loop(**{**x, **leaves})
+    grad = torch.randn(got.shape, dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    for name, a, b in zip(leaves, torch.autograd.grad(got, list(leaves.values()), grad),
+                          torch.autograd.grad(want, list(leaves.values()), grad)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"gradient of {name}: {m}")
+
+
+def test_projected_final_state_scan_refuses_a_misshapen_valid():
+    x = projected_inputs(3, 11, 6, 5, 3, seed=1)
+    with pytest.raises(ValueError, match="valid must be \\(rows, S\\)"):
+        projected_final_state_scan(**{**x, "valid": x["valid"][:, 1:]})

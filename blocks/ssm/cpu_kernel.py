@@ -28,7 +28,7 @@ from torch import Tensor
 from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
-           "final_state_scan_compiled", "gathered_conv_compiled", "kernel_dtype",
+           "final_state_scan_compiled", "gathered_conv_compiled", "kernel_dtype", "projected_final_state_scan_compiled",
            "projected_selective_scan_compiled", "projected_softplus_compiled", "load",
            "selective_scan_compiled", "softplus_compiled",
            "ssd_scan_compiled"]
@@ -265,6 +265,23 @@ def final_state_scan_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
     steps = (dense(t.to(dtype)) for t in (u, delta))  # read through their strides
     return _CompiledFinalStateScan.apply(*steps, *(t.to(dtype).contiguous() for t in (A, B, C, D_)), extra_,
                                          extra_at).to(u.dtype)
+
+
+def projected_final_state_scan_compiled(u: Tensor, low: Tensor, weight: Tensor, bias: Tensor | None, valid: Tensor | None,
+                                        A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """:func:`zoo.blocks.ssm.final_state_scan.projected_final_state_scan` in the compiled kernel, for inference (no
+    gradient): the steps formed a row at a time from ``low (rows, S, R)`` (read through its row and step strides),
+    ``weight (e, R)``, ``bias`` and ``valid (rows, S)``; computed in float64 for float64 inputs, else float32."""
+    dtype = kernel_dtype(u, low, weight, bias, A, B, C, D)
+    D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
+    bias_ = u.new_zeros(u.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
+    valid_ = u.new_empty(0, dtype=dtype) if valid is None else valid.to(dtype).contiguous()
+    low_ = low.to(dtype)
+    if low_.stride(-1) != 1:
+        low_ = low_.contiguous()
+    return load("final_state_scan").projected_forward(
+        dense(u.to(dtype)), low_, weight.to(dtype).contiguous(), bias_, valid_,
+        *(t.to(dtype).contiguous() for t in (A, B, C, D_))).to(u.dtype)
 
 
 class _CompiledFinalStateScan(torch.autograd.Function):

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm.selective_scan import selective_scan
+from zoo.blocks.ssm.softplus import projected_softplus
 
 
 def final_state_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -45,6 +46,27 @@ def final_state_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, 
     if cpu_kernel.applies("final_state_scan", u, delta, A, B, C, D, extra):
         return cpu_kernel.final_state_scan_compiled(u, delta, A, B, C, D, extra, extra_at)
     return final_state_scan_ref(u, delta, A, B, C, D, extra, extra_at)
+
+
+def projected_final_state_scan(u: Tensor, low: Tensor, weight: Tensor, bias: Tensor | None, valid: Tensor | None,
+                               A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None) -> Tensor:
+    """``final_state_scan(u, delta, A, B, C, D)`` with the Mamba layer's steps ``delta = valid * softplus(low @ weight^T +
+    bias)`` (:func:`~zoo.blocks.ssm.softplus.projected_softplus`; ``low (rows, S, R)``, ``weight (e, R)``, ``valid
+    (rows, S)``, 0 at a padded position), ``delta`` read as ``(rows, e, S)``.
+
+    For inference on the CPU (nothing to differentiate) the compiled kernel forms the steps a row at a time and
+    skips the softplus at padded positions, where the two calls would write and reread the ``(rows, S, e)`` steps:
+    scoring reads every Mamba layer at its newest position this way (``Mamba.forward_last``). With gradients it is
+    the two calls."""
+    if valid is not None and valid.shape != low.shape[:2]:
+        raise ValueError(f"projected_final_state_scan: valid must be (rows, S) = {tuple(low.shape[:2])}, got "
+                         f"{tuple(valid.shape)}")
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, low, weight, bias, A, B, C, D))
+    if not needs_grad and low.dim() == 3 and low.shape[:2] == (u.shape[0], u.shape[2]) and \
+            cpu_kernel.applies("final_state_scan", u, low, weight, bias, valid, A, B, C, D):
+        return cpu_kernel.projected_final_state_scan_compiled(u, low, weight, bias, valid, A, B, C, D)
+    delta = projected_softplus(low, weight, bias, valid)
+    return final_state_scan(u, delta.transpose(1, 2), A, B, C, D)
 
 
 def final_state_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

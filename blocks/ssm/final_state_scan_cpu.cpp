@@ -20,9 +20,19 @@
 //
 //     g_{S-1} = dy * C,   g_{k-1} = exp(delta_k A) * g_k.
 //
+// projected_forward forms the steps itself, for inference (scoring), from the Mamba layer's low-rank input:
+//
+//     delta[r, e, k] = valid[r, k] * softplus(bias[e] + sum_j low[r, k, j] * weight[e, j])
+//
+// a row at a time into a small buffer, so the (rows, S, dim) steps are never written and reread, and a step that
+// is not valid (a padded position) costs no softplus. With gradients wanted, the caller forms the steps and calls
+// forward / backward.
+//
 // Layouts: u, delta (rows, dim, S) with any strides (scoring passes them time-major, (rows, S, dim) in memory, as the
 // projections give them, which saves two transposing copies); their gradients take their strides. Contiguous:
-// B (rows, S, n); C (rows, n); A (dim, n); D (dim,); extra (rows, dim) or empty; y (rows, dim).
+// B (rows, S, n); C (rows, n); A (dim, n); D (dim,); extra (rows, dim) or empty; y (rows, dim). The projected form's
+// low (rows, S, R) with any row and step strides (a slice of x_proj's output); weight (dim, R), bias (dim,), valid
+// (rows, S) or empty, contiguous.
 
 #include <torch/extension.h>
 
@@ -31,6 +41,7 @@
 #include "flush_denormals.h"
 
 #include "scan_steps.h"
+#include "step_size.h"
 #include "fixed_size.h"
 
 #include <algorithm>
@@ -66,23 +77,71 @@ struct ExtraDecay {
   T decay_step(int64_t pair, int64_t k, T dt) const { return data && k == at ? dt + data[pair] : dt; }
 };
 
+// Where the forward reads a row's steps: the given delta through its strides, or formed from the low-rank input
+// into a row buffer (see the header).
+template <typename T>
+struct RowSteps {
+  const T* delta;  // the given steps, or null for the projected form
+  int64_t row_stride, dim_stride, step_stride;
+  const T *low, *weight, *bias, *valid;  // the projected form: low (rows, S, R), weight (R, dim), bias (dim,), valid
+  int64_t low_row, low_step, rank, dim, steps;
+
+  explicit RowSteps(const at::Tensor& given)
+      : delta(given.data_ptr<T>()), row_stride(given.stride(0)), dim_stride(given.stride(1)),
+        step_stride(given.stride(2)), low(nullptr), weight(nullptr), bias(nullptr), valid(nullptr), low_row(0),
+        low_step(0), rank(0), dim(given.size(1)), steps(given.size(2)) {}
+
+  // weight_by_rank: the weight transposed, (R, dim), so that a rank's weights lie side by side over the channels.
+  RowSteps(const at::Tensor& low_, const at::Tensor& weight_by_rank, const at::Tensor& bias_, const at::Tensor& valid_)
+      : delta(nullptr), row_stride(0), dim_stride(1), step_stride(weight_by_rank.size(1)), low(low_.data_ptr<T>()),
+        weight(weight_by_rank.data_ptr<T>()), bias(bias_.data_ptr<T>()),
+        valid(valid_.numel() ? valid_.data_ptr<T>() : nullptr), low_row(low_.stride(0)), low_step(low_.stride(1)),
+        rank(weight_by_rank.size(0)), dim(weight_by_rank.size(1)), steps(low_.size(1)) {}
+
+  // Row r's steps, (dim, S) through dim_stride and step_stride: the given tensor's, or formed into `buffer`
+  // (S * dim values, step-major) in the projected form.
+  const T* row(int64_t r, T* __restrict buffer) const {
+    if (delta) return delta + r * row_stride;
+    const StepSize<T> softplus = StepSize<T>::unclamped_rule(true);
+    for (int64_t k = 0; k < steps; ++k) {
+      T* __restrict out = buffer + k * dim;
+      if (valid && valid[r * steps + k] == T(0)) {  // a padded position: step 0, no softplus
+        std::fill(out, out + dim, T(0));
+        continue;
+      }
+      const T* lk = low + r * low_row + k * low_step;
+      std::copy(bias, bias + dim, out);
+      for (int64_t j = 0; j < rank; ++j) {
+        const T a = lk[j];
+        const T* __restrict w = weight + j * dim;
+#pragma omp simd
+        for (int64_t e = 0; e < dim; ++e) out[e] += a * w[e];
+      }
+#pragma omp simd
+      for (int64_t e = 0; e < dim; ++e) out[e] = softplus(out[e]);
+    }
+    return buffer;
+  }
+};
+
 template <typename T, typename States>
-void final_forward(States states,
-                   const at::Tensor& u, const at::Tensor& delta, const at::Tensor& rates, const at::Tensor& B,
-                   const at::Tensor& C, const at::Tensor& D, const ExtraDecay<T>& extra, at::Tensor& y) {
+void final_forward(States states, const at::Tensor& u, const RowSteps<T>& steps_in, const at::Tensor& rates,
+                   const at::Tensor& B, const at::Tensor& C, const at::Tensor& D, const ExtraDecay<T>& extra,
+                   at::Tensor& y) {
   const auto s = shape_of(u, rates);
-  const Steps<const T> u_s(u), delta_s(delta);
+  const Steps<const T> u_s(u);
   const T *rate_p = rates.data_ptr<T>(), *B_p = B.data_ptr<T>(), *C_p = C.data_ptr<T>(), *D_p = D.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
     const int64_t n = states.n;
-    std::vector<T> h_home(n);
+    std::vector<T> h_home(n), row_steps(steps_in.delta ? 0 : s.steps * s.dim);
     for (int64_t r = begin; r < end; ++r) {
       const T *B_r = B_p + r * s.steps * n, *C_r = C_p + r * n;
+      const T* delta_r = steps_in.row(r, row_steps.data());
       for (int64_t e = 0; e < s.dim; ++e) {
-        const T *u_re = u_s.at(r, e), *delta_re = delta_s.at(r, e);
-        const int64_t u_step = u_s.step, delta_step = delta_s.step;
+        const T *u_re = u_s.at(r, e), *delta_re = delta_r + e * steps_in.dim_stride;
+        const int64_t u_step = u_s.step, delta_step = steps_in.step_stride;
         std::fill(h_home.begin(), h_home.end(), T(0));
         Held<const T, States> rate(states, rate_p + e * n);
         Held<T, States> h(states, h_home.data());
@@ -201,7 +260,36 @@ at::Tensor forward(const at::Tensor& u, const at::Tensor& delta, const at::Tenso
   const auto rates = decay_rates(A);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_forward", [&] {
     with_size<16, 32, 64>(A.size(1), [&](auto states) {
-      final_forward<scalar_t>(states, u, delta, rates, B, C, D, ExtraDecay<scalar_t>(extra, extra_at), y);
+      final_forward<scalar_t>(states, u, RowSteps<scalar_t>(delta), rates, B, C, D, ExtraDecay<scalar_t>(extra, extra_at),
+                              y);
+    });
+  });
+  return y;
+}
+
+// The forward with the steps formed from the low-rank input (see the header); no extra decay.
+at::Tensor projected_forward(const at::Tensor& u, const at::Tensor& low, const at::Tensor& weight, const at::Tensor& bias,
+                             const at::Tensor& valid, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                             const at::Tensor& D) {
+  const auto no_extra = at::empty({0}, u.options());
+  check(u, u, A, B, C, D, no_extra, 0);
+  for (const at::Tensor* t : {&low, &weight, &bias, &valid})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type(), "final_state_scan_cpu: low, weight, "
+                "bias and valid must be CPU tensors of u's dtype");
+  TORCH_CHECK(low.dim() == 3 && low.size(0) == u.size(0) && low.size(1) == u.size(2) && low.stride(2) == 1 &&
+                  weight.dim() == 2 && weight.is_contiguous() && weight.size(0) == u.size(1) &&
+                  weight.size(1) == low.size(2) && bias.dim() == 1 && bias.is_contiguous() && bias.size(0) == u.size(1),
+              "final_state_scan_cpu: low (rows, steps, R) with contiguous R, weight (d, R) and bias (d,) expected");
+  TORCH_CHECK(valid.numel() == 0 || (valid.is_contiguous() && valid.dim() == 2 && valid.size(0) == u.size(0) &&
+                                     valid.size(1) == u.size(2)),
+              "final_state_scan_cpu: valid (rows, steps), contiguous, or empty expected");
+  auto y = at::empty({u.size(0), u.size(1)}, u.options());
+  const auto rates = decay_rates(A);
+  const auto weight_by_rank = weight.t().contiguous();  // (R, d)
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "final_state_scan_cpu_projected_forward", [&] {
+    with_size<16, 32, 64>(A.size(1), [&](auto states) {
+      final_forward<scalar_t>(states, u, RowSteps<scalar_t>(low, weight_by_rank, bias, valid), rates, B, C, D,
+                              ExtraDecay<scalar_t>(no_extra, 0), y);
     });
   });
   return y;
@@ -234,5 +322,6 @@ std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& delta, c
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "final-state scan forward: y (rows, d)");
+  m.def("projected_forward", &projected_forward, "final-state scan forward, steps formed from the low-rank input: y");
   m.def("backward", &backward, "final-state scan backward: (du, ddelta, dA per thread, dB, dC, dD per thread, dextra)");
 }

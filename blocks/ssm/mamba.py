@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from zoo.blocks.base import SequenceBlock
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import causal_depthwise_conv1d
-from zoo.blocks.ssm.final_state_scan import final_state_scan
+from zoo.blocks.ssm.final_state_scan import projected_final_state_scan
 from zoo.blocks.ssm.projected_scan import projected_selective_scan
-from zoo.blocks.ssm.softplus import projected_softplus, softplus
+from zoo.blocks.ssm.softplus import softplus
 from zoo.registry import register_block
 
 
@@ -129,8 +129,9 @@ class Mamba(SequenceBlock):
         if not cpu_kernel.applies("final_state_scan", x):
             return super().forward_last(x, mask)
         u, z, dt, B, C = self._scan_inputs(x, mask, gate_everywhere=False)
-        delta = projected_softplus(dt, self.dt_proj.weight, self.dt_proj.bias, mask)  # 0 at pads: the scan skips them
-        y = final_state_scan(u, delta.transpose(1, 2), -torch.exp(self.A_log), B, C[:, -1], self.D)
+        # The step 0 at pads (the scan skips them), formed inside the scan when nothing is differentiated.
+        y = projected_final_state_scan(u, dt, self.dt_proj.weight, self.dt_proj.bias, mask, -torch.exp(self.A_log), B,
+                                       C[:, -1], self.D)
         return self.out_proj(y * F.silu(z)).unsqueeze(1)
 
     def _scan_inputs(self, x: Tensor, mask: Tensor | None,
