@@ -1,5 +1,5 @@
-"""The compiled GRU kernel for inference (blocks/gru_cpu.cpp via zoo.blocks.gru.masked_gru) against torch's
-``nn.GRU`` run over each row's real items (right-aligned, as the pure path does).
+"""The compiled GRU kernel (blocks/gru_cpu.cpp via zoo.blocks.gru.masked_gru; its backward in PyTorch) against
+torch's ``nn.GRU`` run over each row's real items (right-aligned, as the pure path does), values and gradients.
 
 Tolerances: float64 within 1e-12 (the kernel sums the hidden product in another order and takes tanh through exp);
 float32 within 2e-6 absolute (outputs lie in (-1, 1)).
@@ -71,7 +71,7 @@ def test_pads_never_reach_an_item():
         torch.testing.assert_close(compiled_gru(gru, garbled, mask), compiled_gru(gru, x, mask), atol=0, rtol=0)
 
 
-def test_masked_gru_runs_the_kernel_only_where_nothing_is_differentiated(monkeypatch):
+def test_masked_gru_runs_the_kernel_unless_dropout_is_active_between_layers(monkeypatch):
     calls = []
     monkeypatch.setattr("zoo.blocks.gru.compiled_gru", lambda gru, x, mask: calls.append(1) or torch.zeros(1))
     monkeypatch.setattr(compiled, "enabled", lambda kernel: True)
@@ -79,19 +79,43 @@ def test_masked_gru_runs_the_kernel_only_where_nothing_is_differentiated(monkeyp
     gru.dropout = 0.3
     with torch.no_grad():
         masked_gru(gru, x, mask)  # inference
-    assert calls == [1]
-    masked_gru(gru, x, mask)  # gradients on: the parameters require them
+    masked_gru(gru, x, mask)  # gradients on: the compiled layer is differentiable
+    assert calls == [1, 1]
     gru.train()
-    with torch.no_grad():
-        masked_gru(gru, x, mask)  # dropout between the layers is active in training
-    assert calls == [1]
+    masked_gru(gru, x, mask)  # dropout between the layers is active in training: torch's GRU
+    assert calls == [1, 1]
     monkeypatch.setattr(compiled, "enabled", lambda kernel: False)
     gru.eval()
     with torch.no_grad():
         y = masked_gru(gru, x, mask)
-    assert calls == [1]
+    assert calls == [1, 1]
     pure, _ = gru(right_align(x, mask))
     torch.testing.assert_close(y, zero_pads(left_align(pure, mask), mask))
+
+
+@needs_compiler
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("d_in,hidden,layers,bias", SHAPES)
+def test_gradients_through_the_kernel_match_torch_gru(d_in, hidden, layers, bias, threads):
+    """Training through the compiled layer (its backward: the gates recomputed for all steps at once, the adjoint's
+    recurrence, the weight gradients as single products): the gradients of the input and of every parameter are
+    those of torch's GRU over each row's real items (float64 within 1e-10)."""
+    gru, x, mask = case(torch.float64, d_in, hidden, layers, bias, seed=3)
+    x = x.requires_grad_()
+    grad = torch.randn(*x.shape[:2], hidden, dtype=torch.float64)
+    leaves = [x, *gru.parameters()]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got_out = compiled_gru(gru, x, mask)
+        got = torch.autograd.grad(got_out, leaves, grad)
+    finally:
+        torch.set_num_threads(before)
+    want_out = torch_reference(gru, x, mask)
+    want = torch.autograd.grad(want_out, leaves, grad * mask.unsqueeze(-1))  # the kernel's pads are constant zeros
+    torch.testing.assert_close(got_out, want_out, atol=1e-12, rtol=0)
+    for name, a, b in zip(["x", *(n for n, _ in gru.named_parameters())], got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=lambda m: f"gradient of {name}: {m}")
 
 
 @needs_compiler
