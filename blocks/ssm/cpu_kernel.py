@@ -366,25 +366,28 @@ def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: b
     taps_first = weight.to(dtype).t().contiguous()  # (K, C)
     bias_ = x.new_zeros(x.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
     valid_ = channels_last.new_empty(0) if valid is None else valid.to(dtype).contiguous()
-    return _CompiledCausalConv.apply(channels_last, taps_first, bias_, valid_, silu).to(x.dtype).transpose(1, 2)
+    return _CompiledConv.apply(channels_last, taps_first, bias_, valid_, silu, "").to(x.dtype).transpose(1, 2)
 
 
-class _CompiledCausalConv(torch.autograd.Function):
-    """``y = silu?(bias + causal depthwise conv(x * valid, w))`` channels-last (``valid`` empty: every position),
-    ``w`` as ``(K, C)``; gradients from the kernel (its per-sequence weight and bias gradients summed here), none
-    for ``valid``."""
+class _CompiledConv(torch.autograd.Function):
+    """``y = silu?(bias + depthwise conv(x, w))`` channels-last, ``w`` as ``(K, C)``, through ``causal_conv_cpu.cpp``'s
+    ``{entry}forward`` / ``{entry}backward``: ``entry`` "" for the causal convolution, whose ``taps`` is the
+    ``valid`` mask (empty: every position), "gathered_" for the gathered one, whose ``taps`` is the table of
+    source positions. Gradients from the kernel (its per-sequence weight and bias gradients summed here), none for
+    ``taps``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, valid: Tensor, silu: bool):
-        ctx.save_for_backward(x, weight, bias, valid)
-        ctx.silu = silu
-        return load("causal_conv").forward(x, weight, bias, valid, silu)
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, taps: Tensor, silu: bool, entry: str):
+        ctx.save_for_backward(x, weight, bias, taps)
+        ctx.silu, ctx.entry = silu, entry
+        return getattr(load("causal_conv"), f"{entry}forward")(x, weight, bias, taps, silu)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
-        x, weight, bias, valid = ctx.saved_tensors
-        dx, dweight, dbias = load("causal_conv").backward(x, weight, bias, valid, ctx.silu, grad_y.contiguous())
-        return dx, dweight.sum(0), dbias.sum(0), None, None
+        x, weight, bias, taps = ctx.saved_tensors
+        dx, dweight, dbias = getattr(load("causal_conv"), f"{ctx.entry}backward")(x, weight, bias, taps, ctx.silu,
+                                                                                 grad_y.contiguous())
+        return dx, dweight.sum(0), dbias.sum(0), None, None, None
 
 
 def gathered_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, source: Tensor, silu: bool) -> Tensor:
@@ -396,23 +399,5 @@ def gathered_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, sourc
     if x_.stride(2) != 1:  # the kernel reads any batch and time strides, channels contiguous
         x_ = x_.contiguous()
     bias_ = x.new_zeros(x.shape[2], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
-    return _CompiledGatheredConv.apply(x_, weight.to(dtype).t().contiguous(), bias_, source.contiguous(),
-                                       silu).to(x.dtype)
-
-
-class _CompiledGatheredConv(torch.autograd.Function):
-    """``y[s, b, t] = silu?(bias + sum_k w[k] * x[b, source[s, b, t, k]])``, ``w`` as ``(K, C)``; gradients from the
-    kernel (its per-sequence weight and bias gradients summed here)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, source: Tensor, silu: bool):
-        ctx.save_for_backward(x, weight, bias, source)
-        ctx.silu = silu
-        return load("causal_conv").gathered_forward(x, weight, bias, source, silu)
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        x, weight, bias, source = ctx.saved_tensors
-        dx, dweight, dbias = load("causal_conv").gathered_backward(x, weight, bias, source, ctx.silu,
-                                                                   grad_y.contiguous())
-        return dx, dweight.sum(0), dbias.sum(0), None, None
+    return _CompiledConv.apply(x_, weight.to(dtype).t().contiguous(), bias_, source.contiguous(), silu,
+                               "gathered_").to(x.dtype)

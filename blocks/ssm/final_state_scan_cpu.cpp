@@ -40,6 +40,7 @@
 
 #include "flush_denormals.h"
 
+#include "project_row.h"
 #include "scan_steps.h"
 #include "step_size.h"
 #include "fixed_size.h"
@@ -109,14 +110,7 @@ struct RowSteps {
         std::fill(out, out + dim, T(0));
         continue;
       }
-      const T* lk = low + r * low_row + k * low_step;
-      std::copy(bias, bias + dim, out);
-      for (int64_t j = 0; j < rank; ++j) {
-        const T a = lk[j];
-        const T* __restrict w = weight + j * dim;
-#pragma omp simd
-        for (int64_t e = 0; e < dim; ++e) out[e] += a * w[e];
-      }
+      project_row(low + r * low_row + k * low_step, weight, bias, rank, dim, out);
 #pragma omp simd
       for (int64_t e = 0; e < dim; ++e) out[e] = softplus(out[e]);
     }

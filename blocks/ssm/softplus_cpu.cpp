@@ -25,6 +25,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "project_row.h"
 #include "step_size.h"
 
 #include <algorithm>
@@ -92,23 +93,6 @@ struct Projected {
 
 Projected shape_of(const at::Tensor& low, const at::Tensor& w) { return {low.size(0), w.size(0), w.size(1), low.stride(0)}; }
 
-// pre[e] = bias[e] + sum_j low_r[j] * w[j, e] for one row.
-template <typename T>
-inline void project_row(const Projected& s, const T* __restrict low_r, const T* __restrict w, const T* bias,
-                        T* __restrict pre) {
-  if (bias) {
-    std::copy(bias, bias + s.channels, pre);
-  } else {
-    std::fill(pre, pre + s.channels, T(0));
-  }
-  for (int64_t j = 0; j < s.rank; ++j) {
-    const T a = low_r[j];
-    const T* __restrict w_j = w + j * s.channels;
-#pragma omp simd
-    for (int64_t e = 0; e < s.channels; ++e) pre[e] += a * w_j[e];
-  }
-}
-
 void check_projected(const at::Tensor& low, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& valid) {
   for (const at::Tensor* t : {&low, &w, &bias, &valid}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == low.scalar_type() &&
@@ -130,7 +114,7 @@ void projected_forward_rows(const Projected& s, const T* low, const T* w, const 
   const StepSize<T> step = StepSize<T>::unclamped_rule(true);
   for (int64_t r = begin; r < end; ++r) {
     T* __restrict out = delta + r * s.channels;
-    project_row(s, low + r * s.row_stride, w, bias, out);
+    project_row(low + r * s.row_stride, w, bias, s.rank, s.channels, out);
     const T keep = valid ? valid[r] : T(1);
 #pragma omp simd
     for (int64_t e = 0; e < s.channels; ++e) out[e] = keep * step(out[e]);
@@ -147,7 +131,7 @@ void projected_backward_rows(const Projected& s, const T* low, const T* w, const
     const T* low_r = low + r * s.row_stride;
     const T* __restrict grad_r = grad + r * s.channels;
     T* __restrict g_r = g.data();
-    project_row(s, low_r, w, bias, g_r);
+    project_row(low_r, w, bias, s.rank, s.channels, g_r);
     const T keep = valid ? valid[r] : T(1);
 #pragma omp simd
     for (int64_t e = 0; e < s.channels; ++e) {
