@@ -112,6 +112,11 @@ def tracing() -> bool:
     return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
+def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype a kernel computes in: float64 when any given tensor is float64, else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def applies(kernel: str, *tensors: Tensor | None) -> bool:
     """Whether the compiled ``kernel`` should handle a call on these tensors: enabled, all of them on the CPU,
     and no tracer recording."""

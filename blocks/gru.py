@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from zoo.blocks import compiled
 from zoo.blocks.base import SequenceBlock, State
-from zoo.blocks.ssm.cpu_kernel import kernel_dtype
 from zoo.blocks.masking import left_align, right_align, zero_pads
 from zoo.registry import register_block
 
@@ -36,7 +35,7 @@ def compiled_gru(gru: nn.GRU, x: Tensor, mask: Tensor) -> Tensor:
     """:func:`masked_gru` through the compiled CPU kernel (``gru_cpu.cpp``), layer by layer: each layer's input
     product for every step at once, then its recurrence, each row's steps in one fused loop from its first item
     (:class:`_CompiledGRULayer`, differentiable)."""
-    dtype, y = kernel_dtype(x), x
+    dtype, y = compiled.kernel_dtype(x), x
     start = (mask.shape[1] - mask.long().sum(1)).contiguous()
     valid = mask.to(dtype).unsqueeze(-1)
     for layer in range(gru.num_layers):

@@ -95,7 +95,7 @@ class TransformerLayer(SequenceBlock):
     def _forward_compiled(self, x: Tensor, mask: Tensor, newest_only: bool) -> Tensor:
         """The layer -- or, with ``newest_only``, its newest position ``(B, 1, D)`` -- from the compiled pass."""
         attention, ffn = self.attention, self.ffn
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = compiled.kernel_dtype(x)
         autocast = torch.is_autocast_enabled("cpu") and dtype == torch.float32
         gemm_dtype = torch.get_autocast_dtype("cpu") if autocast else dtype
 

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, load
+from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, kernel_dtype, load
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
-           "final_state_scan_compiled", "gathered_conv_compiled", "kernel_dtype", "projected_final_state_scan_compiled",
+           "final_state_scan_compiled", "gathered_conv_compiled", "projected_final_state_scan_compiled",
            "projected_selective_scan_compiled", "projected_softplus_compiled", "load",
            "selective_scan_compiled", "softplus_compiled",
            "ssd_scan_compiled"]
@@ -43,11 +43,6 @@ def dense(t: Tensor) -> Tensor:
             return t.contiguous()
         expected *= size
     return t
-
-
-def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """The dtype a kernel computes in: float64 when any given tensor is float64, else float32."""
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def selective_scan_compiled(
