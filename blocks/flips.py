@@ -95,6 +95,41 @@ def partial_flip_windows(mask: Tensor, remain: int, width: int) -> tuple[Tensor,
     return torch.stack(windows), torch.stack(valid)
 
 
+class _RowRanges(torch.autograd.Function):
+    """Views of ranges of ``t``'s first dimension, which may overlap. Autograd's slice and select backward would
+    each fill a zeroed gradient of ``t``'s full size and add them up; this backward writes each range's gradient
+    into one buffer, adding only where ranges overlap and zeroing only rows no range covers."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, ranges: tuple[tuple[int, int], ...]) -> tuple[Tensor, ...]:
+        ctx.ranges, ctx.shape = ranges, t.shape
+        return tuple(t[start:stop] for start, stop in ranges)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None):
+        grad = None
+        written = [False] * ctx.shape[0]
+        for (start, stop), piece in zip(ctx.ranges, grads):
+            if piece is None:
+                continue
+            grad = piece.new_empty(ctx.shape) if grad is None else grad
+            for row in range(start, stop):
+                (grad[row].add_ if written[row] else grad[row].copy_)(piece[row - start])
+                written[row] = True
+        if grad is not None:
+            for row in (row for row, done in enumerate(written) if not done):
+                grad[row].zero_()
+        return grad, None
+
+
+def row_ranges(t: Tensor, *ranges: tuple[int, int]) -> tuple[Tensor, ...]:
+    """``t[start:stop]`` for each ``(start, stop)``, with one gradient buffer for all of them (:class:`_RowRanges`)."""
+    for start, stop in ranges:
+        if not 0 <= start < stop <= t.shape[0]:
+            raise ValueError(f"row_ranges: range ({start}, {stop}) is not inside 0 .. {t.shape[0]}")
+    return _RowRanges.apply(t, ranges)
+
+
 def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: int) -> Tensor:
     """For every position ``t`` at once: ``mamba``'s output at the newest slot of the prefix ending at
     ``t`` after its partial flip (:func:`partial_flip_index` with ``remain >= 1``). ``x (B, L, D)``
@@ -131,12 +166,16 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
     source, valid = partial_flip_windows(mask, remain, width)
     v = gathered_depthwise_conv(u, mamba.conv1d.weight.squeeze(1), mamba.conv1d.bias, source)  # (S, B, L, E)
     # dt and B at every window; C only at the newest item's, the one readout (Mamba Algorithm 2's projections).
+    # Window 0 is the shared part's, windows 1.. the short scans', the last the newest item's; the pieces' gradients
+    # land in one buffer (row_ranges).
+    windows = len(source)
+    v_0, v_s, v_newest = row_ranges(v, (0, 1), (1, windows), (windows - 1, windows))
     dt, B = F.linear(v, mamba.x_proj.weight[:mamba.dt_rank + mamba.d_state]).split([mamba.dt_rank, mamba.d_state], -1)
-    C_t = F.linear(v[-1], mamba.x_proj.weight[mamba.dt_rank + mamba.d_state:])  # (B, L, N)
+    C_t = F.linear(v_newest.squeeze(0), mamba.x_proj.weight[mamba.dt_rank + mamba.d_state:])  # (B, L, N)
     delta = projected_softplus(dt, mamba.dt_proj.weight, mamba.dt_proj.bias, valid)  # 0 at a window that is no item
-    # Split once: each piece's gradient then lands in one full-size buffer, not one per slice.
-    (v_0, v_s), (delta_0, delta_s), (B_0, B_s) = (t.split([1, width - 1 + remain]) for t in (v, delta, B))
-    v_0, delta_0, B_0 = v_0[0], delta_0[0], B_0[0]  # the shared part's (B, L, .)
+    delta_0, delta_s, delta_kept = row_ranges(delta, (0, 1), (1, windows), (width, windows))
+    B_0, B_s = row_ranges(B, (0, 1), (1, windows))
+    v_0, delta_0, B_0 = v_0.squeeze(0), delta_0.squeeze(0), B_0.squeeze(0)  # the shared part's (B, L, .)
     reversed_delta = delta_0.cumsum(1)  # sum of Δ over slots <= s
 
     # Per prefix (a row each): K - 1 boundary steps, then the `remain` kept steps, the first of which also decays the
@@ -149,7 +188,7 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
 
     # C_t · (Λ_t ⊙ Q_{t - lag}), Λ_t = exp(A · sum of the kept steps' Δ), Q_s = sum_{j <= s} (prod_{i < j} a_i) b_j.
     if lag < length:
-        cut, kept_delta = length - lag, delta_s[width - 1:].sum(0)
+        cut, kept_delta = length - lag, delta_kept.sum(0)
         shared = decayed_prefix_readout(reversed_delta[:, :cut] - delta_0[:, :cut], delta_0[:, :cut] * v_0[:, :cut],
                                         B_0[:, :cut], A, kept_delta[:, lag:], C_t[:, lag:])
         y = y + F.pad(shared, (0, 0, lag, 0))

@@ -175,6 +175,36 @@ def test_fe_gru_prefixes_reading_padded_slots(kernel_size):
         assert_matches_each_padded_prefix(block, x, mask, 8)
 
 
+def assert_same_gradients_as_each_prefix(block, x, mask, run=None):
+    """The gradients of one weighted sum of every real position's output, taken through the every-prefix pass and
+    through each prefix run alone, for ``x`` and every parameter."""
+    run = block if run is None else run
+    weights = torch.randn(*mask.shape, block.d_model if hasattr(block, "d_model") else x.shape[-1],
+                          generator=torch.Generator().manual_seed(9), dtype=x.dtype)
+    x = x.clone().requires_grad_(True)
+    leaves = [x, *block.parameters()]
+    fast = (block.forward_prefixes(x, mask) * weights)[mask].sum()
+    slow = sum((run(x[mask[:, t], : t + 1], mask[mask[:, t], : t + 1])[:, -1] * weights[mask[:, t], t]).sum()
+               for t in range(mask.shape[1]) if mask[:, t].any())
+    for name, got, want in zip(["x", *(n for n, _ in block.named_parameters())],
+                               torch.autograd.grad(fast, leaves, allow_unused=True),
+                               torch.autograd.grad(slow, leaves, allow_unused=True)):
+        assert (got is None) == (want is None), name
+        if got is not None:
+            torch.testing.assert_close(got, want, **TOL, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("kwargs", [{"remain": 3}, {"remain": 2, "d_conv": 2}, {"remain": 5, "shared": False},
+                                    {"remain": 4, "d_conv": 6, "gate": "linear"}])
+def test_partial_flip_prefix_pass_gradients_equal_each_prefix_run(kwargs):
+    """Every gradient of the partial flip's every-prefix pass (its row ranges, short scans and decayed prefix
+    readout) equals the one taken through each prefix run alone."""
+    torch.manual_seed(0)
+    block = BidirectionalMamba(D, d_state=4, expand=1, **kwargs).double().eval()
+    x, mask = inputs(width=14, seed=5)
+    assert_same_gradients_as_each_prefix(block, x, mask)
+
+
 def test_gradients_flow_through_the_code_flip_prefix_pass():
     torch.manual_seed(0)
     block = BidirectionalMamba(D, flip="code", remain=2, d_state=4, expand=1, gate_form="code", pad_slots="read",
