@@ -165,11 +165,11 @@ def partial_flip_prefix_outputs(mamba: Mamba, x: Tensor, mask: Tensor, remain: i
     u = u * mask.unsqueeze(-1).to(x.dtype)  # (B, L, E), zero at pads
     source, valid = partial_flip_windows(mask, remain, width)
     v = gathered_depthwise_conv(u, mamba.conv1d.weight.squeeze(1), mamba.conv1d.bias, source)  # (S, B, L, E)
-    # dt and B at every window; C only at the newest item's, the one readout (Mamba Algorithm 2's projections).
     # Window 0 is the shared part's, windows 1.. the short scans', the last the newest item's; the pieces' gradients
     # land in one buffer (row_ranges).
     windows = len(source)
     v_0, v_s, v_newest = row_ranges(v, (0, 1), (1, windows), (windows - 1, windows))
+    # dt and B at every window; C only at the newest item's, the one readout (Mamba Algorithm 2's projections).
     dt, B = F.linear(v, mamba.x_proj.weight[:mamba.dt_rank + mamba.d_state]).split([mamba.dt_rank, mamba.d_state], -1)
     C_t = F.linear(v_newest.squeeze(0), mamba.x_proj.weight[mamba.dt_rank + mamba.d_state:])  # (B, L, N)
     delta = projected_softplus(dt, mamba.dt_proj.weight, mamba.dt_proj.bias, valid)  # 0 at a window that is no item
