@@ -117,6 +117,11 @@ def kernel_dtype(*tensors: Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records a call on these tensors: gradients on and any of them requiring one."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def applies(kernel: str, *tensors: Tensor | None) -> bool:
     """Whether the compiled ``kernel`` should handle a call on these tensors: enabled, all of them on the CPU,
     and no tracer recording."""
@@ -126,8 +131,7 @@ def applies(kernel: str, *tensors: Tensor | None) -> bool:
 def serves_inference(kernel: str, x: Tensor, *modules: nn.Module, dropout_active: bool) -> bool:
     """Whether the inference ``kernel`` should run ``modules`` on ``x`` now: enabled, on the CPU, nothing to
     differentiate (gradients off, or neither ``x`` nor a parameter requires them), no dropout active."""
-    if dropout_active or (torch.is_grad_enabled() and (x.requires_grad or any(
-            p.requires_grad for m in modules for p in m.parameters()))):
+    if dropout_active or needs_grad(x, *(p for m in modules for p in m.parameters())):
         return False
     return applies(kernel, x)
 

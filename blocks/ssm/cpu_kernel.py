@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, kernel_dtype, load
+from zoo.blocks.compiled import KERNEL_ENV_VAR, SOURCES, applies, kernel_dtype, load, needs_grad
 
 __all__ = ["KERNEL_ENV_VAR", "SOURCES", "applies", "causal_conv_compiled", "decayed_prefix_compiled",
            "final_state_scan_compiled", "gathered_conv_compiled", "projected_final_state_scan_compiled",
@@ -43,6 +43,12 @@ def dense(t: Tensor) -> Tensor:
             return t.contiguous()
         expected *= size
     return t
+
+
+def last_dim_dense(t: Tensor) -> Tensor:
+    """``t`` itself when its last dimension is contiguous, else a contiguous copy: what the kernels that read the
+    other dimensions through their strides accept."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def selective_scan_compiled(
@@ -100,7 +106,7 @@ def _scan(u: Tensor, delta: Tensor, weight: Tensor | None, A: Tensor, B: Tensor,
     inputs = (u_, delta_, A_.contiguous(), B_, C_, D_.contiguous(), bias.contiguous(), gate, weight_,
               valid_)
     # Only a call that autograd records needs the chunk-start states (inference under no_grad does not).
-    keep_starts = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    keep_starts = needs_grad(*inputs)
     y, last_state = _CompiledScan.apply(*inputs, delta_softplus, keep_starts)
     y = y.to(u.dtype)
     return (y, last_state) if return_last_state else y
@@ -271,9 +277,7 @@ def projected_final_state_scan_compiled(u: Tensor, low: Tensor, weight: Tensor, 
     D_ = u.new_zeros(u.shape[1], dtype=dtype) if D is None else D.to(dtype)
     bias_ = u.new_zeros(u.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
     valid_ = u.new_empty(0, dtype=dtype) if valid is None else valid.to(dtype).contiguous()
-    low_ = low.to(dtype)
-    if low_.stride(-1) != 1:
-        low_ = low_.contiguous()
+    low_ = last_dim_dense(low.to(dtype))
     return load("final_state_scan").projected_forward(
         dense(u.to(dtype)), low_, weight.to(dtype).contiguous(), bias_, valid_,
         *(t.to(dtype).contiguous() for t in (A, B, C, D_))).to(u.dtype)
@@ -323,9 +327,7 @@ def projected_softplus_compiled(low: Tensor, weight: Tensor, bias: Tensor | None
     """:func:`zoo.blocks.ssm.softplus.projected_softplus` in the compiled kernel (``valid`` already of
     ``low.shape[:-1]``); computed in float64 for float64 inputs, else float32, returned in ``low``'s dtype."""
     dtype = kernel_dtype(low, weight, bias)
-    rows = low.to(dtype).reshape(-1, low.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = last_dim_dense(low.to(dtype).reshape(-1, low.shape[-1]))
     bias_ = rows.new_empty(0) if bias is None else bias.to(dtype).contiguous()
     valid_ = rows.new_empty(0) if valid is None else valid.reshape(-1).to(dtype).contiguous()
     delta = _CompiledProjectedSoftplus.apply(rows, weight.to(dtype).t().contiguous(), bias_, valid_)
@@ -355,9 +357,8 @@ def causal_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, silu: b
     False); the result ``(B, C, L)`` is a view of a channels-last tensor (``.transpose(1, 2)`` of it is
     contiguous). Computed in float64 for float64 inputs, else float32."""
     dtype = kernel_dtype(x, weight, bias)
-    channels_last = x.to(dtype).transpose(1, 2)  # (B, L, C); the kernel reads any batch and time strides
-    if channels_last.stride(2) != 1:
-        channels_last = channels_last.contiguous()
+    # (B, L, C); the kernel reads any batch and time strides
+    channels_last = last_dim_dense(x.to(dtype).transpose(1, 2))
     taps_first = weight.to(dtype).t().contiguous()  # (K, C)
     bias_ = x.new_zeros(x.shape[1], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
     valid_ = channels_last.new_empty(0) if valid is None else valid.to(dtype).contiguous()
@@ -390,9 +391,7 @@ def gathered_conv_compiled(x: Tensor, weight: Tensor, bias: Tensor | None, sourc
     ``weight (C, K)``, ``bias (C,)`` or None, ``source (S, B, T, K)``; the result ``(S, B, T, C)``. Computed in
     float64 for float64 inputs, else float32."""
     dtype = kernel_dtype(x, weight, bias)
-    x_ = x.to(dtype)
-    if x_.stride(2) != 1:  # the kernel reads any batch and time strides, channels contiguous
-        x_ = x_.contiguous()
+    x_ = last_dim_dense(x.to(dtype))  # the kernel reads any batch and time strides, channels contiguous
     bias_ = x.new_zeros(x.shape[2], dtype=dtype) if bias is None else bias.to(dtype).contiguous()
     return _CompiledConv.apply(x_, weight.to(dtype).t().contiguous(), bias_, source.contiguous(), silu,
                                "gathered_").to(x.dtype)

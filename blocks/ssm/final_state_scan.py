@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from zoo.blocks.compiled import needs_grad
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm.selective_scan import selective_scan
 from zoo.blocks.ssm.softplus import projected_softplus
@@ -61,8 +62,8 @@ def projected_final_state_scan(u: Tensor, low: Tensor, weight: Tensor, bias: Ten
     if valid is not None and valid.shape != low.shape[:2]:
         raise ValueError(f"projected_final_state_scan: valid must be (rows, S) = {tuple(low.shape[:2])}, got "
                          f"{tuple(valid.shape)}")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, low, weight, bias, A, B, C, D))
-    if not needs_grad and low.dim() == 3 and low.shape[:2] == (u.shape[0], u.shape[2]) and \
+    if not needs_grad(u, low, weight, bias, A, B, C, D) and low.dim() == 3 and \
+            low.shape[:2] == (u.shape[0], u.shape[2]) and \
             cpu_kernel.applies("final_state_scan", u, low, weight, bias, valid, A, B, C, D):
         return cpu_kernel.projected_final_state_scan_compiled(u, low, weight, bias, valid, A, B, C, D)
     delta = projected_softplus(low, weight, bias, valid)

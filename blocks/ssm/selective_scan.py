@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.blocks.compiled import kernel_dtype, tracing
+from zoo.blocks.compiled import kernel_dtype, needs_grad, tracing
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import optional_function, use_cuda_kernels
 from zoo.blocks.ssm.reference import selective_scan_ref
@@ -96,9 +96,8 @@ def selective_scan_blocked(
             raise ValueError(f"selective_scan: {name} must be a positive integer, got {value}")
     tensors = (u, delta, A, B, C, D, z, delta_bias)
     dtype = kernel_dtype(*tensors)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     batch, dim, length = u.shape
-    lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad)
+    lanes, steps = _blocking(batch * dim * A.shape[1], length, lanes, steps, needs_grad(*tensors))
     cast = [t.to(dtype) if t is not None else None for t in tensors]
     out, last_state = _BlockedScan.apply(*cast, delta_softplus, lanes, steps)
     out = out.to(u.dtype)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zoo.blocks.compiled import tracing
+from zoo.blocks.compiled import needs_grad, tracing
 from zoo.blocks.ssm import cpu_kernel
 from zoo.blocks.ssm._dispatch import use_cuda_kernels
 from zoo.blocks.ssm.reference import ssd_scan_ref
@@ -154,9 +154,7 @@ def _ssd_scan_pure(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt
     chunk = _pure_chunk(dA.detach(), min(chunk_size, PURE_MAX_CHUNK, l))
     chunks_per_block = max(1, min(BLOCK_BUDGET_ELEMENTS // (b * h * p * max(chunk, n)), MAX_BLOCK_STEPS // chunk))
     block_len = chunk * chunks_per_block
-    grad_mode = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, initial_states)
-    )
+    grad_mode = needs_grad(x, dt, A, B, C, D, z, initial_states)
     D = D.to(dtype) if D is not None else None
     outputs = []
     out = None if grad_mode else torch.empty(b, l, h, p, dtype=out_dtype, device=x.device)
