@@ -78,7 +78,7 @@ print('mamba_ssm', mamba_ssm.__version__, 'and causal_conv1d import; zoo dispatc
     step tests 240 python3 -m pytest -q -rs -p no:cacheprovider --junitxml "$OUT/tests.xml" \
         tests/test_selective_scan.py tests/test_ssd_scan.py tests/test_mamba_layer.py tests/test_mamba2_layer.py \
         tests/test_ssm_cuda_handover.py > "$OUT/tests.log"
-    cat "$OUT/tests.log" | tail -25 | tee -a "$OUT/run.log"
+    tail -25 "$OUT/tests.log" | tee -a "$OUT/run.log"
     local bench=(python3 benchmarks/efficiency.py --device cuda --in-process --repeats 3 --warmup 1
                  --recipes sasrec mamba4rec sigma cnn-mamba m2rec --lengths 50 200 1000)
     step "efficiency, mamba-ssm kernels" 240 "${bench[@]}" --out "$OUT/efficiency_mamba_ssm.json"
